@@ -1,0 +1,3 @@
+from tuiconsole.cli import main
+
+main()

@@ -1,0 +1,360 @@
+"""The command language: one grammar for keys, the ':' line, stdin, the journal
+and remote clients.
+
+    lr TARGET VALUE            set lr in place (VALUE may be *F or /F)
+    decay FACTOR [TARGET]      multiply lr in place (default TARGET: all)
+    set TARGET KEY=VALUE...    any numeric hyper-parameter of the group(s)
+    split NAME MODULE... [KEY=VALUE...]
+                               move the modules' parameters into a new group,
+                               optimizer state kept
+    rebuild [CLASS] [KEY=VALUE...]
+                               fresh optimizer from the current groups; state dropped
+    pause | resume | step [N] | eval | stop | checkpoint [PATH]
+
+TARGET is a group name, a module path (the group(s) holding its parameters) or
+``all``. Parsing is pure text -> frozen Command; applying happens in the trainer
+thread only (see :mod:`tuiconsole.engine.groups` for the optimizer surgery).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tuiconsole.errors import CommandError
+
+Value = float | bool | tuple[float, ...]
+
+COMMAND_NAMES = (
+    "lr",
+    "decay",
+    "set",
+    "split",
+    "rebuild",
+    "pause",
+    "resume",
+    "step",
+    "eval",
+    "stop",
+    "checkpoint",
+)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a front-end gets back for every command: never an exception."""
+
+    ok: bool
+    message: str
+    cmd: str = ""
+
+    def __str__(self) -> str:
+        return self.message if self.ok else f"error: {self.message}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of all commands. ``text`` is the canonical form that is journaled."""
+
+    name: ClassVar[str] = ""
+    # Control commands steer the loop; they do not change the optimizer and are
+    # not re-applied on replay (pausing does not change the maths).
+    control: ClassVar[bool] = False
+
+    @property
+    def text(self) -> str:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+def _fmt(v: Value) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        return ",".join(_fmt(x) for x in v)
+    return repr(float(v))  # shortest text that round-trips: replay needs exact values
+
+
+def _items_text(items: tuple[tuple[str, Value], ...]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in items)
+
+
+def _join(*parts: str) -> str:
+    return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Lr(Command):
+    name: ClassVar[str] = "lr"
+    target: str
+    value: float
+    op: str = "="  # "=" absolute, "*" multiply, "/" divide
+
+    @property
+    def text(self) -> str:
+        prefix = "" if self.op == "=" else self.op
+        return f"lr {self.target} {prefix}{_fmt(self.value)}"
+
+
+@dataclass(frozen=True)
+class Decay(Command):
+    name: ClassVar[str] = "decay"
+    factor: float
+    target: str = "all"
+
+    @property
+    def text(self) -> str:
+        return f"decay {_fmt(self.factor)} {self.target}"
+
+
+@dataclass(frozen=True)
+class Set(Command):
+    name: ClassVar[str] = "set"
+    target: str
+    items: tuple[tuple[str, Value], ...]
+
+    @property
+    def text(self) -> str:
+        return f"set {self.target} {_items_text(self.items)}"
+
+
+@dataclass(frozen=True)
+class Split(Command):
+    name: ClassVar[str] = "split"
+    group: str
+    modules: tuple[str, ...]
+    items: tuple[tuple[str, Value], ...] = ()
+
+    @property
+    def text(self) -> str:
+        return _join("split", self.group, " ".join(self.modules), _items_text(self.items))
+
+
+@dataclass(frozen=True)
+class Rebuild(Command):
+    name: ClassVar[str] = "rebuild"
+    cls: str | None = None
+    items: tuple[tuple[str, Value], ...] = ()
+
+    @property
+    def text(self) -> str:
+        return _join("rebuild", self.cls or "", _items_text(self.items))
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    name: ClassVar[str] = "pause"
+    control: ClassVar[bool] = True
+
+    @property
+    def text(self) -> str:
+        return "pause"
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    name: ClassVar[str] = "resume"
+    control: ClassVar[bool] = True
+
+    @property
+    def text(self) -> str:
+        return "resume"
+
+
+@dataclass(frozen=True)
+class Step(Command):
+    name: ClassVar[str] = "step"
+    control: ClassVar[bool] = True
+    n: int = 1
+
+    @property
+    def text(self) -> str:
+        return f"step {self.n}"
+
+
+@dataclass(frozen=True)
+class Eval(Command):
+    name: ClassVar[str] = "eval"
+
+    @property
+    def text(self) -> str:
+        return "eval"
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    name: ClassVar[str] = "stop"
+
+    @property
+    def text(self) -> str:
+        return "stop"
+
+
+@dataclass(frozen=True)
+class Checkpoint(Command):
+    name: ClassVar[str] = "checkpoint"
+    control: ClassVar[bool] = True
+    path: str | None = None
+
+    @property
+    def text(self) -> str:
+        return _join("checkpoint", shlex.quote(self.path) if self.path else "")
+
+
+USAGE = {
+    "lr": "lr TARGET VALUE   (VALUE: 1e-3, *0.5 or /10)",
+    "decay": "decay FACTOR [TARGET]",
+    "set": "set TARGET KEY=VALUE...",
+    "split": "split NAME MODULE... [lr=V] [KEY=V...]",
+    "rebuild": "rebuild [CLASS] [KEY=VALUE...]",
+    "pause": "pause",
+    "resume": "resume",
+    "step": "step [N]",
+    "eval": "eval",
+    "stop": "stop",
+    "checkpoint": "checkpoint [PATH]",
+}
+
+
+def parse_number(text: str, what: str = "value") -> float:
+    """Parse a finite float or raise a CommandError naming ``what``."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise CommandError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise CommandError(f"{what} must be finite, got {text!r}")
+    return v
+
+
+def parse_positive(text: str, what: str) -> float:
+    v = parse_number(text, what)
+    if v <= 0:
+        raise CommandError(f"{what} must be > 0, got {text!r}")
+    return v
+
+
+def parse_value(key: str, text: str) -> Value:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if "," in text:
+        return tuple(parse_number(p, key) for p in text.strip("()").split(",") if p)
+    return parse_number(text, key)
+
+
+def _split_items(tokens: list[str]) -> tuple[list[str], tuple[tuple[str, Value], ...]]:
+    """Split trailing KEY=VALUE tokens from positional ones (KEY=V must come last)."""
+    positional: list[str] = []
+    items: list[tuple[str, Value]] = []
+    for tok in tokens:
+        if "=" in tok:
+            key, _, val = tok.partition("=")
+            if not key or not val:
+                raise CommandError(f"expected KEY=VALUE, got {tok!r}")
+            if any(k == key for k, _ in items):
+                raise CommandError(f"{key!r} given twice")
+            items.append((key, parse_value(key, val)))
+        elif items:
+            raise CommandError(f"KEY=VALUE items must come last, got {tok!r} after them")
+        else:
+            positional.append(tok)
+    return positional, tuple(items)
+
+
+def _lr_value(text: str) -> tuple[float, str]:
+    if text[:1] in ("*", "/"):
+        return parse_positive(text[1:], "factor"), text[0]
+    return parse_positive(text, "lr"), "="
+
+
+def parse(text: str) -> Command:
+    """Parse one command line. Raises CommandError with a one-line message."""
+    line = text.strip()
+    if line.startswith(":"):
+        line = line[1:].strip()
+    try:
+        tokens = shlex.split(line)
+    except ValueError as exc:
+        raise CommandError(f"cannot parse {text!r}: {exc}") from None
+    if not tokens:
+        raise CommandError("empty command")
+    name, args = tokens[0].lower(), tokens[1:]
+    if name not in USAGE:
+        raise CommandError(f"unknown command {tokens[0]!r} (commands: {', '.join(COMMAND_NAMES)})")
+    try:
+        return _parse_args(name, args)
+    except _Usage:
+        raise CommandError(f"usage: {USAGE[name]}") from None
+
+
+class _Usage(Exception):
+    pass
+
+
+def _need(cond: bool) -> None:
+    if not cond:
+        raise _Usage
+
+
+def _parse_args(name: str, args: list[str]) -> Command:
+    if name == "lr":
+        _need(len(args) == 2)
+        value, op = _lr_value(args[1])
+        return Lr(args[0], value, op)
+    if name == "decay":
+        _need(1 <= len(args) <= 2)
+        return Decay(parse_positive(args[0], "decay factor"), args[1] if len(args) > 1 else "all")
+    if name == "set":
+        pos, items = _split_items(args)
+        _need(len(pos) == 1 and bool(items))
+        return Set(pos[0], items)
+    if name == "split":
+        pos, items = _split_items(args)
+        _need(len(pos) >= 2)
+        return Split(pos[0], tuple(pos[1:]), items)
+    if name == "rebuild":
+        pos, items = _split_items(args)
+        _need(len(pos) <= 1)
+        return Rebuild(pos[0] if pos else None, items)
+    if name == "step":
+        _need(len(args) <= 1)
+        n = 1
+        if args:
+            try:
+                n = int(args[0])
+            except ValueError:
+                raise CommandError(f"step count must be a whole number, got {args[0]!r}") from None
+            if n < 1:
+                raise CommandError(f"step count must be >= 1, got {n}")
+        return Step(n)
+    if name == "checkpoint":
+        _need(len(args) <= 1)
+        return Checkpoint(args[0] if args else None)
+    _need(not args)
+    simple: dict[str, type[Command]] = {
+        "pause": Pause,
+        "resume": Resume,
+        "eval": Eval,
+        "stop": Stop,
+    }
+    return simple[name]()
+
+
+def coerce(command: str | Command) -> Command:
+    return command if isinstance(command, Command) else parse(command)
+
+
+def jsonable(v: Any) -> Any:
+    """Group hyper-parameters as JSON values (tuples -> lists, tensors -> floats)."""
+    if isinstance(v, bool | int | str) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, tuple | list):
+        return [jsonable(x) for x in v]
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)

@@ -1,0 +1,114 @@
+"""Loss kept on the device between reads, and bounded history.
+
+The training loop only appends the detached loss tensor (no host sync). A
+flush turns the pending tensors into floats with ONE transfer, when a snapshot
+or a log line is due. History is a fixed number of buckets whose width doubles
+when full, so memory and per-frame cost stay flat over millions of steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from tuiconsole.engine.snapshot import Series
+
+
+class DownsampledSeries:
+    """At most ``capacity`` bucket means covering the whole run.
+
+    When full, adjacent buckets merge pairwise and the bucket width doubles:
+    O(capacity) memory for any length, O(1) amortised per value.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 2 or capacity % 2:
+            raise ValueError("capacity must be an even number >= 2")
+        self.capacity = capacity
+        self.width = 1
+        self.values: list[float] = []
+        self.steps: list[int] = []  # last step in each bucket
+        self._acc = 0.0
+        self._n = 0
+        self.count = 0
+
+    def add(self, step: int, value: float) -> None:
+        self.count += 1
+        self._acc += value
+        self._n += 1
+        if self._n < self.width:
+            return
+        self.values.append(self._acc / self._n)
+        self.steps.append(step)
+        self._acc, self._n = 0.0, 0
+        if len(self.values) >= self.capacity:
+            v = self.values
+            self.values = [(v[i] + v[i + 1]) / 2 for i in range(0, len(v), 2)]
+            self.steps = self.steps[1::2]
+            self.width *= 2
+
+    def series(self) -> Series:
+        return Series(tuple(self.steps), tuple(self.values))
+
+
+class LossTracker:
+    """Per-step losses: pending on the device, then recent window + history."""
+
+    def __init__(self, recent: int = 240, capacity: int = 1024, max_pending: int = 4096) -> None:
+        self._pending: list[torch.Tensor] = []
+        self._first_pending_step = 0
+        self.max_pending = max_pending
+        self.recent: deque[tuple[int, float]] = deque(maxlen=recent)
+        self.history = DownsampledSeries(capacity)
+        self.min: float | None = None
+        self.last: float | None = None
+        self.last_step = 0
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        """Keep the loss on its device. No host sync."""
+        if not self._pending:
+            self._first_pending_step = step
+        self._pending.append(loss.detach())
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> list[tuple[int, float]]:
+        """Read all pending losses with one device->host transfer."""
+        if not self._pending:
+            return []
+        values = torch.stack([t.reshape(()) for t in self._pending]).float().tolist()
+        start = self._first_pending_step
+        self._pending = []
+        out = [(start + i, v) for i, v in enumerate(values)]
+        for step, v in out:
+            self.recent.append((step, v))
+            self.history.add(step, v)
+            if math.isfinite(v) and (self.min is None or v < self.min):
+                self.min = v
+        self.last = out[-1][1]
+        self.last_step = out[-1][0]
+        return out
+
+    def recent_series(self) -> Series:
+        steps, values = zip(*self.recent, strict=True) if self.recent else ((), ())
+        return Series(tuple(steps), tuple(values))
+
+
+class LrHistory:
+    """A short lr trace per group name, sampled when a snapshot is built."""
+
+    def __init__(self, length: int = 120) -> None:
+        self.length = length
+        self._by_name: dict[str, deque[float]] = {}
+
+    def sample(self, names_lrs: list[tuple[str, float]]) -> list[tuple[float, ...]]:
+        out = []
+        for name, lr in names_lrs:
+            d = self._by_name.setdefault(name, deque(maxlen=self.length))
+            d.append(lr)
+            out.append(tuple(d))
+        return out

@@ -1,0 +1,164 @@
+"""Immutable views of a run, built by the trainer thread and read by front-ends.
+
+Everything here is a frozen dataclass of plain Python values (no tensors), so a
+snapshot can be handed across threads, pickled, or sent as JSON to a remote
+client without touching torch state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    STEPPING = "STEPPING"
+    EVALUATING = "EVALUATING"
+    NAN_PAUSED = "NAN-PAUSED"
+    FINISHED = "FINISHED"
+    STOPPED = "STOPPED"
+    ERROR = "ERROR"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunState.FINISHED, RunState.STOPPED, RunState.ERROR)
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    step: int
+    loss: float
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class RunError:
+    type: str
+    message: str
+    step: int
+
+    def __str__(self) -> str:
+        return f"{self.type} at step {self.step}: {self.message}"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    script: str
+    state: RunState
+    epoch: int
+    step: int
+    steps_per_sec: float
+    elapsed: float
+    device: str
+    last_eval: EvalPoint | None = None
+    error: RunError | None = None
+    max_steps: int | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """One optimizer param group as the user sees it."""
+
+    index: int
+    name: str
+    lr: float
+    # Other hyper-parameters in the group: momentum, betas, weight_decay, ...
+    # Values are floats, bools or tuples of floats.
+    hparams: tuple[tuple[str, Any], ...]
+    n_tensors: int
+    n_params: int
+    lr_history: tuple[float, ...] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "lr":
+            return self.lr
+        for k, v in self.hparams:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True)
+class ModuleNode:
+    """One module of the model: its direct parameters and where they live.
+
+    ``groups`` names the groups holding this module's *own* parameters
+    (recurse=False); ``subtree_groups`` those of the whole subtree.
+    """
+
+    path: str  # "" is the root module
+    cls: str
+    n_params: int  # own trainable parameter elements (direct, not shared)
+    n_params_total: int  # whole subtree, each tensor counted once
+    groups: tuple[str, ...]
+    subtree_groups: tuple[str, ...]
+    frozen: tuple[str, ...] = ()  # names of own parameters with requires_grad=False
+    shared: tuple[tuple[str, str], ...] = ()  # (own name, path of the first owner)
+    children: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1] if self.path else "(model)"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the run's live log: commands, results, evals, errors."""
+
+    seq: int
+    step: int
+    time: float
+    kind: str  # "command" | "eval" | "error" | "info" | "metrics" | "nan"
+    text: str
+    ok: bool = True
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Series:
+    """A downsampled series: ``values[i]`` is the mean over ``steps[i]``'s bucket."""
+
+    steps: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    seq: int
+    status: RunStatus
+    groups: tuple[GroupView, ...]
+    # Module table; rebuilt only when group membership changes. Front-ends can
+    # compare ``structure_version`` to skip re-rendering an unchanged tree.
+    modules: tuple[ModuleNode, ...]
+    structure_version: int
+    loss_recent: Series = field(default_factory=Series)
+    loss_history: Series = field(default_factory=Series)
+    loss_min: float | None = None
+    loss_last: float | None = None
+    evals: tuple[EvalPoint, ...] = ()
+    log: tuple[LogEntry, ...] = ()
+    run_dir: str = ""
+    optimizer: str = ""
+
+    def group(self, name: str) -> GroupView | None:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        return None
+
+    def module(self, path: str) -> ModuleNode | None:
+        for m in self.modules:
+            if m.path == path:
+                return m
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,78 @@
+"""Plain-text front-end: progress lines on stdout, commands from stdin lines.
+
+A client of the Session like the console: it polls snapshots and prints the
+log entries it has not printed yet, and submits each stdin line as a command
+in the same grammar.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from tuiconsole.engine.snapshot import LogEntry, RunState, Snapshot
+from tuiconsole.session import Session
+
+POLL_SECONDS = 0.2
+
+
+def _format(entry: LogEntry, snap: Snapshot) -> str:
+    if entry.kind == "metrics":
+        return f"{entry.text} | {snap.status.steps_per_sec:.1f} steps/s"
+    if entry.kind == "command":
+        tag = f"[{entry.source}] " if entry.source else ""
+        return f"{tag}{entry.text}" if entry.ok else f"{tag}error: {entry.text}"
+    if entry.kind == "error":
+        return f"ERROR {entry.text}"
+    return entry.text
+
+
+def _read_commands(session: Session, stream: TextIO) -> None:
+    for line in stream:
+        if line.strip() and not line.lstrip().startswith("#"):
+            session.submit(line, source="stdin")
+
+
+class HeadlessPrinter:
+    def __init__(self, session: Session, out: TextIO = sys.stdout) -> None:
+        self.session = session
+        self.out = out
+        self._last_seq = 0
+
+    def print_new(self) -> Snapshot:
+        snap = self.session.snapshot()
+        for entry in snap.log:
+            if entry.seq > self._last_seq:
+                print(_format(entry, snap), file=self.out, flush=True)
+                self._last_seq = entry.seq
+        return snap
+
+
+def run_headless(
+    session: Session,
+    *,
+    stdin: TextIO | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print progress until the run ends. Returns the process exit code (0 ok, 1 error)."""
+    printer = HeadlessPrinter(session, out)
+    if stdin is not None:
+        threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
+    snap = printer.print_new()
+    while not session.wait(POLL_SECONDS):
+        snap = printer.print_new()
+    session.close()
+    snap = printer.print_new()
+    status = snap.status
+    if status.state == RunState.ERROR and status.error is not None:
+        print(f"training failed: {status.error}", file=out, flush=True)
+        return 1
+    print(
+        f"{status.state.value.lower()} at step {status.step} (epoch {status.epoch})"
+        + (f", loss {snap.loss_last:.4g}" if snap.loss_last is not None else "")
+        + (f"; run dir {snap.run_dir}" if snap.run_dir else ""),
+        file=out,
+        flush=True,
+    )
+    return 0

@@ -1,0 +1,209 @@
+"""The script contract: load a user's training script into a validated TrainingSpec.
+
+A training script is a plain Python file, executed once, whose top-level names
+define the run. Required: ``model``, ``optimizer``, ``criterion``,
+``train_loader``. Optional: ``eval_loader``, ``epochs``, ``scheduler``,
+``scheduler_interval`` ("step" | "epoch"), ``device``, ``training_step``.
+
+Every way a script can break the contract ends in one ScriptError whose message
+names the problem (and the line, when the script raised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import runpy
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuiconsole.errors import ScriptError
+
+RUN_NAME = "__tuiconsole__"
+CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+
+
+@dataclass
+class TrainingSpec:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: Callable[..., torch.Tensor]
+    train_loader: Iterable[Any]
+    eval_loader: Iterable[Any] | None = None
+    epochs: int | None = None
+    scheduler: Any = None
+    scheduler_interval: str = "epoch"
+    device: str | None = None
+    training_step: Callable[..., torch.Tensor] | None = None
+    path: Path | None = None
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "<in-memory>"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(seed % 2**32)
+
+
+def _raised_at(exc: BaseException, path: Path) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+    return f" (line {frames[-1].lineno})" if frames else ""
+
+
+def execute(path: Path) -> dict[str, Any]:
+    """Run the script like ``python script.py`` (its folder importable), return its globals."""
+    if not path.is_file():
+        raise ScriptError(f"{path}: no such file")
+    folder = str(path.parent.resolve())
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        return runpy.run_path(str(path), run_name=RUN_NAME)
+    except SyntaxError as exc:
+        raise ScriptError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except SystemExit as exc:
+        raise ScriptError(f"{path}: the script called exit({exc.code}) while loading") from None
+    except Exception as exc:
+        raise ScriptError(
+            f"{path}{_raised_at(exc, path.resolve())}: the script raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def load_script(path: str | Path, seed: int = 0) -> TrainingSpec:
+    """Seed, execute and validate a training script."""
+    path = Path(path)
+    seed_everything(seed)
+    names = execute(path)
+    spec = spec_from_namespace(names, path)
+    validate(spec)
+    return spec
+
+
+def _need(names: dict[str, Any], key: str, path: Path, what: str) -> Any:
+    if key not in names:
+        raise ScriptError(f"{path}: the script must define `{key}` ({what})")
+    return names[key]
+
+
+def spec_from_namespace(names: dict[str, Any], path: Path) -> TrainingSpec:
+    model = _need(names, "model", path, "an nn.Module")
+    optimizer = _need(names, "optimizer", path, "a torch.optim.Optimizer over model's parameters")
+    criterion = _need(names, "criterion", path, "callable(output, target) -> loss tensor")
+    train_loader = _need(names, "train_loader", path, "an iterable of (inputs, targets) batches")
+    return TrainingSpec(
+        model=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        train_loader=train_loader,
+        eval_loader=names.get("eval_loader"),
+        epochs=names.get("epochs"),
+        scheduler=names.get("scheduler"),
+        scheduler_interval=names.get("scheduler_interval", "epoch"),
+        device=names.get("device"),
+        training_step=names.get("training_step"),
+        path=path,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+
+def _type_error(path: Path | None, key: str, expected: str, got: Any) -> ScriptError:
+    return ScriptError(f"{path or 'script'}: `{key}` must be {expected}, got {type(got).__name__}")
+
+
+def validate(spec: TrainingSpec) -> None:
+    """Check types and the optimizer/model relation; catch the float-label pitfall."""
+    p = spec.path
+    if not isinstance(spec.model, nn.Module):
+        raise _type_error(p, "model", "an nn.Module", spec.model)
+    if not isinstance(spec.optimizer, torch.optim.Optimizer):
+        raise _type_error(p, "optimizer", "a torch.optim.Optimizer", spec.optimizer)
+    if not callable(spec.criterion):
+        raise _type_error(p, "criterion", "callable(output, target)", spec.criterion)
+    for key in ("train_loader", "eval_loader"):
+        loader = getattr(spec, key)
+        if loader is not None and not isinstance(loader, Iterable):
+            raise _type_error(p, key, "an iterable of (inputs, targets)", loader)
+    if spec.epochs is not None and (
+        not isinstance(spec.epochs, int) or isinstance(spec.epochs, bool) or spec.epochs < 1
+    ):
+        raise ScriptError(f"{p}: `epochs` must be a positive int, got {spec.epochs!r}")
+    if spec.scheduler_interval not in ("step", "epoch"):
+        raise ScriptError(
+            f'{p}: `scheduler_interval` must be "step" or "epoch", got {spec.scheduler_interval!r}'
+        )
+    if (
+        spec.scheduler is not None
+        and getattr(spec.scheduler, "optimizer", None) is not spec.optimizer
+    ):
+        raise ScriptError(f"{p}: `scheduler` must be an lr scheduler attached to `optimizer`")
+    if spec.training_step is not None and not callable(spec.training_step):
+        raise _type_error(
+            p, "training_step", "callable(model, batch, criterion)", spec.training_step
+        )
+    model_ids = {id(q) for q in spec.model.parameters()}
+    foreign = [
+        q for g in spec.optimizer.param_groups for q in g["params"] if id(q) not in model_ids
+    ]
+    if foreign:
+        shapes = ", ".join(str(tuple(q.shape)) for q in foreign[:3])
+        raise ScriptError(
+            f"{p}: `optimizer` holds {len(foreign)} parameter(s) that are not `model`'s "
+            f"(shapes {shapes}); build it from model.parameters()"
+        )
+    check_first_batch(spec)
+
+
+def check_first_batch(spec: TrainingSpec) -> None:
+    """Look at one batch (without disturbing the RNG) for contract problems."""
+    loader = spec.train_loader
+    if iter(loader) is loader:  # a one-shot iterator: peeking would lose a batch
+        return
+    with torch.random.fork_rng(devices=[]):
+        try:
+            batch = next(iter(loader), None)
+        except Exception as exc:
+            raise ScriptError(
+                f"{spec.path}: `train_loader` raised {type(exc).__name__}: {exc}"
+            ) from None
+    if batch is None:
+        raise ScriptError(f"{spec.path}: `train_loader` is empty (it yielded no batches)")
+    if spec.training_step is not None:
+        return
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ScriptError(
+            f"{spec.path}: `train_loader` must yield (inputs, targets) pairs, got "
+            f"{type(batch).__name__}{f' of length {len(batch)}' if hasattr(batch, '__len__') else ''}"
+            "; define training_step(model, batch, criterion) for other batch shapes"
+        )
+    check_targets(spec.criterion, batch[1], spec.path)
+
+
+def check_targets(criterion: Any, targets: Any, path: Path | None) -> None:
+    if (
+        isinstance(criterion, CLASS_INDEX_LOSSES)
+        and isinstance(targets, torch.Tensor)
+        and targets.is_floating_point()
+        and targets.dim() <= 1
+    ):
+        raise ScriptError(
+            f"{path}: targets must be integer class indices (LongTensor) for "
+            f"{type(criterion).__name__}, got {targets.dtype}; use labels.long() "
+            "(or torch.tensor(labels, dtype=torch.long))"
+        )
