@@ -452,7 +452,8 @@ def build_optimizer(
         keep.update(overrides)
         keep.pop("initial_lr", None) if "lr" in overrides else None
         specs.append(keep)
-    ctor = {k: v for k, v in overrides.items() if k in probe_defaults}
+    ctor = dict(current.defaults) if same else {}
+    ctor.update((k, v) for k, v in overrides.items() if k in probe_defaults)
     if "lr" not in ctor and "lr" in probe_defaults:
         ctor["lr"] = current.defaults.get("lr", current.param_groups[0]["lr"])
     try:

@@ -90,7 +90,7 @@ def _hint(exc: BaseException, batch: Any, criterion: Any) -> str:
             "targets must be integer class indices (LongTensor) for "
             f"{type(criterion).__name__}, got {batch[1].dtype}; use labels.long()"
         )
-    return f"{type(exc).__name__}: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 class _Stop(Exception):
@@ -343,7 +343,7 @@ class Trainer:
         message = _hint(exc, batch, self.criterion)
         self.error = RunError(type(exc).__name__, message, self.step + 1)
         self.state = RunState.ERROR
-        self._append_log("error", f"training raised at step {self.step + 1}: {message}", ok=False)
+        self._append_log("error", f"training raised {self.error}", ok=False)
         if self.journal is not None:
             self.journal.write(
                 {

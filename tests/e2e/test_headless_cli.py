@@ -1,0 +1,112 @@
+"""The CLI end to end, as a user runs it: real subprocesses, exit codes, files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def tuiconsole(*args: str, stdin: str | None = None, cwd: Path | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "tuiconsole", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+
+
+def journal(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "journal.jsonl").read_text().splitlines()]
+
+
+def test_headless_run_prints_progress_and_exits_0(tmp_path):
+    r = tuiconsole(
+        "run",
+        str(SCRIPTS / "tiny.py"),
+        "--headless",
+        "--log-every",
+        "16",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
+    assert r.returncode == 0, r.stderr
+    progress = [x for x in r.stdout.splitlines() if x.startswith("step ")]
+    assert len(progress) == 5  # 80 steps / 16
+    assert "loss" in progress[0] and "steps/s" in progress[0] and "lr 0=0.01 2=0.05" in progress[0]
+    assert "finished at step 80" in r.stdout
+    assert journal(tmp_path / "run")[0]["type"] == "header"
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_default_run_dir(tmp_path):
+    r = tuiconsole("run", str(SCRIPTS / "tiny.py"), "--headless", "--max-steps", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("tiny-") and (run / "journal.jsonl").exists()
+
+
+def test_stdin_commands_are_applied_and_journaled(tmp_path):
+    r = tuiconsole(
+        "run",
+        str(SCRIPTS / "tiny.py"),
+        "--headless",
+        "--paused",
+        "--max-steps",
+        "30",
+        "--run-dir",
+        str(tmp_path),
+        stdin="decay 0.5\nlr nosuch 1\nsplit head 2 lr=0.2\nstep 3\nresume\n",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "error: lr nosuch 1.0: no module or group named 'nosuch'" in r.stdout
+    cmds = [e for e in journal(tmp_path) if e["type"] == "command"]
+    assert [(e["cmd"], e["source"], e["ok"]) for e in cmds[:3]] == [
+        ("decay 0.5 all", "stdin", True),
+        ("lr nosuch 1.0", "stdin", False),
+        ("split head 2 lr=0.2", "stdin", False),  # group "2" already holds exactly module 2
+    ]
+    assert "already is group" in cmds[2]["result"]
+    assert [g["lr"] for g in cmds[0]["groups"]] == [0.005, 0.025]
+
+
+def test_contract_error_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    r = tuiconsole("run", str(bad), "--headless", "--run-dir", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "must define `optimizer`" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_float_labels_pitfall_exits_2(tmp_path):
+    src = (
+        (SCRIPTS / "tiny.py")
+        .read_text()
+        .replace("y = (X[:, 0] > 0).long()", "y = (X[:, 0] > 0).float()")
+    )
+    bad = tmp_path / "floaty.py"
+    bad.write_text(src)
+    r = tuiconsole("run", str(bad), "--headless", "--run-dir", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert "targets must be integer class indices (LongTensor)" in r.stderr
+
+
+def test_training_error_exits_1_with_step(tmp_path):
+    r = tuiconsole("run", str(SCRIPTS / "raises.py"), "--headless", "--run-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "training failed: ValueError at step 5: bad batch 5" in r.stdout
+    errors = [e for e in journal(tmp_path) if e["type"] == "error"]
+    assert errors and errors[0]["step"] == 5
+
+
+def test_run_help_is_fast_path(tmp_path):
+    r = tuiconsole("run", "--help")
+    assert r.returncode == 0 and "--max-steps" in r.stdout and "--replay" in r.stdout
