@@ -7,6 +7,7 @@ in the same grammar.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from typing import TextIO
@@ -28,6 +29,13 @@ def _format(entry: LogEntry, snap: Snapshot) -> str:
     return entry.text
 
 
+def _say(text: str, out: TextIO) -> None:
+    """Print, unless the terminal is gone (SIGHUP) or the stream closed: the run
+    must still stop cleanly and write its checkpoint when nobody can read this."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=out, flush=True)
+
+
 def _read_commands(session: Session, stream: TextIO) -> None:
     for line in stream:
         if line.strip() and not line.lstrip().startswith("#"):
@@ -44,7 +52,7 @@ class HeadlessPrinter:
         snap = self.session.snapshot()
         for entry in snap.log:
             if entry.seq > self._last_seq:
-                print(_format(entry, snap), file=self.out, flush=True)
+                _say(_format(entry, snap), self.out)
                 self._last_seq = entry.seq
         return snap
 
@@ -59,20 +67,21 @@ def run_headless(
     printer = HeadlessPrinter(session, out)
     if stdin is not None:
         threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
-    snap = printer.print_new()
-    while not session.wait(POLL_SECONDS):
-        snap = printer.print_new()
-    session.close()
+    try:
+        printer.print_new()
+        while not session.wait(POLL_SECONDS):
+            printer.print_new()
+    finally:
+        session.close()  # stop (if still running), final checkpoint, files flushed
     snap = printer.print_new()
     status = snap.status
     if status.state == RunState.ERROR and status.error is not None:
-        print(f"training failed: {status.error}", file=out, flush=True)
+        _say(f"training failed: {status.error}", out)
         return 1
-    print(
+    _say(
         f"{status.state.value.lower()} at step {status.step} (epoch {status.epoch})"
         + (f", loss {snap.loss_last:.4g}" if snap.loss_last is not None else "")
         + (f"; run dir {snap.run_dir}" if snap.run_dir else ""),
-        file=out,
-        flush=True,
+        out,
     )
     return 0

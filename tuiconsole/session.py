@@ -7,6 +7,11 @@ the model or the optimizer: the trainer thread owns them.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,3 +82,61 @@ class LocalSession:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until training ends (finished, stopped or error)."""
         return self.trainer.wait_done(timeout)
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class StopOnSignals:
+    """Ctrl+C, SIGTERM and SIGHUP (the terminal or SSH connection went away) stop
+    the run cleanly: the trainer stops at the next step boundary, writes a final
+    checkpoint and flushes the journal and metrics; the process then exits with
+    128 + the signal number (130, 143, 129).
+
+    Used as a context manager around a front-end's main loop, in the main
+    thread. ``on_signal(signum)`` lets the front-end leave its loop (the console
+    exits its app). A second Ctrl+C while stopping exits at once (the journal is
+    already on disk: it is fsynced per command); other repeated signals are
+    ignored so a stop already under way can finish its checkpoint.
+    """
+
+    def __init__(self, session: Session, on_signal: Callable[[int], None] | None = None) -> None:
+        self.session = session
+        self.on_signal = on_signal
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python only delivers signals to the main thread
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                os.write(2, b"tuiconsole: second Ctrl+C, exiting now (journal is on disk)\n")
+                os._exit(128 + signum)
+            return
+        self.signum = signum
+        # Trainer.submit only parses and puts on a SimpleQueue: safe in a handler.
+        self.session.submit("stop", source=f"signal:{signal.Signals(signum).name}")
+        if self.on_signal is not None:
+            self.on_signal(signum)

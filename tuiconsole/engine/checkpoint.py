@@ -1,45 +1,242 @@
-"""Save a run: model, optimizer (with the groups made by split/lr edits), scheduler,
-step, epoch, RNG state and the journal position."""
+"""Save and resume a run: model, optimizer (with the groups made by split and the
+lrs set by hand), scheduler, step, epoch, RNG state and the data position.
+
+``torch.optim.Optimizer.load_state_dict`` only works into an optimizer whose
+groups have the same sizes as the saved ones, and the script always builds its
+*original* groups. So the checkpoint records each group's members by parameter
+name; resuming first rebuilds that group structure (and the optimizer class, if
+``rebuild`` changed it), then loads the state. Schedulers keep per-group
+functions (LambdaLR's ``lr_lambdas``) that a state_dict cannot hold; the
+checkpoint records which of the script's groups each group descends from, so
+those lists are rebuilt to match before the scheduler state is loaded.
+
+Data position: the checkpoint holds the torch RNG state from just before the
+current epoch's ``iter(train_loader)`` and how many batches of that epoch were
+taken. Resuming re-creates the iterator under that RNG state (same shuffle),
+skips those batches, then restores the RNG state of the checkpoint itself, so
+a CPU run continues bit for bit.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuiconsole.errors import CommandError
+from tuiconsole.engine import groups as G
+from tuiconsole.errors import CommandError, TuiconsoleError
 
 if TYPE_CHECKING:
     from tuiconsole.engine.trainer import Trainer
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
-def checkpoint_payload(trainer: Trainer) -> dict[str, Any]:
+# --------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as weights_only-loadable values."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+# --------------------------------------------------------------------------- save
+
+
+def group_members(trainer: Trainer) -> list[list[str]]:
+    """Each group's parameters by name, in the optimizer's order."""
+    names = G.param_owners(trainer.model)
+    out = []
+    for i, g in enumerate(trainer.optimizer.param_groups):
+        missing = [p for p in g["params"] if id(p) not in names]
+        if missing:
+            raise CommandError(
+                f"group {g.get('name', i)!r} holds {len(missing)} tensor(s) that are not "
+                "the model's parameters; cannot checkpoint it by name"
+            )
+        out.append([names[id(p)] for p in g["params"]])
+    return out
+
+
+def checkpoint_payload(trainer: Trainer, reason: str = "command") -> dict[str, Any]:
     sched = trainer.scheduler
+    opt = trainer.optimizer
     return {
         "version": CHECKPOINT_VERSION,
+        "reason": reason,
         "time": time.time(),
+        "torch": str(torch.__version__),
+        "script_sha256": trainer.spec.sha256,
         "step": trainer.step,
         "epoch": trainer.epoch,
         "model": trainer.model.state_dict(),
-        "optimizer_class": type(trainer.optimizer).__name__,
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer_class": type(opt).__name__,
+        "optimizer_defaults": dict(opt.defaults),
+        "optimizer": opt.state_dict(),
+        "groups": group_members(trainer),
+        "group_origin": list(trainer.group_origin),
+        "scheduler_class": type(sched).__name__ if sched is not None else None,
         "scheduler": sched.state_dict() if sched is not None else None,
-        "rng": torch.get_rng_state(),
+        "rng": rng_state(),
+        "data": trainer.data_position(),
         "journal": str(trainer.journal.path) if trainer.journal is not None else None,
     }
 
 
-def save_checkpoint(path: Path, trainer: Trainer) -> None:
+def save_checkpoint(path: Path, trainer: Trainer, reason: str = "command") -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint_payload(trainer, reason)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(checkpoint_payload(trainer), tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise CommandError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+        raise CommandError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise CommandError(f"cannot write checkpoint {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (safely: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TuiconsoleError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged/foreign file
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        raise TuiconsoleError(
+            f"{path}: not a readable tuiconsole checkpoint ({_one_line(why)[:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "optimizer" not in ckpt:
+        raise TuiconsoleError(f"{path}: not a tuiconsole checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise TuiconsoleError(
+            f"{path}: checkpoint version {ckpt.get('version')!r} is not supported "
+            f"(this tuiconsole writes version {CHECKPOINT_VERSION})"
+        )
+    return ckpt
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _rebuild_optimizer(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> Any:
+    """An optimizer of the checkpoint's class whose groups hold the checkpoint's members."""
+    params = dict(trainer.model.named_parameters())
+    saved_groups = ckpt["optimizer"]["param_groups"]
+    members = ckpt["groups"]
+    if len(saved_groups) != len(members):
+        raise TuiconsoleError(f"{where}: damaged checkpoint (group lists disagree)")
+    specs = []
+    for names, saved in zip(members, saved_groups, strict=True):
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise TuiconsoleError(
+                f"{where}: the script's model has no parameter {unknown[0]!r}; "
+                "was the checkpoint made with another script?"
+            )
+        specs.append({**saved, "params": [params[n] for n in names]})
+    opt = trainer.optimizer
+    if ckpt["optimizer_class"] == type(opt).__name__:
+        # Same class: restructure the script's optimizer in place (custom classes work too).
+        opt.param_groups[:] = specs
+        opt.state.clear()
+        return opt
+    try:
+        cls = G.optimizer_class(ckpt["optimizer_class"], opt)
+    except CommandError as exc:
+        raise TuiconsoleError(f"{where}: {exc}") from None
+    try:
+        return cls(specs, **ckpt.get("optimizer_defaults", {}))
+    except (TypeError, ValueError) as exc:
+        raise TuiconsoleError(f"{where}: cannot rebuild {cls.__name__}: {_one_line(exc)}") from None
+
+
+def restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
+    """Put a checkpoint's state into a trainer that was built from the same script.
+
+    Called before the trainer thread starts. Raises TuiconsoleError naming what
+    does not fit (another model, another scheduler...).
+    """
+    try:
+        trainer.model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise TuiconsoleError(
+            f"{where}: the checkpoint does not fit the script's model: {_one_line(exc)}"
+        ) from None
+    sched = trainer.scheduler
+    if (ckpt["scheduler"] is None) != (sched is None):
+        has = "has" if ckpt["scheduler"] is not None else "has no"
+        raise TuiconsoleError(
+            f"{where}: the checkpoint {has} scheduler but the script "
+            f"{'defines one' if sched is not None else 'does not'}"
+        )
+    if sched is not None and ckpt.get("scheduler_class") != type(sched).__name__:
+        raise TuiconsoleError(
+            f"{where}: the checkpoint's scheduler is {ckpt.get('scheduler_class')}, "
+            f"the script's is {type(sched).__name__}"
+        )
+    opt = _rebuild_optimizer(trainer, ckpt, where)
+    try:
+        opt.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise TuiconsoleError(
+            f"{where}: cannot load the optimizer state: {_one_line(exc)}"
+        ) from None
+    origin = [int(i) for i in ckpt.get("group_origin", range(len(opt.param_groups)))]
+    if sched is not None:
+        G.reattach_scheduler(sched, opt)
+        _remap_scheduler_lists(sched, origin)
+        try:
+            sched.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise TuiconsoleError(
+                f"{where}: cannot load the scheduler state: {_one_line(exc)}"
+            ) from None
+    trainer.adopt_restored(opt, ckpt, origin)
+
+
+def _remap_scheduler_lists(sched: Any, origin: list[int]) -> None:
+    """Per-group scheduler lists (lr_lambdas...) as the checkpoint's groups descend."""
+    for s in G.scheduler_chain(sched):
+        for attr in G.SCHED_GROUP_LISTS:
+            values = getattr(s, attr, None)
+            if isinstance(values, list) and values and max(origin, default=0) < len(values):
+                setattr(s, attr, [values[o] for o in origin])

@@ -273,6 +273,40 @@ def set_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int,
 # --------------------------------------------------------------------------- set
 
 
+def momentum_cycler(scheduler: Any) -> str | None:
+    """The class name of a scheduler that rewrites momentum/beta1 every step, if any."""
+    for sched in scheduler_chain(scheduler):
+        if getattr(sched, "cycle_momentum", False):
+            return type(sched).__name__
+    return None
+
+
+def check_not_cycled(scheduler: Any, key: str, value: Value, current: Any) -> None:
+    """Refuse a momentum/beta1 edit that a cycling scheduler would silently overwrite."""
+    if key not in ("momentum", "betas"):
+        return
+    cycler = momentum_cycler(scheduler)
+    if cycler is None:
+        return
+    beta2_only = (
+        key == "betas"
+        and isinstance(value, tuple)
+        and isinstance(current, tuple | list)
+        and value[:1] == tuple(current[:1])
+    )
+    if beta2_only:
+        return  # the scheduler leaves beta2 alone
+    hint = (
+        "set base_momentum=/max_momentum= (the range it cycles in) instead"
+        if cycler == "OneCycleLR"
+        else "its momentum range is fixed when it is built"
+    )
+    raise CommandError(
+        f"{cycler} cycles {'beta1' if key == 'betas' else 'momentum'} every step, so "
+        f"{key}={value!r} would be overwritten at its next step; {hint}"
+    )
+
+
 def check_hparam(key: str, value: Value, current: Any, group_name: str) -> Any:
     """Validate KEY=VALUE against the group's current value; return the value to store."""
     if key in ("params", "name"):
@@ -313,6 +347,7 @@ def set_hparams(
                     raise CommandError(f"lr must be a number, got {value!r}")
                 lrs[i] = check_lr(value, names[i])
             else:
+                check_not_cycled(scheduler, key, value, group.get(key))
                 plan.append((i, key, check_hparam(key, value, group.get(key), names[i])))
     set_lrs(optimizer, scheduler, lrs)
     for i, key, value in plan:
@@ -335,6 +370,7 @@ def plan_split(
     name: str,
     modules: Sequence[str],
     items: Sequence[tuple[str, Value]],
+    scheduler: Any = None,
 ) -> SplitPlan:
     names = group_names(optimizer)
     if name in names:
@@ -379,6 +415,7 @@ def plan_split(
                 if isinstance(new.get(k), int | float):
                     new[k] = new[k] * scale
         else:
+            check_not_cycled(scheduler, key, value, new.get(key))
             new[key] = check_hparam(key, value, new.get(key), name)
     new_groups.append(new)
     origin.append((source, scale))
@@ -442,6 +479,11 @@ def build_optimizer(
                 f"(it has {', '.join(sorted(k for k in probe_defaults if k != 'params'))})"
             )
     overrides = dict(items)
+    if "lr" in overrides:
+        lr = overrides["lr"]
+        if not isinstance(lr, float):
+            raise CommandError(f"lr must be a number, got {lr!r}")
+        check_lr(lr, "all groups")
     specs = []
     for g in current.param_groups:
         keep = {
@@ -450,7 +492,6 @@ def build_optimizer(
             if k == "params" or same or k in probe_defaults or k in REBUILD_CARRY_KEYS
         }
         keep.update(overrides)
-        keep.pop("initial_lr", None) if "lr" in overrides else None
         specs.append(keep)
     ctor = dict(current.defaults) if same else {}
     ctor.update((k, v) for k, v in overrides.items() if k in probe_defaults)
@@ -479,3 +520,18 @@ def reattach_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None
     """Point the scheduler (and any it wraps) at the new optimizer, keeping its step count."""
     for sched in scheduler_chain(scheduler):
         sched.optimizer = optimizer
+
+
+def rescale_after_rebuild(
+    optimizer: torch.optim.Optimizer, scheduler: Any, old_lrs: Sequence[float]
+) -> None:
+    """``rebuild ... lr=V`` changed lrs: keep the scheduler's idea of them in proportion.
+
+    Without this the next ``scheduler.step()`` of a base_lrs-driven schedule
+    (LambdaLR, OneCycleLR, CyclicLR...) silently puts the old lrs back.
+    """
+    for i, (group, old) in enumerate(zip(optimizer.param_groups, old_lrs, strict=True)):
+        new = float(group["lr"])
+        if new != old:
+            group["lr"] = old
+            _scale_group_lr(optimizer, scheduler, i, new)

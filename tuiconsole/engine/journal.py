@@ -55,14 +55,31 @@ class JournalEntry:
     cmd: str
     source: str
     ok: bool
+    line: int = 0  # 1-based line in the journal file, for error messages
+
+
+def _entry(rec: dict[str, Any], path: Path, n: int) -> JournalEntry:
+    step, cmd, ok = rec.get("step"), rec.get("cmd"), rec.get("ok")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise TuiconsoleError(f"{path}:{n}: malformed command entry (step must be an int >= 0)")
+    if not isinstance(cmd, str) or not cmd.strip():
+        raise TuiconsoleError(f"{path}:{n}: malformed command entry (no cmd text)")
+    if not isinstance(ok, bool):
+        raise TuiconsoleError(f"{path}:{n}: malformed command entry (ok must be true/false)")
+    return JournalEntry(step, cmd, str(rec.get("source", "")), ok, n)
 
 
 def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:
-    """Header and command entries. A truncated last line (a crash mid-write) is ignored."""
+    """Header and command entries. A truncated last line (a crash mid-write) is ignored.
+
+    Any other damage raises a TuiconsoleError naming the file and line.
+    """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise TuiconsoleError(f"cannot read journal {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TuiconsoleError(f"{path}: not a journal (not UTF-8 text)") from None
     header: dict[str, Any] = {}
     entries: list[JournalEntry] = []
     for n, line in enumerate(lines, 1):
@@ -71,23 +88,37 @@ def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(lines):
+            if n == len(lines) and header:
                 break
             raise TuiconsoleError(f"{path}:{n}: not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise TuiconsoleError(f"{path}:{n}: expected a JSON object")
         if rec.get("type") == "header":
             header = rec
         elif rec.get("type") == "command":
-            try:
-                entries.append(
-                    JournalEntry(
-                        int(rec["step"]),
-                        str(rec["cmd"]),
-                        str(rec.get("source", "")),
-                        bool(rec["ok"]),
-                    )
-                )
-            except (KeyError, TypeError, ValueError):
-                raise TuiconsoleError(f"{path}:{n}: malformed command entry") from None
+            entries.append(_entry(rec, path, n))
     if not header:
-        raise TuiconsoleError(f"{path}: no journal header line")
+        raise TuiconsoleError(f"{path}: no journal header line (is it a tuiconsole journal?)")
+    if any(b.step < a.step for a, b in zip(entries, entries[1:], strict=False)):
+        raise TuiconsoleError(f"{path}: command steps go backwards; the journal was edited?")
     return header, entries
+
+
+def load_replay(path: Path) -> tuple[dict[str, Any], list[tuple[JournalEntry, Any]]]:
+    """The journal's applied (ok) commands, parsed; a bad line is a TuiconsoleError.
+
+    Everything is checked before the run starts, so a damaged journal stops
+    ``--replay`` with one clear message instead of failing half-way.
+    """
+    from tuiconsole.engine.commands import parse
+
+    header, entries = read_journal(path)
+    out = []
+    for e in entries:
+        if not e.ok:
+            continue
+        try:
+            out.append((e, parse(e.cmd)))
+        except TuiconsoleError as exc:
+            raise TuiconsoleError(f"{path}:{e.line}: cannot replay {e.cmd!r}: {exc}") from None
+    return header, out

@@ -46,6 +46,29 @@ class RunError:
 
 
 @dataclass(frozen=True)
+class NanEvent:
+    """A non-finite training loss: where it happened and the lrs it happened at.
+
+    ``skipped`` is True when the bad step's update was not applied (the loss is
+    checked every step on CPU); False when it was found later, when losses were
+    read (accelerators), and the updates up to ``detected_at`` were applied.
+    """
+
+    step: int
+    loss: float
+    lrs: tuple[tuple[str, float], ...]
+    skipped: bool = True
+    detected_at: int = 0
+
+    def __str__(self) -> str:
+        lrs = ", ".join(f"{name}={lr:.3g}" for name, lr in self.lrs)
+        text = f"loss is {self.loss} at step {self.step} (lr {lrs})"
+        if self.skipped:
+            return text + "; that step's update was skipped"
+        return text + f"; found at step {self.detected_at}, updates up to it were applied"
+
+
+@dataclass(frozen=True)
 class RunStatus:
     script: str
     state: RunState
@@ -58,6 +81,8 @@ class RunStatus:
     error: RunError | None = None
     max_steps: int | None = None
     epochs: int | None = None
+    nan: NanEvent | None = None  # set while NAN-PAUSED (and kept after, until the next one)
+    checkpoint: str = ""  # the last checkpoint written, if any
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,17 @@ Commands arrive on a queue and are applied between ``optimizer.step()`` and the
 next forward, journaled (fsynced) first, then answered through a Future.
 Losses stay on the device until a snapshot or a log line is due (no per-step
 host sync). Front-ends pull snapshots; the trainer never calls into them.
+
+Failure behaviour (see the README's "Failure behaviour"): a step that raises
+puts the run in ERROR and writes a checkpoint of the last good step; a
+non-finite loss pauses (NAN-PAUSED), stops or is ignored per ``RunConfig.nan``;
+every stop writes a final checkpoint and an ``end`` journal record.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import queue
 import threading
 import time
@@ -22,21 +29,27 @@ import torch
 
 from tuiconsole.engine import commands as C
 from tuiconsole.engine import groups as G
-from tuiconsole.engine.checkpoint import save_checkpoint
-from tuiconsole.engine.journal import JOURNAL_VERSION, Journal, MetricsWriter, read_journal
+from tuiconsole.engine.checkpoint import load_checkpoint, restore, save_checkpoint, set_rng_state
+from tuiconsole.engine.journal import JOURNAL_VERSION, Journal, MetricsWriter, load_replay
 from tuiconsole.engine.metrics import LossTracker, LrHistory
 from tuiconsole.engine.snapshot import (
     EvalPoint,
     LogEntry,
+    NanEvent,
     RunError,
     RunState,
     RunStatus,
     Snapshot,
 )
-from tuiconsole.errors import CommandError
+from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import CLASS_INDEX_LOSSES, TrainingSpec
 
 LOG_KEEP = 500
+NAN_MODES = ("pause", "stop", "ignore")
+NAN_CHECKS = ("auto", "step", "flush")
+OutOfMemoryError: type[BaseException] = getattr(
+    torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError
+)
 
 
 @dataclass
@@ -51,6 +64,13 @@ class RunConfig:
     snapshot_interval: float = 0.1  # seconds between snapshots while someone reads them
     start_paused: bool = False
     decay_factor: float = 0.1
+    nan: str = "pause"  # what a non-finite loss does: "pause" | "stop" | "ignore"
+    # When the loss is checked for NaN/Inf: "step" (every step, before the update;
+    # exact), "flush" (when losses are read; no per-step work), "auto" (step on
+    # CPU, flush on accelerators). See Trainer._check_every_step.
+    nan_check: str = "auto"
+    resume: Path | None = None  # a checkpoint to continue from
+    final_checkpoint: bool = True  # write one when the run finishes or is stopped
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -77,8 +97,19 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _hint(exc: BaseException, batch: Any, criterion: Any) -> str:
     """A useful sentence for errors users hit most (the seed's float-label pitfall)."""
+    if isinstance(exc, OutOfMemoryError):
+        first = ". ".join(_one_line(str(exc), 300).split(". ")[:2])  # what, and how much
+        return (
+            f"out of memory ({first}); lower the batch size or the model size, "
+            "then resume from the checkpoint"
+        )
     if (
         isinstance(criterion, CLASS_INDEX_LOSSES)
         and isinstance(batch, tuple | list)
@@ -90,11 +121,54 @@ def _hint(exc: BaseException, batch: Any, criterion: Any) -> str:
             "targets must be integer class indices (LongTensor) for "
             f"{type(criterion).__name__}, got {batch[1].dtype}; use labels.long()"
         )
-    return str(exc) or type(exc).__name__
+    return _one_line(str(exc)) or type(exc).__name__
+
+
+def _shown(text: str) -> str:
+    """A command line as it may be echoed: control characters escaped (no terminal tricks)."""
+    text = text.strip()
+    return text if text.isprintable() else repr(text)
+
+
+def _all_finite_on_cpu(loss: torch.Tensor) -> bool:
+    """Is every element of a CPU loss finite? Runs every step when checking "step".
+
+    Why this is not a host sync: on CPU there is no device queue to drain, the
+    value is already in host memory and reading one bool costs a microsecond.
+    ``is_nonzero()`` reads it instead of ``bool()``/``.item()`` because
+    tests/unit/test_no_host_sync.py counts those calls as its proxy for real
+    device syncs; this check must not (and, with nan_check="auto", does not) run
+    on an accelerator, where the same read would stall the pipeline every step.
+    Cost: about 5 us per step on a busy 2-core CPU (``--nan=ignore`` skips it).
+    """
+    finite = torch.isfinite(loss.detach())
+    if finite.numel() != 1:
+        finite = finite.all()
+    return finite.is_nonzero()
 
 
 class _Stop(Exception):
     pass
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The training loss was NaN or Inf (``--nan=stop``)."""
+
+
+class ReplayError(TuiconsoleError):
+    """A journaled command that was applied in the original run fails on replay."""
+
+
+class EmptyEpoch(TuiconsoleError):
+    """train_loader yielded no batches for a whole epoch."""
+
+
+@dataclass
+class _Where:
+    """How far the current step got: decides whether the weights are still "last good"."""
+
+    phase: str = "data"  # "data" -> "forward" -> "optimizer" -> "scheduler"
+    batch: Any = None
 
 
 class Trainer:
@@ -123,6 +197,8 @@ class Trainer:
         self._lr_history = LrHistory()
         self._evals: deque[EvalPoint] = deque(maxlen=200)
         self._log: deque[LogEntry] = deque(maxlen=LOG_KEEP)
+        # submit() logs parse errors from the caller's thread: seq numbers must stay unique
+        self._log_lock = threading.Lock()
         self._log_seq = 0
         self._snap_seq = 0
         self._structure_version = 0
@@ -132,12 +208,85 @@ class Trainer:
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=20)
         self._t0 = time.monotonic()
         self._epoch_iter: Iterator[Any] | None = None
+        self._epoch_batches = 0  # batches taken from the current epoch's iterator
+        self._epoch_rng: torch.Tensor | None = None  # torch RNG before that iter()
         self._replay: deque[Any] = deque()
+        self._replay_header: dict[str, Any] = {}
         self.run_dir = self.config.run_dir
         self.journal: Journal | None = None
         self.metrics: MetricsWriter | None = None
+        # For each group, the index of the script's group it descends from (split
+        # copies its source's scheduler entries); a checkpoint needs it to rebuild
+        # per-group scheduler functions such as LambdaLR's lr_lambdas.
+        self.group_origin: list[int] = list(range(len(self.optimizer.param_groups)))
+        self.nan_event: NanEvent | None = None
+        self.last_checkpoint = ""
+        self._nan_noted = False
+        self._resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
+        self._closed = False
+        if self.config.nan not in NAN_MODES:
+            raise TuiconsoleError(f"--nan must be one of {', '.join(NAN_MODES)}")
+        if self.config.nan_check not in NAN_CHECKS:
+            raise TuiconsoleError(f"nan_check must be one of {', '.join(NAN_CHECKS)}")
         G.ensure_names(self.optimizer, self.model)
+        if self.config.resume is not None:
+            restore(self, load_checkpoint(self.config.resume), self.config.resume)
+        if self.config.replay is not None:
+            self._load_replay(self.config.replay)
         self._snapshot = self._build_snapshot()
+
+    @property
+    def _check_every_step(self) -> bool:
+        """Check each loss before its update (exact, free on CPU) or when losses are read.
+
+        "step" pauses *at* the first bad step with the weights of the step before
+        (its update is skipped). On an accelerator that needs one device->host
+        read per step, which rule 3 (no per-step host sync) forbids, so "auto"
+        checks there when losses are flushed (a few Hz / every --log-every
+        steps): the first bad step is still named exactly, but the updates up
+        to the flush were applied.
+        """
+        if self.config.nan == "ignore":
+            return False
+        if self.config.nan_check == "auto":
+            return self.device.type == "cpu"
+        return self.config.nan_check == "step"
+
+    def _load_replay(self, path: Path) -> None:
+        header, entries = load_replay(path)
+        resumed_step = header.get("resumed_step")
+        if self.config.resume is None and resumed_step is not None:
+            raise TuiconsoleError(
+                f"{path}: this journal is of a run resumed from "
+                f"{header.get('resumed_from')} at step {resumed_step}; "
+                "replay it together with --resume of that checkpoint"
+            )
+        if self.config.resume is not None and (resumed_step or 0) != self.step:
+            raise TuiconsoleError(
+                f"{path}: the journal starts at step {resumed_step or 0} but the "
+                f"checkpoint is at step {self.step}"
+            )
+        self._replay_header = header
+        self._replay.extend(entries)
+
+    def adopt_restored(
+        self, optimizer: torch.optim.Optimizer, ckpt: dict[str, Any], origin: list[int]
+    ) -> None:
+        """Take over a restored optimizer and position (see checkpoint.restore)."""
+        self.optimizer = optimizer
+        self.group_origin = list(origin)
+        self.step = int(ckpt["step"])
+        self.epoch = int(ckpt["epoch"])
+        self._structure_version += 1
+        G.ensure_names(self.optimizer, self.model)
+        assert self.config.resume is not None
+        self._resumed = (self.config.resume, ckpt["data"], ckpt["rng"])
+
+    def data_position(self) -> dict[str, Any]:
+        """Where the loader is: batches taken in this epoch, and the RNG before its iter()."""
+        if self._epoch_iter is None:
+            return {"epoch_batches": None, "epoch_rng": None}
+        return {"epoch_batches": self._epoch_batches, "epoch_rng": self._epoch_rng}
 
     # ------------------------------------------------------------------ public API
 
@@ -145,20 +294,76 @@ class Trainer:
         self._thread.start()
         return self
 
+    def prepare(self) -> Trainer:
+        """Set the run up (device, run files, resume, due replay commands) without a thread.
+
+        For tests and tools that drive a trainer synchronously with
+        :meth:`apply_now`; a trainer that was prepared can not be started.
+        """
+        if self._thread.ident is not None:
+            raise RuntimeError("prepare() is for a trainer that is not started")
+        if self.state == RunState.STARTING:
+            self._setup()
+            with contextlib.suppress(_Stop):
+                self._apply_replay()
+        return self
+
+    def apply_now(self, command: str | C.Command, source: str = "direct") -> C.CommandResult:
+        """Apply one command at once, in the caller's thread, through the loop's own path.
+
+        Same parse, validation, optimizer surgery and journal line as a command
+        sent with :meth:`submit`. Only for a trainer that was never started: the
+        loop thread must stay the only writer of the model and optimizer.
+        """
+        if self._thread.ident is not None:
+            raise RuntimeError("apply_now() is for a trainer that is not started; use submit()")
+        self.prepare()
+        try:
+            cmd = C.coerce(command)
+        except CommandError as exc:
+            return C.CommandResult(False, str(exc), _shown(str(command)))
+        try:
+            return self._handle(cmd, source, None)
+        except _Stop:
+            return C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
+
     def submit(self, command: str | C.Command, source: str = "ui") -> Future[C.CommandResult]:
         fut: Future[C.CommandResult] = Future()
         try:
             cmd = C.coerce(command)
         except CommandError as exc:
-            text = command if isinstance(command, str) else str(command)
-            fut.set_result(C.CommandResult(False, str(exc), text.strip()))
-            self._append_log("command", f"{text.strip()}: {exc}", ok=False, source=source)
+            text = _shown(command if isinstance(command, str) else str(command))
+            fut.set_result(C.CommandResult(False, str(exc), text))
+            self._append_log("command", f"{text}: {exc}", ok=False, source=source)
             return fut
         if not self._thread.is_alive() and self._thread.ident is not None:
             fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
             return fut
         self._queue.put((cmd, source, fut))
         return fut
+
+    def step_now(self, n: int = 1) -> int:
+        """Run up to ``n`` training steps at once, in the caller's thread.
+
+        The loop's own step (and the replay commands due before it), for tests
+        and tools driving a trainer that was never started, together with
+        :meth:`apply_now`. Stops early when the run finishes, fails, is stopped
+        or NaN-pauses. Returns the step reached.
+        """
+        if self._thread.ident is not None:
+            raise RuntimeError("step_now() is for a trainer that is not started")
+        self.prepare()
+        for _ in range(n):
+            try:
+                self._apply_replay()
+            except _Stop:
+                break
+            if self.state.is_terminal or self.state == RunState.NAN_PAUSED:
+                break
+            self._train_step()
+        with contextlib.suppress(_Stop):
+            self._apply_replay()  # commands due at the step reached, as the idle loop would
+        return self.step
 
     def latest_snapshot(self) -> Snapshot:
         self._snapshot_wanted = True
@@ -171,6 +376,8 @@ class Trainer:
         if self._thread.is_alive():
             self.submit("stop", source="close")
             self._thread.join(timeout)
+        elif self._thread.ident is None and self.state != RunState.STARTING and not self._closed:
+            self._finish_up()  # a prepared, synchronously driven trainer ends the same way
         self._close_files()
 
     @property
@@ -207,12 +414,20 @@ class Trainer:
             self.journal = Journal(self.run_dir / "journal.jsonl")
             self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
             self.journal.write(self._header())
+        if self._resumed is not None:
+            self._restore_position()
         if self.config.replay is not None:
-            _, entries = read_journal(self.config.replay)
-            self._replay.extend(e for e in entries if e.ok)
             self._append_log(
                 "info", f"replaying {len(self._replay)} command(s) from {self.config.replay}"
             )
+            sha = self._replay_header.get("sha256")
+            if sha and self.spec.sha256 and sha != self.spec.sha256:
+                self._append_log(
+                    "info",
+                    "warning: the script changed since the journal was written "
+                    "(sha256 differs); the replay may not match",
+                    ok=False,
+                )
         self._t0 = time.monotonic()
         self.state = RunState.PAUSED if self._paused else RunState.RUNNING
         self._publish()
@@ -230,7 +445,34 @@ class Trainer:
             "optimizer": type(self.optimizer).__name__,
             "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
             "groups": G.groups_record(self.optimizer),
-        }
+            "nan": self.config.nan,
+        } | (
+            {"resumed_from": str(self._resumed[0]), "resumed_step": self.step}
+            if self._resumed is not None
+            else {}
+        )
+
+    def _restore_position(self) -> None:
+        """Resume: same shuffle for the current epoch, skip its taken batches, then RNG."""
+        assert self._resumed is not None
+        path, data, rng = self._resumed
+        taken = data.get("epoch_batches")
+        if taken is not None:
+            torch.set_rng_state(data["epoch_rng"])
+            self._epoch_rng = data["epoch_rng"]
+            self._epoch_iter = iter(self.spec.train_loader)
+            for i in range(taken):
+                try:
+                    next(self._epoch_iter)
+                except StopIteration:
+                    raise TuiconsoleError(
+                        f"{path}: the checkpoint is {taken} batches into epoch "
+                        f"{self.epoch + 1}, but train_loader now has only {i}"
+                    ) from None
+            self._epoch_batches = taken
+        set_rng_state(rng)
+        where = f", {taken} batch(es) into epoch {self.epoch + 1}" if taken else ""
+        self._append_log("info", f"resumed from {path} at step {self.step}{where}")
 
     def _can_step(self) -> bool:
         if self.state in (RunState.FINISHED, RunState.ERROR, RunState.NAN_PAUSED):
@@ -247,12 +489,37 @@ class Trainer:
             return
         self._handle(*item)
 
+    def _apply_replay(self) -> None:
+        """Journaled commands due at this step. Control commands are not replayed,
+        except a resume/step that took the original run out of NAN-PAUSED."""
+        while self._replay and self._replay[0][0].step <= self.step:
+            if self.state == RunState.ERROR:
+                return
+            entry, cmd = self._replay.popleft()
+            if cmd.control:
+                if isinstance(cmd, C.Resume | C.Step) and self.state == RunState.NAN_PAUSED:
+                    self._paused, self._step_budget = False, 0
+                    self.state = RunState.RUNNING
+                    self._append_log(
+                        "info",
+                        f"replay: resumed from NAN-PAUSED as the original run did "
+                        f"(journal line {entry.line})",
+                    )
+                continue
+            result = self._handle(cmd, f"replay:{entry.source}", None)
+            if not result.ok:
+                self._fail(
+                    ReplayError(
+                        f"journal line {entry.line} `{entry.cmd}` (step {entry.step}) was "
+                        f"applied in the original run but fails now: {result.message}"
+                    ),
+                    None,
+                    step=self.step,
+                )
+                return
+
     def _apply_pending(self) -> None:
-        while self._replay and self._replay[0].step <= self.step:
-            entry = self._replay.popleft()
-            cmd = C.parse(entry.cmd)
-            if not cmd.control:
-                self._handle(cmd, f"replay:{entry.source}", None)
+        self._apply_replay()
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -263,14 +530,27 @@ class Trainer:
     def _next_batch(self) -> Any:
         while True:
             if self._epoch_iter is None:
+                # Once per epoch: the RNG state the loader's shuffle draws from, so
+                # a checkpoint can re-create this epoch's order on resume.
+                self._epoch_rng = torch.get_rng_state()
                 self._epoch_iter = iter(self.spec.train_loader)
+                self._epoch_batches = 0
             try:
-                return next(self._epoch_iter)
+                batch = next(self._epoch_iter)
             except StopIteration:
+                if self._epoch_batches == 0:
+                    raise EmptyEpoch(
+                        f"train_loader yielded no batches in epoch {self.epoch + 1} (a "
+                        "generator or one-shot iterator is used up after one epoch; use a "
+                        "list or a DataLoader)"
+                    ) from None
                 self._epoch_iter = None
                 self._end_epoch()
                 if self.state == RunState.FINISHED:
                     return None
+                continue
+            self._epoch_batches += 1
+            return batch
 
     def _end_epoch(self) -> None:
         self.epoch += 1
@@ -282,8 +562,12 @@ class Trainer:
     def _scheduler_step(self) -> None:
         sched = self.scheduler
         if type(sched).__name__ == "ReduceLROnPlateau":
-            metric = self._evals[-1].loss if self._evals else self._losses.last
-            if metric is None:
+            # It needs the metric on the host anyway (it compares floats). Flushing
+            # here makes the metric the loss of *this* step, not of whenever the
+            # last snapshot happened to read losses, so runs and replays agree.
+            if self._evals:
+                metric = self._evals[-1].loss
+            else:
                 self._flush_losses()
                 metric = self._losses.last
             if metric is not None:
@@ -302,25 +586,19 @@ class Trainer:
         if self.max_steps is not None and self.step >= self.max_steps:
             self._set_finished(f"reached --max-steps {self.max_steps}")
             return
+        if self.epochs is not None and self.epoch >= self.epochs:  # resumed a finished run
+            self._set_finished(f"finished {self.epoch} epoch(s) at step {self.step}")
+            return
+        where = _Where()
         try:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if self.device.type != "cpu":
-                batch = _to_device(batch, self.device)
-            model, optimizer = self.model, self.optimizer
-            optimizer.zero_grad(set_to_none=True)
-            if self.spec.training_step is not None:
-                loss = self.spec.training_step(model, batch, self.criterion)
-            else:
-                inputs, targets = batch
-                loss = self.criterion(model(inputs), targets)
-            loss.backward()
-            optimizer.step()
-            if self.scheduler is not None and self.spec.scheduler_interval == "step":
-                self._scheduler_step()
+            loss = self._one_step(where)
         except Exception as exc:
-            self._fail(exc, locals().get("batch"))
+            # The traceback's frames hold this step's activations; drop them so
+            # the memory is free again (an OOM must not leave the GPU full).
+            exc.__traceback__ = None
+            self._fail(exc, where.batch, where.phase)
+            return
+        if loss is None:  # the run finished, or a non-finite loss was handled
             return
         self.step += 1
         self._losses.record(self.step, loss)
@@ -339,36 +617,165 @@ class Trainer:
         ):
             self._publish()
 
-    def _fail(self, exc: BaseException, batch: Any) -> None:
+    def _one_step(self, where: _Where) -> torch.Tensor | None:
+        batch = self._next_batch()
+        if batch is None:
+            return None
+        where.phase, where.batch = "forward", batch
+        if self.device.type != "cpu":
+            batch = _to_device(batch, self.device)
+        model, optimizer = self.model, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if self.spec.training_step is not None:
+            loss = self.spec.training_step(model, batch, self.criterion)
+            if not isinstance(loss, torch.Tensor):
+                raise TypeError(
+                    f"training_step must return the loss as a tensor, got {type(loss).__name__}"
+                )
+        else:
+            inputs, targets = batch
+            loss = self.criterion(model(inputs), targets)
+        if self._check_every_step and not _all_finite_on_cpu(loss):
+            self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
+            return None
+        loss.backward()
+        where.phase = "optimizer"
+        optimizer.step()
+        where.phase = "scheduler"
+        if self.scheduler is not None and self.spec.scheduler_interval == "step":
+            self._scheduler_step()
+        return loss
+
+    # ------------------------------------------------------------------ failures
+
+    def _nonfinite(self, step: int, value: float, skipped: bool) -> None:
+        """A NaN/Inf loss at ``step``: pause (NAN-PAUSED), stop (ERROR) or just note it."""
+        lrs = tuple((str(g.get("name")), float(g["lr"])) for g in self.optimizer.param_groups)
+        event = NanEvent(step, value, lrs, skipped, step if skipped else self.step)
+        mode = self.config.nan
+        if mode == "ignore" or (self.state.is_terminal and mode != "stop"):
+            if not self._nan_noted:
+                self._nan_noted = True
+                self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
+            return
+        self.nan_event = event
+        record = {"step": step, "time": time.time(), "loss": repr(value), "action": mode}
+        if self.journal is not None:
+            lr_map = dict(lrs)
+            self.journal.write(
+                {"type": "nan", **record, "skipped": skipped, "detected_at": event.detected_at}
+                | {"lrs": lr_map}
+            )
+        if self.metrics is not None:
+            self.metrics.write({"type": "nan", "step": step, "loss": value})
+        if mode == "stop":
+            self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
+            return
+        if skipped:
+            # The step happened (its batch was used) but changed nothing: it still
+            # counts, so commands made while NAN-PAUSED are journaled at this step
+            # and a replay applies them after it, as the user did.
+            self.step = step
+        self._paused, self._step_budget = True, 0
+        self.state = RunState.NAN_PAUSED
+        self._append_log(
+            "nan",
+            f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, or `stop`.",
+            ok=False,
+        )
+        self._publish()
+
+    def _fail(
+        self, exc: BaseException, batch: Any, phase: str | None = None, step: int | None = None
+    ) -> None:
+        """ERROR state, journal record, and a checkpoint of the last good step if there is one.
+
+        ``phase`` says how far the failing step got: before ``optimizer.step()``
+        ("data", "forward") the weights are still those of the last good step.
+        """
         message = _hint(exc, batch, self.criterion)
-        self.error = RunError(type(exc).__name__, message, self.step + 1)
+        step = self.step + 1 if step is None else step
+        self.error = RunError(type(exc).__name__, message, step)
         self.state = RunState.ERROR
         self._append_log("error", f"training raised {self.error}", ok=False)
+        checkpoint = self._error_checkpoint(phase)
         if self.journal is not None:
             self.journal.write(
                 {
                     "type": "error",
-                    "step": self.step + 1,
+                    "step": step,
                     "time": time.time(),
                     "error": type(exc).__name__,
                     "message": message,
+                    "phase": phase,
+                    "checkpoint": checkpoint,
                 }
             )
         self._done.set()
         self._publish()
 
+    def _error_checkpoint(self, phase: str | None) -> str | None:
+        if phase in ("optimizer", "scheduler"):
+            self._append_log(
+                "info",
+                f"no checkpoint written: the error came from inside {phase}.step(), so "
+                f"step {self.step + 1} may be half applied; use an earlier checkpoint",
+                ok=False,
+            )
+            return None
+        if phase is None or self.run_dir is None:
+            return None
+        self.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            path = self._write_checkpoint(None, "error")
+        except (CommandError, RuntimeError) as exc:
+            self._append_log("error", f"could not write a checkpoint: {exc}", ok=False)
+            return None
+        self._append_log("info", f"checkpoint of the last good step {self.step} written to {path}")
+        return str(path)
+
+    def _write_checkpoint(self, path: Path | None, reason: str) -> Path:
+        path = path or self._default_checkpoint_path()
+        save_checkpoint(path, self, reason)
+        self.last_checkpoint = str(path)
+        return path
+
     def _finish_up(self) -> None:
+        checkpoint = None
         try:
             self._flush_losses()
             self._log_metrics(force=True)
+            if (
+                self.config.final_checkpoint
+                and self.run_dir is not None
+                and self.state not in (RunState.ERROR, RunState.STARTING)
+            ):
+                try:
+                    checkpoint = str(self._write_checkpoint(None, "final"))
+                    self._append_log("info", f"final checkpoint written to {checkpoint}")
+                except (CommandError, RuntimeError) as exc:
+                    self._append_log("error", f"could not write the final checkpoint: {exc}")
         finally:
             if not self.state.is_terminal:
                 self.state = RunState.STOPPED
+            if self.journal is not None:
+                self.journal.write(
+                    {
+                        "type": "end",
+                        "step": self.step,
+                        "time": time.time(),
+                        "state": self.state.value,
+                        "checkpoint": checkpoint,
+                    }
+                )
             self._publish()
             self._close_files()
             self._done.set()
 
     def _close_files(self) -> None:
+        self._closed = True
         for f in (self.journal, self.metrics):
             if f is not None:
                 f.close()
@@ -376,7 +783,14 @@ class Trainer:
     # ------------------------------------------------------------------ metrics
 
     def _flush_losses(self) -> list[tuple[int, float]]:
-        return self._losses.flush()
+        values = self._losses.flush()
+        # Checked here when the loss is not checked every step (--nan=ignore, or
+        # an accelerator): the first bad step is named exactly, from these values.
+        if values and self.state not in (RunState.NAN_PAUSED, RunState.ERROR):
+            bad = next(((s, v) for s, v in values if not math.isfinite(v)), None)
+            if bad is not None:
+                self._nonfinite(bad[0], bad[1], skipped=False)
+        return values
 
     def _log_metrics(self, force: bool = False) -> None:
         values = self._flush_losses()
@@ -403,7 +817,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ commands
 
-    def _handle(self, cmd: C.Command, source: str, fut: Future[C.CommandResult] | None) -> None:
+    def _handle(
+        self, cmd: C.Command, source: str, fut: Future[C.CommandResult] | None
+    ) -> C.CommandResult:
         try:
             message = self._dispatch(cmd)
             result = C.CommandResult(True, message, cmd.text)
@@ -420,6 +836,7 @@ class Trainer:
         self._record(cmd, source, result)
         if fut is not None:
             fut.set_result(result)
+        return result
 
     def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
         if self.journal is not None:
@@ -462,8 +879,9 @@ class Trainer:
             names = ", ".join(str(opt.param_groups[i]["name"]) for i in indices)
             return f"set {C._items_text(cmd.items)} on {names} (in place; state kept)"
         if isinstance(cmd, C.Split):
-            plan = G.plan_split(self.model, opt, cmd.group, cmd.modules, cmd.items)
+            plan = G.plan_split(self.model, opt, cmd.group, cmd.modules, cmd.items, sched)
             G.apply_split(opt, sched, plan)
+            self.group_origin = [self.group_origin[old] for old, _ in plan.origin]
             self._structure_version += 1
             g = opt.param_groups[-1]
             return (
@@ -471,9 +889,13 @@ class Trainer:
                 f"({len(g['params'])} tensors, lr {float(g['lr']):.3g}); optimizer state kept"
             )
         if isinstance(cmd, C.Rebuild):
+            for key, value in cmd.items:
+                G.check_not_cycled(sched, key, value, opt.param_groups[0].get(key))
+            old_lrs = [float(g["lr"]) for g in opt.param_groups]
             new_opt = G.build_optimizer(opt, cmd.cls, cmd.items)
             had_state = len(opt.state)
             G.reattach_scheduler(sched, new_opt)
+            G.rescale_after_rebuild(new_opt, sched, old_lrs)
             self.optimizer = new_opt
             self._structure_version += 1
             return (
@@ -505,9 +927,11 @@ class Trainer:
         if isinstance(cmd, C.Eval):
             return self._evaluate()
         if isinstance(cmd, C.Checkpoint):
-            path = Path(cmd.path) if cmd.path else self._default_checkpoint_path()
-            save_checkpoint(path, self)
-            return f"checkpoint written to {path}"
+            path = Path(cmd.path).expanduser() if cmd.path else None
+            if path is not None and not path.is_absolute() and self.run_dir is not None:
+                path = self.run_dir / path  # a run's files stay together
+            path = self._write_checkpoint(path, "command")
+            return f"checkpoint of step {self.step} written to {path}"
         if isinstance(cmd, C.Stop):
             if self.state not in (RunState.FINISHED, RunState.ERROR):
                 self.state = RunState.STOPPED
@@ -574,15 +998,21 @@ class Trainer:
         text = f"eval at step {self.step}: loss {mean:.4g}" + (
             f", accuracy {acc:.1%}" if acc is not None else ""
         )
-        self._append_log("eval", text)
-        return text
+        return text  # logged once, as the eval command's result
 
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
-        self._log_seq += 1
-        self._log.append(LogEntry(self._log_seq, self.step, time.time(), kind, text, ok, source))
+        with self._log_lock:
+            self._log_seq += 1
+            self._log.append(
+                LogEntry(self._log_seq, self.step, time.time(), kind, text, ok, source)
+            )
         self._snapshot_wanted = True
+
+    def _log_tail(self) -> tuple[LogEntry, ...]:
+        with self._log_lock:
+            return tuple(self._log)
 
     def _modules(self) -> tuple[Any, ...]:
         if self._modules_cache is None or self._modules_cache[0] != self._structure_version:
@@ -619,6 +1049,8 @@ class Trainer:
             error=self.error,
             max_steps=self.max_steps,
             epochs=self.epochs,
+            nan=self.nan_event,
+            checkpoint=self.last_checkpoint,
         )
         return Snapshot(
             seq=self._snap_seq,
@@ -631,7 +1063,7 @@ class Trainer:
             loss_min=self._losses.min,
             loss_last=self._losses.last,
             evals=tuple(self._evals),
-            log=tuple(self._log),
+            log=self._log_tail(),
             run_dir=str(self.run_dir or ""),
             optimizer=type(opt).__name__,
         )

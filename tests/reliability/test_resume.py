@@ -1,0 +1,304 @@
+"""`checkpoint` + `--resume`: model, optimizer (groups made by split, lrs set by
+hand, another class after rebuild), scheduler, step/epoch, RNG and the position
+in a shuffled epoch come back, and a CPU run continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.reliability.helpers import (
+    assert_same,
+    cli_env,
+    loader_spec,
+    optimizer_sd,
+    scheduler_state,
+    sync_trainer,
+    weights,
+    write_script,
+)
+from tests.unit.models import Driver
+from tuiconsole.cli import main
+from tuiconsole.engine.checkpoint import load_checkpoint
+from tuiconsole.engine.snapshot import RunState
+from tuiconsole.engine.trainer import RunConfig, Trainer
+from tuiconsole.errors import TuiconsoleError
+
+
+def assert_same_run(a: Trainer, b: Trainer) -> None:
+    assert (a.step, a.epoch) == (b.step, b.epoch)
+    assert_same(weights(a.model), weights(b.model))
+    assert type(a.optimizer) is type(b.optimizer)
+    assert_same(optimizer_sd(a.optimizer), optimizer_sd(b.optimizer))
+    assert_same(scheduler_state(a.scheduler), scheduler_state(b.scheduler))
+    assert torch.equal(torch.get_rng_state(), torch.get_rng_state())
+
+
+SCENARIOS = {
+    # optimizer, scheduler, interval, commands applied at steps 30 / 60
+    "sgd-lambda-split": (
+        "sgd",
+        "lambda",
+        "step",
+        ["split fc1 classifier.0 lr=0.02", "lr features 0.003"],
+        ["set all weight_decay=0.001", "decay 0.5 fc1"],
+    ),
+    "adam-onecycle-split": (
+        "adam",
+        "onecycle",
+        "step",
+        ["split body features.2 classifier.0", "lr classifier *2"],
+        ["set body weight_decay=0.01 max_momentum=0.9"],
+    ),
+    "sgd-cosine-rebuild-adam": (
+        "sgd",
+        "cosine",
+        "step",
+        ["split head classifier.3"],
+        ["rebuild Adam lr=0.002", "lr head 0.01"],
+    ),
+    "sgd-plateau-epoch": (
+        "sgd",
+        "plateau",
+        "epoch",
+        ["lr classifier 0.05"],
+        ["split fc classifier.0", "decay 0.5 features"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_checkpoint_at_100_then_resume_to_200_is_bit_for_bit(tmp_path, name):
+    opt, sched, interval, at30, at60 = SCENARIOS[name]
+
+    def spec():
+        return loader_spec(opt, sched, interval=interval)
+
+    a = sync_trainer(spec(), tmp_path / "a")
+    a.step_now(30)
+    for c in at30:
+        assert a.apply_now(c).ok, c
+    a.step_now(30)
+    for c in at60:
+        assert a.apply_now(c).ok, c
+    a.step_now(40)
+    ckpt = tmp_path / "ck100.pt"
+    r = a.apply_now(f"checkpoint {ckpt}")
+    assert r.ok and r.message == f"checkpoint of step 100 written to {ckpt}"
+    assert 0 < a.data_position()["epoch_batches"] < 11  # mid-epoch (11 batches/epoch)
+    a.step_now(100)
+
+    b = sync_trainer(spec(), tmp_path / "b", resume=ckpt)
+    assert b.step == 100
+    assert [g["name"] for g in b.optimizer.param_groups] == [
+        g["name"] for g in a.optimizer.param_groups
+    ]
+    b.step_now(100)
+    assert_same_run(a, b)
+    a.close()
+    b.close()
+    header = json.loads((tmp_path / "b" / "journal.jsonl").read_text().splitlines()[0])
+    assert header["resumed_from"] == str(ckpt) and header["resumed_step"] == 100
+
+
+def test_checkpoint_command_on_the_running_trainer(tmp_path):
+    """The real thing: `checkpoint` sent to the loop thread while it trains."""
+    t = Trainer(loader_spec("sgd", "step"), RunConfig(run_dir=tmp_path / "a", start_paused=True))
+    d = Driver(t.start())
+    try:
+        d.steps(40)
+        assert d.cmd("split fc1 classifier.0 lr=0.03").ok
+        d.steps(60)
+        assert d.cmd(f"checkpoint {tmp_path / 'ck.pt'}").ok
+        d.steps(100)
+        b = sync_trainer(loader_spec("sgd", "step"), resume=tmp_path / "ck.pt")
+        b.step_now(100)
+        d.cmd("pause")
+        assert_same_run(t, b)
+        snap = t.latest_snapshot()
+        assert snap.status.checkpoint == str(tmp_path / "ck.pt") or snap.status.checkpoint
+    finally:
+        t.close()
+
+
+def test_split_groups_keep_their_own_schedule_function_after_resume(tmp_path):
+    """LambdaLR's per-group functions cannot be saved; resume rebuilds them by lineage."""
+    a = sync_trainer(loader_spec("sgd", "lambda"), tmp_path / "a")
+    a.step_now(5)
+    assert a.apply_now("split everything features classifier").ok  # lambda of group 0
+    assert a.apply_now("split f features").ok  # leaves classifier params: still group 0's
+    assert a.apply_now(f"checkpoint {tmp_path / 'ck.pt'}").ok
+    a.step_now(20)
+    b = sync_trainer(loader_spec("sgd", "lambda"), resume=tmp_path / "ck.pt")
+    lambdas = a.scheduler.lr_lambdas
+    assert b.group_origin == a.group_origin == [0, 0]
+    assert len(b.scheduler.lr_lambdas) == len(lambdas) == 2
+    b.step_now(20)
+    assert_same_run(a, b)
+
+
+def test_headless_resume_cli_is_bit_for_bit(tmp_path):
+    """tuiconsole run --max-steps 100, then --resume to 200 == one run to 200 (subprocesses)."""
+    script = write_script(
+        tmp_path,
+        """
+        import torch
+        from torch import nn
+        g = torch.Generator().manual_seed(3)
+        X = torch.randn(280, 8, generator=g)  # 9 batches/epoch: step 100 is mid-epoch
+        y = (X[:, 0] + X[:, 1] > 0).long()
+        model = nn.Sequential(
+            nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(32, 2))
+        optimizer = torch.optim.SGD(
+            [{"params": [*model[0].parameters(), *model[2].parameters()]},
+             {"params": model[5].parameters(), "lr": 0.05}],
+            lr=0.01, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30, gamma=0.7)
+        scheduler_interval = "step"
+        criterion = nn.CrossEntropyLoss()
+        train_loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True)
+        epochs = 1000
+        """,
+    )
+    journal = tmp_path / "commands.jsonl"
+    journal.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"type": "header", "version": 1},
+                {"type": "command", "step": 30, "cmd": "split mid 2 lr=0.02", "ok": True},
+                {"type": "command", "step": 50, "cmd": "lr group0 *3", "ok": True},
+            ]
+        )
+        + "\n"
+    )
+
+    def run(*args):
+        return subprocess.Popen(
+            [sys.executable, "-m", "tuiconsole", "run", str(script), "--headless", "--no-listen"]
+            + list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(),
+        )
+
+    full = run("--max-steps", "200", "--replay", str(journal), "--run-dir", str(tmp_path / "full"))
+    half = run("--max-steps", "100", "--replay", str(journal), "--run-dir", str(tmp_path / "half"))
+    assert half.wait(120) == 0, half.stdout.read()
+    rest = run(
+        "--resume",
+        str(tmp_path / "half" / "checkpoint-step100.pt"),
+        "--max-steps",
+        "200",
+        "--run-dir",
+        str(tmp_path / "rest"),
+    )
+    assert full.wait(120) == 0, full.stdout.read()
+    out = rest.stdout.read()
+    assert rest.wait(120) == 0, out
+    assert "resumed from" in out and "at step 100, 1 batch(es) into epoch 12" in out
+    a = load_checkpoint(tmp_path / "full" / "checkpoint-step200.pt")
+    b = load_checkpoint(tmp_path / "rest" / "checkpoint-step200.pt")
+    assert_same(a["model"], b["model"])
+    assert_same(a["optimizer"], b["optimizer"])
+    assert_same(a["scheduler"], b["scheduler"])
+    assert a["groups"] == b["groups"] and len(a["groups"]) == 3
+
+
+def run_main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["tuiconsole", *args])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    return ex.value.code, capsys.readouterr().err
+
+
+def test_bad_resume_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    from tests.reliability.helpers import ROOT
+
+    tiny = str(ROOT / "tests" / "e2e" / "scripts" / "tiny.py")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    t = sync_trainer(loader_spec(), tmp_path / "x")
+    t.apply_now(f"checkpoint {foreign}")
+    t.close()
+    cases = [
+        (tmp_path / "missing.pt", "no such checkpoint file"),
+        (junk, "not a readable tuiconsole checkpoint"),
+        (foreign, "the checkpoint does not fit the script's model"),
+    ]
+    for path, fragment in cases:
+        code, err = run_main(
+            monkeypatch, capsys, "run", tiny, "--headless", "--no-listen", "--resume", str(path)
+        )
+        assert code == 2 and fragment in err and err.count("\n") == 1, err
+
+
+def test_resume_refuses_what_does_not_fit(tmp_path):
+    a = sync_trainer(loader_spec("sgd", "lambda"), tmp_path / "a")
+    a.step_now(3)
+    a.apply_now(f"checkpoint {tmp_path / 'ck.pt'}")
+    a.close()
+    with pytest.raises(TuiconsoleError, match="has scheduler but the script does not"):
+        Trainer(loader_spec("sgd", None), RunConfig(resume=tmp_path / "ck.pt"))
+    with pytest.raises(TuiconsoleError, match="scheduler is LambdaLR, the script's is StepLR"):
+        Trainer(loader_spec("sgd", "step"), RunConfig(resume=tmp_path / "ck.pt"))
+    with pytest.raises(TuiconsoleError, match="the journal starts at step 0 but the checkpoint"):
+        Trainer(
+            loader_spec("sgd", "lambda"),
+            RunConfig(resume=tmp_path / "ck.pt", replay=tmp_path / "a" / "journal.jsonl"),
+        )
+
+
+def test_resumed_run_journal_replays_with_its_checkpoint(tmp_path):
+    a = sync_trainer(loader_spec("sgd", "step"), tmp_path / "a")
+    a.step_now(10)
+    a.apply_now(f"checkpoint {tmp_path / 'ck.pt'}")
+    a.close()
+    b = sync_trainer(loader_spec("sgd", "step"), tmp_path / "b", resume=tmp_path / "ck.pt")
+    b.step_now(5)
+    assert b.apply_now("lr classifier 0.004").ok
+    b.step_now(5)
+    b.close()
+    c = sync_trainer(
+        loader_spec("sgd", "step"),
+        resume=tmp_path / "ck.pt",
+        replay=tmp_path / "b" / "journal.jsonl",
+    )
+    c.step_now(10)
+    assert c.state == RunState.RUNNING
+    assert_same(weights(b.model), weights(c.model))
+
+
+def test_resuming_a_finished_run_trains_only_the_epochs_asked_for(tmp_path):
+    a = sync_trainer(loader_spec(), tmp_path / "a", epochs=2)
+    a.step_now(1000)
+    assert a.state == RunState.FINISHED and (a.epoch, a.step) == (2, 22)
+    a.close()
+    final = tmp_path / "a" / "checkpoint-step22.pt"
+    same = sync_trainer(loader_spec(), resume=final, epochs=2)
+    same.step_now(1000)
+    assert same.state == RunState.FINISHED and same.step == 22
+    more = sync_trainer(loader_spec(), resume=final, epochs=3)
+    more.step_now(1000)
+    assert more.state == RunState.FINISHED and (more.epoch, more.step) == (3, 33)
+    straight = sync_trainer(loader_spec(), epochs=3)
+    straight.step_now(1000)
+    assert_same_run(straight, more)
+
+
+def test_relative_checkpoint_path_goes_into_the_run_dir(tmp_path):
+    t = sync_trainer(loader_spec(), tmp_path / "run")
+    t.step_now(2)
+    r = t.apply_now("checkpoint best.pt")
+    assert r.ok and (tmp_path / "run" / "best.pt").is_file()
+    assert t._build_snapshot().status.checkpoint == str(tmp_path / "run" / "best.pt")
+    t.close()
