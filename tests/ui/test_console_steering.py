@@ -1,0 +1,653 @@
+"""The console against the real engine: real keys in, real optimizer out.
+
+Every test drives ConsoleApp with Pilot over a real Trainer and a real torch
+model, then checks what the user sees *and* the real optimizer. The optimizer
+is read only while the run is paused and every command the console sent has
+been answered (RecordingSession.settle), so the trainer thread is idle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.ui.real_run import RecordingSession, screen_text, until_shown, wait_until
+from tuiconsole.engine.snapshot import RunState
+from tuiconsole.ui.app import ConsoleApp
+from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
+from tuiconsole.ui.screens.edit_lr import EditLrScreen
+from tuiconsole.ui.screens.split_name import SplitNameScreen
+
+SIZE = (120, 40)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+async def open_app(pilot, app: ConsoleApp) -> None:
+    await until_shown(pilot, app, lambda s: s.status.state != RunState.STARTING, "first snapshot")
+
+
+async def select_module(pilot, app: ConsoleApp, path: str) -> None:
+    """Move the tree cursor with the arrow keys until ``path`` is selected."""
+    app.layer_tree.focus()
+    await pilot.pause()
+    for _ in range(40):
+        if app.layer_tree.selected_path == path:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"could not reach {path!r} with the arrow keys")
+
+
+async def select_group(pilot, app: ConsoleApp, name: str) -> None:
+    """Tab to the group table and move to ``name`` with the arrow keys."""
+    while not app.group_table.has_focus:
+        await pilot.press("tab")
+    for _ in range(10):
+        if app.group_table.selected_group == name:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"could not reach group {name!r}")
+
+
+async def steps(pilot, app: ConsoleApp, session: RecordingSession, n: int) -> None:
+    """Press n, n times, waiting for each step to land (builds momentum buffers)."""
+    for _ in range(n):
+        target = session.trainer.step + 1
+        await pilot.press("n")
+        await session.settle()
+        await until_shown(
+            pilot,
+            app,
+            lambda s, t=target: s.status.step == t and s.status.state == RunState.PAUSED,
+            "the step",
+        )
+
+
+def lrs(session: RecordingSession) -> list[float]:
+    return [g["lr"] for g in session.optimizer.param_groups]
+
+
+def state_copy(opt: torch.optim.Optimizer) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """id(param) -> (the live momentum buffer object, a copy of its values)."""
+    return {
+        id(p): (st["momentum_buffer"], st["momentum_buffer"].clone())
+        for p, st in opt.state.items()
+        if "momentum_buffer" in st
+    }
+
+
+def assert_state_kept(opt: torch.optim.Optimizer, before) -> None:
+    after = {id(p): st["momentum_buffer"] for p, st in opt.state.items()}
+    assert after.keys() == before.keys()
+    for pid, (buf, values) in before.items():
+        assert after[pid] is buf, "the momentum buffer tensor was replaced"
+        assert torch.equal(after[pid], values), "the momentum buffer values changed"
+
+
+def cell(app: ConsoleApp, group: str, column: str) -> str:
+    return app.group_table.get_cell(group, column).plain
+
+
+def log_text(app: ConsoleApp) -> str:
+    return "\n".join(app.run_log.lines_text)
+
+
+# -- run control ------------------------------------------------------------------------------
+
+
+async def test_space_pauses_and_n_steps_exactly_one(run_factory) -> None:
+    session = run_factory(paused=False)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.step >= 5, "training to run")
+        assert "RUNNING" in app.status_bar.text.plain
+
+        await pilot.press("space")
+        assert (await session.settle())[-1].ok
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.PAUSED, "PAUSED")
+        paused_at = session.trainer.step
+        await pilot.pause(0.4)
+        assert session.trainer.step == paused_at, "the step count advanced while paused"
+        assert f"step {paused_at}" in app.status_bar.text.plain
+        assert "PAUSED" in app.status_bar.text.plain
+
+        await pilot.press("n")
+        await session.settle()
+        await until_shown(
+            pilot,
+            app,
+            lambda s: s.status.step == paused_at + 1 and s.status.state == RunState.PAUSED,
+            "one step",
+        )
+        await pilot.pause(0.3)
+        assert session.trainer.step == paused_at + 1, "n must advance exactly one step"
+        assert f"step {paused_at + 1}" in app.status_bar.text.plain
+
+        await pilot.press("space")
+        await session.settle()
+        await until_shown(pilot, app, lambda s: s.status.step > paused_at + 5, "resumed")
+        assert session.texts == ["pause", "step", "resume"]
+        assert "pause: paused at step" in log_text(app)
+
+
+async def test_n_while_running_only_explains(run_factory) -> None:
+    session = run_factory(paused=False)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert session.texts == []
+        assert any("press space to pause" in str(n.message) for n in app._notifications)
+
+
+async def test_v_evaluates_and_shows_the_eval(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("v")
+        assert (await paused_run.settle())[-1].ok
+        await until_shown(pilot, app, lambda s: len(s.evals) == 1, "the eval")
+        await pilot.pause(0.2)
+        assert "eval @0: loss" in app.status_bar.text.plain
+        assert "eval at step 0: loss" in log_text(app)
+
+
+async def test_modal_does_not_block_training_or_refresh(run_factory) -> None:
+    session = run_factory(paused=False)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await select_group(pilot, app, "features")
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, EditLrScreen)
+        step0, frames0 = session.trainer.step, app.frames
+        await pilot.pause(0.8)
+        assert isinstance(app.screen, EditLrScreen), "the modal closed by itself"
+        assert session.trainer.step > step0 + 5, "training stalled while the modal was open"
+        assert app.frames > frames0 + 2, "the view stopped refreshing under the modal"
+        assert f"step {app.snap.status.step}" in app.status_bar.text.plain
+        await pilot.press("escape")
+        assert session.texts == []
+
+
+# -- learning rates ---------------------------------------------------------------------------
+
+
+async def test_e_on_group_row_sets_exactly_that_groups_lr(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 2)
+        before = state_copy(paused_run.optimizer)
+        assert lrs(paused_run) == [0.01, 0.1]
+
+        await select_group(pilot, app, "classifier")
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, EditLrScreen)
+        await pilot.press(*"1e-3", "enter")
+        results = await paused_run.settle()
+        assert results[-1].ok, results[-1]
+        assert paused_run.texts[-1] == "lr classifier 1e-3"
+        assert lrs(paused_run) == [0.01, 1e-3]
+        assert_state_kept(paused_run.optimizer, before)
+
+        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 1e-3)
+        await pilot.pause(0.1)
+        assert cell(app, "classifier", "lr") == "1e-3"
+        assert cell(app, "features", "lr") == "0.01"
+        assert "lr classifier 0.001: lr classifier 0.1->0.001" in log_text(app)
+        assert "optimizer state kept" in log_text(app)
+
+
+async def test_enter_on_tree_node_scales_lr_relatively(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await select_module(pilot, app, "features")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, EditLrScreen)
+        await pilot.press(*"*0.5", "enter")
+        assert (await paused_run.settle())[-1].ok
+        assert lrs(paused_run) == [0.01 * 0.5, 0.1]
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press(*"/10", "enter")
+        assert (await paused_run.settle())[-1].ok
+        assert lrs(paused_run) == [0.01 * 0.5 / 10, 0.1]
+        await until_shown(pilot, app, lambda s: s.group("features").lr == 0.0005)
+        await pilot.pause(0.1)
+        assert "■features 5e-4" in app.layer_tree.label_of("features")
+
+
+async def test_bad_lr_shows_inline_error_and_changes_nothing(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 1)
+        before = state_copy(paused_run.optimizer)
+        await select_group(pilot, app, "features")
+        await pilot.press("e")
+        await pilot.pause()
+        for bad, message in [("-1", "must be > 0"), ("abc", "must be a number"), ("*0", "> 0")]:
+            await pilot.press("ctrl+a", "ctrl+k", *bad, "enter")
+            await pilot.pause()
+            assert isinstance(app.screen, EditLrScreen), f"{bad!r} closed the modal"
+            error = str(app.screen.query_one("#lr-error").render())
+            assert message in error and "nothing applied" in error
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, EditLrScreen)
+        assert paused_run.texts[-1] == "step", "a bad value or a cancel sent a command"
+        assert lrs(paused_run) == [0.01, 0.1]
+        assert_state_kept(paused_run.optimizer, before)
+
+
+async def test_d_decays_selected_group_and_D_all_keeping_state(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 2)
+        before = state_copy(paused_run.optimizer)
+        await select_group(pilot, app, "features")
+        await pilot.press("d")
+        assert (await paused_run.settle())[-1].ok
+        assert paused_run.texts[-1] == "decay 0.1 features"
+        assert lrs(paused_run) == [0.01 * 0.1, 0.1]
+        assert_state_kept(paused_run.optimizer, before)
+
+        await pilot.press("D")
+        assert (await paused_run.settle())[-1].ok
+        assert lrs(paused_run) == [0.01 * 0.1 * 0.1, 0.1 * 0.1]
+        assert_state_kept(paused_run.optimizer, before)
+        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 0.1 * 0.1)
+        await pilot.pause(0.1)
+        assert "decay 0.1 all: lr features" in log_text(app)
+        assert "optimizer state kept" in log_text(app)
+
+
+async def test_decay_factor_option_is_used(run_factory) -> None:
+    session = run_factory(paused=True)
+    app = ConsoleApp(session, decay_factor=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await select_module(pilot, app, "classifier.0")
+        await pilot.press("d")  # a module: decays the group it belongs to
+        assert (await session.settle())[-1].ok
+        assert lrs(session) == [0.01, 0.05]
+
+
+# -- groups: split and rebuild ---------------------------------------------------------------
+
+
+async def test_m_and_s_split_marked_modules_keeping_momentum(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 2)
+        before = state_copy(paused_run.optimizer)
+        model = paused_run.trainer.model
+        fc_params = {id(p) for p in model.classifier[0].parameters()} | {
+            id(p) for p in model.classifier[3].parameters()
+        }
+
+        await select_module(pilot, app, "classifier.0")
+        await pilot.press("m")  # marks and moves down
+        await select_module(pilot, app, "classifier.3")
+        await pilot.press("m")
+        assert app.layer_tree.marked == {"classifier.0", "classifier.3"}
+        assert app.layer_tree.label_of("classifier.0").startswith("● ")
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, SplitNameScreen)
+        assert app.screen.query_one("#split-name").value == "classifier-2"
+        await pilot.press("ctrl+a", "ctrl+k", *"fc", "enter")
+        result = (await paused_run.settle())[-1]
+        assert result.ok, result
+        assert paused_run.texts[-1] == "split fc classifier.0 classifier.3"
+
+        groups = paused_run.optimizer.param_groups
+        assert [g["name"] for g in groups] == ["features", "classifier", "fc"]
+        assert {id(p) for p in groups[2]["params"]} == fc_params
+        assert not fc_params & {id(p) for p in groups[1]["params"]}
+        assert groups[2]["lr"] == 0.1 and groups[2]["momentum"] == 0.9
+        assert_state_kept(paused_run.optimizer, before)
+
+        await until_shown(pilot, app, lambda s: s.group("fc") is not None)
+        await pilot.pause(0.1)
+        assert cell(app, "fc", "lr") == "0.1"
+        assert "■fc 0.1" in app.layer_tree.label_of("classifier.0")
+        assert app.layer_tree.marked == set()
+
+
+async def test_e_on_part_of_a_group_offers_split_first(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 1)
+        before = state_copy(paused_run.optimizer)
+        await select_module(pilot, app, "classifier.0")
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, EditLrScreen)
+        checkbox = app.screen.query_one("#lr-split")
+        assert checkbox.value is True
+        assert "classifier.0" in str(checkbox.label)
+        await pilot.press("ctrl+a", "ctrl+k", *"1e-3", "enter")
+        assert (await paused_run.settle())[-1].ok
+        assert paused_run.texts[-1] == "split classifier.0 classifier.0 lr=1e-3"
+        groups = paused_run.optimizer.param_groups
+        assert [(g["name"], g["lr"]) for g in groups] == [
+            ("features", 0.01),
+            ("classifier", 0.1),
+            ("classifier.0", 1e-3),
+        ]
+        model = paused_run.trainer.model
+        assert {id(p) for p in groups[2]["params"]} == {
+            id(p) for p in model.classifier[0].parameters()
+        }
+        assert_state_kept(paused_run.optimizer, before)
+
+
+async def test_e_on_part_of_a_group_relative_value_splits_then_scales(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await select_module(pilot, app, "classifier.3")
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press("ctrl+a", "ctrl+k", *"*0.5", "enter")
+        await wait_until(pilot, lambda: len(paused_run.sent) == 2, what="the chained lr")
+        assert all(r.ok for r in await paused_run.settle())
+        assert paused_run.texts == ["split classifier.3 classifier.3", "lr classifier.3 *0.5"]
+        assert lrs(paused_run) == [0.01, 0.1, 0.05]
+
+
+async def test_R_confirm_rebuilds_and_drops_state(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 2)
+        assert len(paused_run.optimizer.state) > 0
+        old = paused_run.optimizer
+        await pilot.press("R")
+        await pilot.pause()
+        assert isinstance(app.screen, RebuildScreen)
+        warning = str(app.screen.query_one(".warning").render())
+        assert "LOST" in warning
+        # Pick Adam from the class list with the keyboard, then type the lr.
+        await pilot.press("enter", "down", "enter")
+        await pilot.pause()
+        assert app.screen.query_one("#rebuild-class").value == "Adam"
+        await pilot.press("tab", *"0.002", "enter")
+        result = (await paused_run.settle())[-1]
+        assert result.ok, result
+        assert paused_run.texts[-1] == "rebuild Adam lr=0.002"
+        new = paused_run.optimizer
+        assert new is not old and type(new).__name__ == "Adam"
+        assert len(new.state) == 0
+        assert [g["lr"] for g in new.param_groups] == [0.002, 0.002]
+        assert [g["name"] for g in new.param_groups] == ["features", "classifier"]
+        await until_shown(pilot, app, lambda s: s.optimizer == "Adam")
+        await pilot.pause(0.1)
+        assert "Adam" in app.status_bar.text.plain
+        assert "state of" in log_text(app) and "dropped" in log_text(app)
+        assert cell(app, "features", "mom") == "0.9,0.999"
+
+
+async def test_R_cancel_and_bad_input_leave_everything_unchanged(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 1)
+        old = paused_run.optimizer
+        before = state_copy(old)
+        await pilot.press("R")
+        await pilot.pause()
+        await pilot.press("tab", *"-3", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, RebuildScreen)
+        assert "must be > 0" in str(app.screen.query_one("#rebuild-error").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, RebuildScreen)
+        assert paused_run.texts == ["step"]
+        assert paused_run.optimizer is old
+        assert lrs(paused_run) == [0.01, 0.1]
+        assert_state_kept(old, before)
+
+
+# -- command line, palette, help --------------------------------------------------------------
+
+
+async def test_command_line_completes_runs_and_remembers(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("colon")
+        await pilot.pause()
+        line = app.command_line.input
+        assert line.has_focus
+        await pilot.press(*"l", "tab")
+        assert line.value == "lr "
+        await pilot.press(*"fe", "tab")
+        assert line.value == "lr features"
+        # features.0, features.2: "features" prefix is shared by module paths too
+        await pilot.press(*" 0.02", "enter")
+        assert (await paused_run.settle())[-1].ok
+        assert paused_run.texts == ["lr features 0.02"]
+        assert lrs(paused_run) == [0.02, 0.1]
+        assert not app.command_line.is_open
+
+        await pilot.press("colon")
+        await pilot.press("up")
+        assert line.value == "lr features 0.02"
+        # A line that does not parse: inline error, nothing sent, the line stays.
+        await pilot.press("ctrl+a", "ctrl+k", *"lr features", "enter")
+        await pilot.pause()
+        assert app.command_line.is_open
+        assert "usage: lr TARGET VALUE" in str(app.command_line.query_one("#cmd-hint").render())
+        assert len(paused_run.sent) == 1
+        # A line that parses but the engine refuses: a red log line, nothing changed.
+        await pilot.press("ctrl+a", "ctrl+k", *"lr nosuch 1", "enter")
+        result = (await paused_run.settle())[-1]
+        assert not result.ok
+        assert lrs(paused_run) == [0.02, 0.1]
+        await wait_until(pilot, lambda: "lr nosuch 1.0:" in log_text(app), what="the error line")
+        await pilot.press("escape")
+
+
+async def test_palette_runs_console_actions(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"decay group cla")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: paused_run.sent, what="the palette command")
+        assert (await paused_run.settle())[-1].ok
+        assert paused_run.texts == ["decay 0.1 classifier"]
+        assert lrs(paused_run) == [0.01, 0.1 * 0.1]
+
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"lr features .03")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(paused_run.sent) == 2, what="the typed command")
+        await paused_run.settle()
+        assert lrs(paused_run)[0] == 0.03
+
+
+async def test_help_is_generated_from_the_bindings(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        rows = {r.action: r for r in app.screen.rows if r.section == "console"}
+        assert "detach" not in rows  # nothing serves this run: ctrl+d is off
+        for binding in ConsoleApp.BINDINGS:
+            if binding.action == "detach":
+                continue
+            row = rows[binding.action]
+            assert app.get_key_display(binding) in row.keys.split(", "), binding
+        assert rows["edit_lr"].keys == "e, ⏎"
+        assert rows["edit_lr"].description == "Edit the lr of the selected group/module"
+        assert rows["toggle_pause"].keys == "space"
+        assert rows["request_quit"].keys.startswith("q")
+        assert "model tree" in {r.section for r in app.screen.rows}  # the focused tree's keys
+        shown = screen_text(app)
+        assert "Rebuild the optimizer (drops its state)" in shown
+        assert "lr TARGET VALUE" in shown  # the command grammar is listed too
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0]
+
+
+# -- quitting and the end of a run -----------------------------------------------------------
+
+
+async def test_q_asks_then_stops_training_cleanly(run_factory) -> None:
+    session = run_factory(paused=False)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert session.trainer.alive and session.texts == []
+
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert session.texts == ["stop"]
+    assert session.wait(5)
+    assert session.trainer.state == RunState.STOPPED
+    journal = (session.trainer.run_dir / "journal.jsonl").read_text()
+    assert '"cmd": "stop"' in journal and '"source": "ui"' in journal
+
+
+async def test_ctrl_c_in_the_quit_confirm_quits(run_factory) -> None:
+    session = run_factory(paused=True)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("ctrl+c")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert session.texts == ["stop"]
+
+
+async def test_finished_run_keeps_final_state_and_refuses_steering(run_factory) -> None:
+    session = run_factory(paused=False, max_steps=5)
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.FINISHED, "FINISHED")
+        await pilot.pause(0.2)
+        assert "FINISHED" in app.status_bar.text.plain
+        assert "step 5/5" in app.status_bar.text.plain
+        await pilot.press("space", "d")
+        await pilot.pause(0.1)
+        assert session.texts == []
+        assert any("the run has ended" in str(n.message) for n in app._notifications)
+        await pilot.pause(0.5)
+        assert "FINISHED" in app.status_bar.text.plain
+
+
+async def test_error_shows_type_message_and_step(run_factory) -> None:
+    from tests.ui.real_run import Exploding, make_spec
+
+    session = run_factory(paused=False, spec=make_spec(Exploding()))
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.ERROR, "ERROR")
+        await pilot.pause(0.2)
+        text = app.status_bar.text.plain
+        assert "ERROR" in text
+        assert "RuntimeError at step 4: boom: activations went sideways" in text
+        assert "training raised RuntimeError" in log_text(app)
+        await pilot.pause(0.5)
+        assert "RuntimeError at step 4" in app.status_bar.text.plain
+
+
+async def test_stop_on_the_command_line_asks_then_keeps_the_final_view(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("colon", *"stop", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert paused_run.texts == [] and paused_run.trainer.alive
+        await pilot.press("colon", *"stop", "enter")
+        await pilot.pause()
+        await pilot.press("y")
+        assert (await paused_run.settle())[-1].ok
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.STOPPED, "STOPPED")
+        await pilot.pause(0.2)
+        assert app.is_running, "stopping the run must not close the console"
+        assert "STOPPED" in app.status_bar.text.plain
+
+
+async def test_attached_console_q_only_detaches(paused_run) -> None:
+    paused_run.is_remote = True  # what a RemoteSession says; the run here is real
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("q")
+        await wait_until(pilot, lambda: "Detach" in screen_text(app), what="the detach question")
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert paused_run.texts == [], "q on an attached console must not stop the run"
+    assert paused_run.trainer.alive
+
+
+async def test_ctrl_d_detaches_a_served_run(paused_run) -> None:
+    from tuiconsole.remote import DETACH_RESULT
+
+    app = ConsoleApp(paused_run, can_detach=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("ctrl+d")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert app.return_value == DETACH_RESULT
+    assert paused_run.texts == [] and paused_run.trainer.alive
+
+
+async def test_lost_connection_is_shown_not_a_crash(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        # What a RemoteSession reports when its socket closes (the run itself is real).
+        paused_run.disconnected, paused_run.disconnect_reason = True, "the run's socket closed"
+        await wait_until(pilot, lambda: "the run's socket closed" in screen_text(app))
+        assert "DISCONNECTED" in screen_text(app)
+        assert app.is_running
+
+
+async def test_c_writes_a_checkpoint(paused_run) -> None:
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await steps(pilot, app, paused_run, 1)
+        await pilot.press("c")
+        result = (await paused_run.settle())[-1]
+        assert result.ok, result
+        assert paused_run.texts[-1] == "checkpoint"
+        path = Path(result.message.rsplit("written to ", 1)[1])
+        assert path.is_file() and path.stat().st_size > 0
+        await wait_until(pilot, lambda: f"written to {path}" in log_text(app))

@@ -1,0 +1,677 @@
+"""ConsoleApp: the live view and keyboard steering of one training run.
+
+The app is a client of a :class:`~tuiconsole.session.Session` only. It pulls
+``session.snapshot()`` on an interval and redraws just the widgets whose data
+changed; every key action becomes a command *text* sent with
+``session.submit(text, source="ui")``, so it is journaled and replayable like a
+typed ``:`` command. The trainer never waits on the view: a slow frame, an open
+modal or a hung UI cannot stall training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from functools import partial
+from typing import ClassVar
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer
+
+from tuiconsole.engine.commands import CommandResult
+from tuiconsole.engine.snapshot import RunState, Snapshot
+from tuiconsole.remote import DETACH_RESULT
+from tuiconsole.session import Session
+from tuiconsole.ui.completion import Vocabulary
+from tuiconsole.ui.fmt import fmt_count
+from tuiconsole.ui.palette import ConsoleCommands, PaletteEntry
+from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
+from tuiconsole.ui.screens.edit_lr import EditLrScreen, LrEdit, LrTarget
+from tuiconsole.ui.screens.help import HelpScreen, key_rows
+from tuiconsole.ui.screens.split_name import SplitNameScreen
+from tuiconsole.ui.widgets.charts import LossCharts
+from tuiconsole.ui.widgets.command_line import CommandLine
+from tuiconsole.ui.widgets.group_table import GroupTable
+from tuiconsole.ui.widgets.layer_tree import LayerTree
+from tuiconsole.ui.widgets.run_log import RunLog
+from tuiconsole.ui.widgets.status import StatusBar
+
+# After this many unchanged polls, poll only every SLOW_EVERY-th tick (idle/paused/finished).
+IDLE_POLLS = 20
+SLOW_EVERY = 5
+STOP_WAIT_S = 3.0
+# While training runs, the loss charts (the costliest redraw) refresh at most this often;
+# the status line still follows every snapshot.
+CHART_INTERVAL_S = 0.5
+PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
+
+
+class CommandDone(Message):
+    """Posted (thread-safely) when the trainer resolved a command the console sent."""
+
+    def __init__(self, text: str, result: CommandResult, then: Callable[[], object] | None) -> None:
+        super().__init__()
+        self.text = text
+        self.result = result
+        self.then = then
+
+
+class ConsoleApp(App[None]):
+    """The console. ``ConsoleApp(session).run()``; the caller closes the session afterwards."""
+
+    CSS_PATH = "console.tcss"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    TITLE = "tuiconsole"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    # The footer shows these (show=True) and the `?` screen lists them all: the one table.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "toggle_pause", "Pause", tooltip="Pause / resume training", id="pause"),
+        Binding("n", "step", "Step", tooltip="Run exactly one step (while paused)", id="step"),
+        Binding("v", "evaluate", "Eval", tooltip="Evaluate now on eval_loader", id="eval"),
+        Binding(
+            "e",
+            "edit_lr",
+            "lr",
+            tooltip="Edit the lr of the selected group/module",
+            id="edit_lr",
+        ),
+        Binding(
+            "enter",
+            "edit_lr",
+            "Edit lr",
+            show=False,
+            tooltip="Edit the lr (tree)",
+            id="edit_lr_enter",
+        ),
+        Binding(
+            "d", "decay", "Decay", tooltip="Decay the selected group's lr (state kept)", id="decay"
+        ),
+        Binding(
+            "D",
+            "decay_all",
+            "Decay all",
+            show=False,
+            tooltip="Decay every group's lr",
+            id="decay_all",
+        ),
+        Binding(
+            "m", "mark", "Mark", show=False, tooltip="Mark/unmark a module for split", id="mark"
+        ),
+        Binding(
+            "s",
+            "split",
+            "Split",
+            tooltip="Split marked (or selected) modules into a new group",
+            id="split",
+        ),
+        Binding(
+            "R",
+            "rebuild",
+            "Rebuild",
+            tooltip="Rebuild the optimizer (drops its state)",
+            id="rebuild",
+        ),
+        Binding(
+            "c",
+            "checkpoint",
+            "Checkpoint",
+            show=False,
+            tooltip="Save a checkpoint",
+            id="checkpoint",
+        ),
+        Binding(
+            "colon", "command_line", "Cmd", tooltip="Command line (full grammar)", id="command_line"
+        ),
+        Binding(
+            "ctrl+p",
+            "command_palette",
+            "Palette",
+            show=False,
+            tooltip="Command palette",
+            id="palette",
+            priority=True,
+        ),
+        Binding("question_mark", "help", "Help", tooltip="This help", id="help"),
+        Binding(
+            "q", "request_quit", "Quit", tooltip="Quit (asks first; stops training)", id="quit"
+        ),
+        Binding(
+            "ctrl+q",
+            "request_quit",
+            "Quit",
+            show=False,
+            priority=True,
+            tooltip="Quit",
+            id="quit_ctrl_q",
+        ),
+        Binding(
+            "ctrl+c",
+            "request_quit",
+            "Quit",
+            show=False,
+            priority=True,
+            tooltip="Quit",
+            id="quit_ctrl_c",
+        ),
+        Binding(
+            "ctrl+d",
+            "detach",
+            "Detach",
+            show=False,
+            tooltip="Detach: the run keeps training in the background (tuiconsole attach)",
+            id="detach",
+        ),
+    ]
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        refresh_hz: float = 10.0,
+        decay_factor: float = 0.1,
+        script_name: str = "",
+        can_detach: bool = False,
+    ) -> None:
+        """``can_detach``: the caller serves this run and keeps it going when ``run()``
+        returns ``DETACH_RESULT`` (ctrl+d). A remote (attached) session can always detach,
+        and there ``q`` only detaches: stopping a remote run is the explicit ``:stop``."""
+        super().__init__()
+        if refresh_hz <= 0:
+            raise ValueError("refresh_hz must be > 0")
+        self.session = session
+        self.refresh_hz = refresh_hz
+        self.decay_factor = decay_factor
+        self.script_name = script_name
+        self.is_remote = bool(getattr(session, "is_remote", False))
+        self.can_detach = can_detach or self.is_remote
+        self.snap: Snapshot | None = None
+        self.frames = 0  # snapshots applied (tests and the benchmark read it)
+        self._idle_polls = 0
+        self._skip = 0
+        self._last_pane = "tree"
+        self._quitting = False
+        self._charts_at = 0.0
+        self._lost: str | None = None
+        if script_name:
+            self.sub_title = script_name
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        # Kept as attributes: App.query_one searches the *active* screen, which is a modal
+        # while one is open, and the refresh must keep drawing the main screen under it.
+        self.status_bar = StatusBar(id="status")
+        self.layer_tree = LayerTree(id="tree")
+        self.layer_tree.border_title = "model"
+        self.group_table = GroupTable(id="groups")
+        self.group_table.border_title = "param groups"
+        self.charts = LossCharts(id="charts")
+        self.charts.border_title = "loss"
+        self.run_log = RunLog(id="log")
+        self.run_log.border_title = "log"
+        self.command_line = CommandLine(self._vocabulary, id="cmdline")
+        yield self.status_bar
+        with Horizontal(id="body"):
+            yield self.layer_tree
+            with Vertical(id="right"):
+                yield self.group_table
+                yield self.charts
+        yield self.run_log
+        yield self.command_line
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.layer_tree.focus()
+        self.run_log.note("keys: space pause · e lr · d decay · s split · : command · ? help")
+        self.poll(force=True)
+        self.set_interval(1 / self.refresh_hz, self.poll, name="snapshot-poll")
+
+    # -- the refresh loop -------------------------------------------------------------------
+
+    def poll(self, force: bool = False) -> None:
+        """Pull the newest snapshot; redraw only what changed. Cheap when nothing did.
+
+        After IDLE_POLLS polls with nothing new on screen (paused, finished, a stalled
+        remote), only every SLOW_EVERY-th tick polls; a key press restores the full rate.
+        """
+        if self._skip and not force:
+            self._skip -= 1
+            return
+        lost = self._connection_lost()
+        if lost != self._lost:
+            self._lost, force = lost, True
+        try:
+            snap = self.session.snapshot()
+        except Exception as exc:  # a remote session that went away: show it, don't crash
+            self.run_log.note(f"snapshot failed: {type(exc).__name__}: {exc}", error=True)
+            self._skip = SLOW_EVERY * 4
+            return
+        changed = (
+            snap is not None
+            and (force or self.snap is None or snap.seq != self.snap.seq)
+            and self.apply_snapshot(snap)
+        )
+        if changed:
+            self._idle_polls = 0
+            return
+        self._idle_polls += 1
+        if self._idle_polls >= IDLE_POLLS:
+            self._skip = SLOW_EVERY - 1
+
+    def _connection_lost(self) -> str | None:
+        """Why a remote session lost its run, or None (always None for a local run)."""
+        if not getattr(self.session, "disconnected", False):
+            return None
+        return str(getattr(self.session, "disconnect_reason", "") or "connection lost")
+
+    def wake(self) -> None:
+        """Back to the full refresh rate (a key was pressed or a command sent)."""
+        self._idle_polls = 0
+        self._skip = 0
+
+    def apply_snapshot(self, snap: Snapshot) -> bool:
+        """Show ``snap``; returns True if any widget redrew."""
+        self.snap = snap
+        self.frames += 1
+        status = snap.status
+        if not status.script and self.script_name:
+            status = replace(status, script=self.script_name)
+        changed = self.status_bar.show(status, snap.optimizer, snap.run_dir, self._lost)
+        changed = self.layer_tree.show(snap) or changed
+        changed = self.group_table.show(snap.groups) or changed
+        now = time.monotonic()
+        if status.state != RunState.RUNNING or now - self._charts_at >= CHART_INTERVAL_S:
+            self._charts_at = now
+            changed = self.charts.show(snap) or changed
+        changed = self.run_log.show(snap.log) or changed
+        return changed
+
+    def on_key(self) -> None:
+        self.wake()
+
+    # -- sending commands -------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState | None:
+        return self.snap.status.state if self.snap else None
+
+    def send(self, text: str, then: Callable[[], object] | None = None) -> Future[CommandResult]:
+        """Submit one command text; ``then`` runs (on the UI thread) if it succeeded."""
+        self.wake()
+        future = self.session.submit(text, source="ui")
+        future.add_done_callback(partial(self._resolved, text, then))
+        return future
+
+    def _resolved(
+        self, text: str, then: Callable[[], object] | None, future: Future[CommandResult]
+    ) -> None:
+        # Runs in whichever thread resolved the future: only post a message from here.
+        try:
+            result = future.result()
+        except Exception as exc:  # the seam promises results, not exceptions; be safe anyway
+            result = CommandResult(False, f"{type(exc).__name__}: {exc}", text)
+        with contextlib.suppress(Exception):
+            self.post_message(CommandDone(text, result, then))
+
+    def on_command_done(self, message: CommandDone) -> None:
+        self.wake()
+        if not message.result.ok:
+            self.notify(str(message.result), title=message.text, severity="error", markup=False)
+        elif message.then is not None:
+            message.then()
+
+    def _steer(self, text: str, then: Callable[[], object] | None = None) -> bool:
+        """Send a command that needs a live run; explain instead when the run has ended."""
+        state = self.state
+        if state is not None and state.is_terminal:
+            self.notify(
+                f"the run has ended ({state.value}); q quits", severity="warning", markup=False
+            )
+            return False
+        self.send(text, then)
+        return True
+
+    # -- selection --------------------------------------------------------------------------
+
+    def on_descendant_focus(self, event: Message) -> None:
+        widget = getattr(event, "widget", None) or self.focused
+        if isinstance(widget, LayerTree):
+            self._last_pane = "tree"
+        elif isinstance(widget, GroupTable):
+            self._last_pane = "groups"
+
+    def _selected(self) -> tuple[str, str] | None:
+        """("group", name) or ("module", path) from the focused (or last focused) pane."""
+        if self._last_pane == "groups":
+            name = self.group_table.selected_group
+            return ("group", name) if name is not None else None
+        path = self.layer_tree.selected_path
+        return ("module", path) if path is not None else None
+
+    def _module_target(self, path: str) -> tuple[str, bool] | None:
+        """(command TARGET, covers whole groups) for a module, or None if it has no groups."""
+        tree = self.layer_tree
+        mod = tree.module(path)
+        if mod is None or not mod.subtree_groups or self.snap is None:
+            return None
+        if path == "":
+            return "all", True
+        total = sum(g.n_params for g in self.snap.groups if g.name in mod.subtree_groups)
+        covers = tree.trainable_in_subtree(path) >= total
+        if covers and len(mod.subtree_groups) == 1:
+            return mod.subtree_groups[0], True
+        return path, covers
+
+    def _unique_group_name(self, base: str) -> str:
+        names = {g.name for g in self.snap.groups} if self.snap else set()
+        name, i = base or "group", 2
+        while name in names or name == "all":
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    # -- actions: run control ---------------------------------------------------------------
+
+    def action_toggle_pause(self) -> None:
+        if self.state in PAUSED_STATES:
+            self._steer("resume")
+        else:
+            self._steer("pause")
+
+    def action_step(self) -> None:
+        steppable = (*PAUSED_STATES, RunState.STEPPING)
+        if self.state not in steppable and not (self.state and self.state.is_terminal):
+            self.notify("n steps while paused: press space to pause first", severity="warning")
+            return
+        self._steer("step")
+
+    def action_evaluate(self) -> None:
+        self._steer("eval")
+
+    def action_checkpoint(self) -> None:
+        self.send("checkpoint")
+
+    # -- actions: learning rates ------------------------------------------------------------
+
+    def action_edit_lr(self) -> None:
+        selected = self._selected()
+        if selected is None or self.snap is None:
+            self.notify("select a group (table) or a module (tree) first", severity="warning")
+            return
+        kind, name = selected
+        if kind == "group":
+            self.edit_group_lr(name)
+            return
+        target = self._module_target(name)
+        if target is None:
+            self.notify(f"{name or 'the model'} has no trainable parameters", severity="warning")
+            return
+        cmd_target, covers = target
+        mod = self.layer_tree.module(name)
+        assert mod is not None
+        lrs = {g.lr for g in self.snap.groups if g.name in mod.subtree_groups}
+        current = lrs.pop() if len(lrs) == 1 else None
+        title = "all groups" if name == "" else f"{name} ({mod.cls})"
+        detail = f"group {', '.join(mod.subtree_groups)}"
+        split_name = None if covers else self._unique_group_name(name)
+        info = LrTarget(
+            title=title,
+            current_lr=current,
+            detail=detail,
+            split_name=split_name,
+            partial_of=() if covers else mod.subtree_groups,
+        )
+        self.push_screen(EditLrScreen(info), partial(self._apply_lr, cmd_target, name, split_name))
+
+    def edit_group_lr(self, name: str) -> None:
+        group = self.snap.group(name) if self.snap else None
+        if group is None:
+            self.notify(f"no group {name!r}", severity="warning")
+            return
+        info = LrTarget(
+            title=f"group {name}",
+            current_lr=group.lr,
+            detail=f"{group.n_tensors} tensors · {fmt_count(group.n_params)} params",
+        )
+        self.push_screen(EditLrScreen(info), partial(self._apply_lr, name, name, None))
+
+    def _apply_lr(
+        self, target: str, path: str, split_name: str | None, edit: LrEdit | None
+    ) -> None:
+        if edit is None:
+            return
+        if not (edit.split_first and split_name):
+            self._steer(f"lr {target} {edit.value}")
+        elif edit.value[:1] in "*/":
+            # Relative: split first, then scale the new group once the split succeeded.
+            self._steer(
+                f"split {split_name} {path}",
+                then=lambda: self._steer(f"lr {split_name} {edit.value}"),
+            )
+        else:
+            self._steer(f"split {split_name} {path} lr={edit.value}")
+
+    def action_decay(self) -> None:
+        selected = self._selected()
+        if selected is None:
+            self.notify("select a group or a module first", severity="warning")
+            return
+        kind, name = selected
+        target = name
+        if kind == "module":
+            found = self._module_target(name)
+            if found is None:
+                self.notify(
+                    f"{name or 'the model'} has no trainable parameters", severity="warning"
+                )
+                return
+            target = found[0]
+        self.decay(target)
+
+    def action_decay_all(self) -> None:
+        self.decay("all")
+
+    def decay(self, target: str) -> None:
+        self._steer(f"decay {self.decay_factor!r} {target}")
+
+    # -- actions: groups --------------------------------------------------------------------
+
+    def action_mark(self) -> None:
+        tree = self.layer_tree
+        if self._last_pane != "tree" or tree.selected_path is None:
+            self.notify("mark modules in the tree (m), then s splits them", severity="warning")
+            return
+        if tree.selected_path == "":
+            self.notify("the model itself cannot be split off", severity="warning")
+            return
+        tree.toggle_mark(tree.selected_path)
+        tree.action_cursor_down()
+
+    def action_split(self) -> None:
+        tree = self.layer_tree
+        modules = sorted(tree.marked)
+        if not modules:
+            if self._last_pane != "tree" or not tree.selected_path:
+                self.notify("select (or m-mark) modules in the tree to split", severity="warning")
+                return
+            modules = [tree.selected_path]
+        bare = [m for m in modules if not (mod := tree.module(m)) or not mod.subtree_groups]
+        if bare:
+            self.notify(f"no trainable parameters in {', '.join(bare)}", severity="warning")
+            return
+        existing = [g.name for g in self.snap.groups] if self.snap else []
+        base = modules[0] if len(modules) == 1 else _common_path(modules)
+        default = self._unique_group_name(base or f"group{len(existing)}")
+        self.push_screen(
+            SplitNameScreen(modules, default, existing), partial(self._apply_split, modules)
+        )
+
+    def _apply_split(self, modules: list[str], name: str | None) -> None:
+        if name:
+            self._steer(f"split {name} {' '.join(modules)}", then=self.layer_tree.clear_marks)
+
+    def action_rebuild(self) -> None:
+        current = self.snap.optimizer if self.snap else ""
+        self.push_screen(RebuildScreen(current), self._apply_rebuild)
+
+    def _apply_rebuild(self, text: str | None) -> None:
+        if text:
+            self._steer(text)
+
+    # -- command line, help, palette, quit --------------------------------------------------
+
+    def _vocabulary(self) -> Vocabulary:
+        groups = [g.name for g in self.snap.groups] if self.snap else []
+        return Vocabulary(groups=groups, modules=self.layer_tree.module_paths)
+
+    def action_command_line(self) -> None:
+        self.command_line.open()
+
+    @on(CommandLine.Submitted)
+    def _command_line_submitted(self, event: CommandLine.Submitted) -> None:
+        self._close_command_line()
+        self.submit_line(event.line)
+
+    def submit_line(self, line: str) -> None:
+        """A typed command (``:`` line or palette); ``stop`` asks first."""
+        if line.split(maxsplit=1)[0].lstrip(":").lower() == "stop":
+            self.confirm_stop()
+        else:
+            self.send(line)
+
+    @on(CommandLine.Closed)
+    def _close_command_line(self) -> None:
+        self.command_line.close()
+        widget: Widget = self.group_table if self._last_pane == "groups" else self.layer_tree
+        widget.focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(key_rows(self, self.screen.active_bindings)))
+
+    @on(DataTable.RowSelected, "#groups")
+    def _group_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.edit_group_lr(str(event.row_key.value))
+
+    def palette_entries(self) -> list[PaletteEntry]:
+        entries = []
+        seen = set()
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            if binding.action in seen or binding.action in ("command_palette",):
+                continue
+            seen.add(binding.action)
+            entries.append(
+                PaletteEntry(
+                    binding.tooltip or binding.description,
+                    partial(self.run_action, binding.action),
+                    f"key: {self.get_key_display(binding)}",
+                )
+            )
+        for g in self.snap.groups if self.snap else ():
+            entries.append(
+                PaletteEntry(f"Edit lr of group {g.name}", partial(self.edit_group_lr, g.name))
+            )
+            entries.append(
+                PaletteEntry(
+                    f"Decay group {g.name} by {self.decay_factor:g}",
+                    partial(self.decay, g.name),
+                    "momentum/Adam state kept",
+                )
+            )
+        return entries
+
+    def action_request_quit(self) -> None:
+        if isinstance(self.screen, ConfirmScreen):  # q / ctrl+c pressed again: yes
+            self.screen.dismiss(True)
+            return
+        state = self.state
+        if self.is_remote:
+            title, body, yes = (
+                "Detach?",
+                "The run keeps training; `tuiconsole attach` returns.",
+                "Detach",
+            )
+        elif state is not None and state.is_terminal:
+            title, body, yes = (
+                "Quit tuiconsole?",
+                "The run has ended; its journal is complete.",
+                "Quit",
+            )
+        else:
+            title, body, yes = (
+                "Quit tuiconsole?",
+                "Training is stopped cleanly and the journal flushed.",
+                "Quit",
+            )
+        self.push_screen(ConfirmScreen(title, body, yes), self._quit_answered)
+
+    async def action_quit(self) -> None:
+        # The system "Quit" palette command lands here: ask first, like `q`.
+        self.action_request_quit()
+
+    def _quit_answered(self, confirmed: bool | None) -> None:
+        if not confirmed or self._quitting:
+            return
+        self._quitting = True
+        if self.is_remote:
+            self.exit()  # an attached console only detaches; the run goes on
+        else:
+            self.run_worker(self._stop_and_exit(), exclusive=True, group="quit")
+
+    async def _stop_and_exit(self) -> None:
+        state = self.state
+        if state is None or not state.is_terminal:
+            self.run_log.note("stopping training…")
+            try:
+                future = self.session.submit("stop", source="ui")
+                await asyncio.wait_for(asyncio.wrap_future(future), STOP_WAIT_S)
+            except Exception:  # timeout or a dead session: quit anyway
+                pass
+        self.exit()
+
+    def action_detach(self) -> None:
+        """Leave the run training in the background (a local run the CLI serves, or an
+        attached one); the CLI or `attach` does the rest after ``run()`` returns."""
+        if not self.can_detach:
+            return
+        if self.is_remote:
+            self.exit()
+        else:
+            self.exit(DETACH_RESULT)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "detach":
+            return self.can_detach
+        return True
+
+    def confirm_stop(self) -> None:
+        """``stop`` typed on the command line or picked in the palette: ask first."""
+        self.push_screen(
+            ConfirmScreen(
+                "Stop the run?",
+                "Training ends now (journal flushed); the console stays open.",
+                "Stop",
+                "Cancel",
+            ),
+            lambda yes: self.send("stop") if yes else None,
+        )
+
+
+def _common_path(paths: list[str]) -> str:
+    """Longest common dotted prefix: ["a.b.c", "a.b.d"] -> "a.b"."""
+    parts = [p.split(".") for p in paths]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)

@@ -1,0 +1,1 @@
+"""Widgets of the console: one class per module."""

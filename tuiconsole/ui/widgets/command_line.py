@@ -1,0 +1,186 @@
+"""The ':' command line: the full command grammar, tab completion and history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Label, Static
+
+from tuiconsole.engine.commands import parse
+from tuiconsole.errors import CommandError
+from tuiconsole.ui.completion import Vocabulary, complete
+
+MAX_MATCHES_SHOWN = 12
+
+
+class CommandInput(Input):
+    """An Input with tab completion and up/down history (escape closes the line)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("tab", "complete", "Complete", show=False, id="cmdline.complete"),
+        Binding("up", "history(-1)", "Previous command", show=False, id="cmdline.prev"),
+        Binding("down", "history(1)", "Next command", show=False, id="cmdline.next"),
+        Binding("escape", "close", "Close", show=False, id="cmdline.close"),
+    ]
+
+    def __init__(self, vocabulary: Callable[[], Vocabulary], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.vocabulary = vocabulary
+        self.history: list[str] = []
+        self._hist_pos = 0
+        self._draft = ""
+        self._cycle: tuple[str, tuple[str, ...], int] | None = None
+
+    def action_complete(self) -> None:
+        line = self.value[: self.cursor_position]
+        matches: tuple[str, ...]
+        if self._cycle is not None and self._cycle[0] == self.value:
+            _, matches, idx = self._cycle
+            idx = (idx + 1) % len(matches)
+            head = self.value.rpartition(" ")[0]
+            new = f"{head} {matches[idx]}" if head else matches[idx]
+            self._cycle = (new, matches, idx)
+        else:
+            result = complete(line, self.vocabulary())
+            matches = result.matches
+            new = result.line
+            if new == line and len(matches) > 1:
+                head = line.rpartition(" ")[0]
+                new = f"{head} {matches[0]}" if head else matches[0]
+                self._cycle = (new, matches, 0)
+            else:
+                self._cycle = None
+        self.value = new
+        self.cursor_position = len(new)
+        self.post_message(CommandLine.Matches(matches))
+
+    def action_history(self, delta: int) -> None:
+        if not self.history:
+            return
+        if self._hist_pos == len(self.history):
+            self._draft = self.value
+        self._hist_pos = max(0, min(len(self.history), self._hist_pos + delta))
+        value = self.history[self._hist_pos] if self._hist_pos < len(self.history) else self._draft
+        self.value = value
+        self.cursor_position = len(value)
+
+    def remember(self, line: str) -> None:
+        if line and (not self.history or self.history[-1] != line):
+            self.history.append(line)
+        self._hist_pos = len(self.history)
+        self._draft = ""
+
+    def action_close(self) -> None:
+        self.post_message(CommandLine.Closed())
+
+
+class CommandLine(Vertical):
+    """Hidden until ':' is pressed. Posts :class:`CommandLine.Submitted` with a line that
+    parses; a line that does not parse stays in the input with the error shown inline."""
+
+    DEFAULT_CSS = """
+    CommandLine {
+        display: none;
+        height: auto;
+        background: $panel;
+    }
+    CommandLine.-active { display: block; }
+    CommandLine #cmd-hint { height: auto; max-height: 3; color: $text-muted; padding: 0 1; }
+    CommandLine #cmd-hint.-error { color: $error; }
+    CommandLine Horizontal { height: 1; }
+    CommandLine #cmd-prompt { width: 2; padding: 0 0 0 1; }
+    CommandLine CommandInput { width: 1fr; }
+    """
+
+    class Submitted(Message):
+        def __init__(self, line: str) -> None:
+            super().__init__()
+            self.line = line
+
+    class Closed(Message):
+        pass
+
+    class Matches(Message):
+        def __init__(self, matches: tuple[str, ...]) -> None:
+            super().__init__()
+            self.matches = matches
+
+    def __init__(self, vocabulary: Callable[[], Vocabulary], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._vocabulary = vocabulary
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="cmd-hint")
+        with Horizontal():
+            yield Label(":", id="cmd-prompt")
+            yield CommandInput(
+                self._vocabulary,
+                placeholder="lr features 1e-3 · decay 0.1 · split NAME MODULE… · rebuild Adam lr=1e-3",
+                id="cmd-input",
+                select_on_focus=False,
+                compact=True,
+            )
+
+    @property
+    def input(self) -> CommandInput:
+        return self.query_one(CommandInput)
+
+    @property
+    def is_open(self) -> bool:
+        return self.has_class("-active")
+
+    def open(self, text: str = "") -> None:
+        self.add_class("-active")
+        self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+        self.input.value = text
+        self.input.cursor_position = len(text)
+        self.input.focus()
+
+    def close(self) -> None:
+        self.remove_class("-active")
+
+    def hint(self, message: str | Text, *, error: bool = False) -> None:
+        hint = self.query_one("#cmd-hint", Static)
+        hint.set_class(error, "-error")
+        hint.update(message)
+
+    @on(Input.Submitted, "#cmd-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        line = event.value.strip()
+        if not line:
+            self.post_message(CommandLine.Closed())
+            return
+        try:
+            parse(line)
+        except CommandError as exc:
+            self.input.remember(line)
+            self.hint(f"error: {exc}", error=True)
+            return
+        self.input.remember(line)
+        self.input.value = ""
+        self.post_message(CommandLine.Submitted(line))
+
+    @on(Input.Changed, "#cmd-input")
+    def _changed(self, event: Input.Changed) -> None:
+        event.stop()
+        hint = self.query_one("#cmd-hint", Static)
+        if hint.has_class("-error"):
+            self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+
+    @on(Matches)
+    def _show_matches(self, event: Matches) -> None:
+        event.stop()
+        if len(event.matches) > 1:
+            shown = "  ".join(event.matches[:MAX_MATCHES_SHOWN])
+            more = len(event.matches) - MAX_MATCHES_SHOWN
+            self.hint(shown + (f"  (+{more} more)" if more > 0 else ""))
+        elif not event.matches:
+            self.hint("no completion")
