@@ -5,8 +5,10 @@ Nothing here imports torch at module level, so ``tuiconsole --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +17,8 @@ import typer
 from tuiconsole.errors import TuiconsoleError
 
 if TYPE_CHECKING:
-    from tuiconsole.session import Session
+    from tuiconsole.remote.server import RemoteServer
+    from tuiconsole.session import LocalSession, Session, StopOnSignals
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +26,14 @@ app = typer.Typer(
     help="A keyboard-driven terminal console for a live PyTorch training run.",
     pretty_exceptions_enable=False,
 )
+
+
+class NanMode(StrEnum):
+    """What a NaN/Inf training loss does (see the README's "Failure behaviour")."""
+
+    pause = "pause"
+    stop = "stop"
+    ignore = "ignore"
 
 
 @app.callback()
@@ -61,8 +72,54 @@ def run(
     decay_factor: Annotated[float, typer.Option(help="Factor of the d/D decay keys.")] = 0.1,
     refresh_hz: Annotated[float, typer.Option(help="Console refresh rate.")] = 10.0,
     paused: Annotated[bool, typer.Option(help="Start paused (step 0).")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue from a checkpoint (model, optimizer groups, step, data)."),
+    ] = None,
+    nan: Annotated[
+        NanMode | None,
+        typer.Option(
+            help="On a NaN/Inf loss: pause (NAN-PAUSED), stop (exit 1) or ignore. Default: "
+            "pause; stop for --headless with stdin not a terminal (nobody to resume it)."
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            help="Run in the background (survives the terminal); print its id and return."
+        ),
+    ] = False,
+    listen: Annotated[
+        bool,
+        typer.Option(help="Serve the run on a private Unix socket so `tuiconsole attach` works."),
+    ] = True,
+    linger: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds a finished background run stays attachable after the last client."
+        ),
+    ] = 300.0,
+    detached_child: Annotated[bool, typer.Option(hidden=True)] = False,
+    run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Train SCRIPT in a background thread and open the console (or --headless)."""
+    if detach and not detached_child:
+        _start_detached(
+            script,
+            run_dir or default_run_dir(script),
+            max_steps=max_steps,
+            epochs=epochs,
+            device=device,
+            seed=seed,
+            replay=replay,
+            log_every=log_every,
+            decay_factor=decay_factor,
+            paused=paused,
+            resume=resume,
+            nan=nan.value if nan is not None else None,
+            linger=linger,
+        )
+        return
     from tuiconsole.engine.trainer import RunConfig
     from tuiconsole.session import LocalSession
 
@@ -76,43 +133,251 @@ def run(
         replay=replay,
         start_paused=paused,
         decay_factor=decay_factor,
+        resume=resume,
+        nan=_nan_mode(nan, attachable=detached_child),
     )
     session = LocalSession.from_script(script, config)
+    if detached_child:
+        raise typer.Exit(
+            _serve_detached(session, script, config.run_dir, run_id, decay_factor, linger)
+        )
     use_console = not headless and sys.stdout.isatty() and sys.stdin.isatty()
     if not headless and not use_console:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
     session.start()
-    if use_console:
-        code = _run_console(session, script, decay_factor, refresh_hz)
-    else:
-        code = _run_headless(session)
+    server = (
+        _start_server(session, script, config.run_dir, decay_factor, quiet=use_console)
+        if listen
+        else None
+    )
+    try:
+        if use_console:
+            code = _run_console(session, script, decay_factor, refresh_hz, server)
+        else:
+            code = _run_headless(session)
+    finally:
+        if server is not None:
+            server.close("the run has ended")
     raise typer.Exit(code)
+
+
+def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
+    """Pause on NaN where someone can resume: a terminal, or a detached run one attaches to."""
+    if nan is not None:
+        return nan.value
+    interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+    return "pause" if interactive or attachable else "stop"
+
+
+def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
+    """The parent of `run --detach`: start the background process, report, return."""
+    from tuiconsole.remote.detach import spawn_detached
+    from tuiconsole.remote.registry import new_run_id
+
+    args: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(flag)
+        else:
+            args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    info = spawn_detached(script.resolve(), run_dir.resolve(), new_run_id(), args)
+    print(info.id)
+    print(
+        f"tuiconsole: run {info.id} started in the background (pid {info.pid}); "
+        f"attach: tuiconsole attach {info.id}; list: tuiconsole ls; output: {info.log}",
+        file=sys.stderr,
+    )
+
+
+def _start_server(
+    session: LocalSession, script: Path, run_dir: Path | None, decay_factor: float, quiet: bool
+) -> RemoteServer | None:
+    """Make a foreground run attachable; a failure here never stops the run."""
+    from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
+    from tuiconsole.remote.registry import new_run_id
+    from tuiconsole.remote.server import RemoteServer, setup_log_file
+
+    if run_dir is None:
+        return None
+    try:
+        setup_log_file(run_dir / REMOTE_LOG_NAME)
+        info = make_info(
+            new_run_id(), script.resolve(), run_dir, detached=False, decay_factor=decay_factor
+        )
+        server = RemoteServer(session, info).start()
+    except (OSError, TuiconsoleError) as exc:
+        print(f"tuiconsole: not attachable from other terminals: {exc}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(
+            f"tuiconsole: attach from another terminal: tuiconsole attach {info.id}",
+            file=sys.stderr,
+        )
+    return server
+
+
+def _serve_detached(
+    session: LocalSession,
+    script: Path,
+    run_dir: Path | None,
+    run_id: str | None,
+    decay_factor: float,
+    linger: float,
+) -> int:
+    """The background process of `run --detach`: train and serve until done (+ linger)."""
+    from tuiconsole.remote.detach import (
+        LOG_NAME,
+        StopRequest,
+        ignore_hangup,
+        make_info,
+        serve_until_done,
+    )
+    from tuiconsole.remote.registry import new_run_id
+    from tuiconsole.remote.server import RemoteServer, setup_log_file
+
+    assert run_dir is not None
+    ignore_hangup()
+    stop = StopRequest(session).install()
+    setup_log_file(None)  # stderr is the run's log file here
+    info = make_info(
+        run_id or new_run_id(),
+        script.resolve(),
+        run_dir,
+        detached=True,
+        decay_factor=decay_factor,
+        log=run_dir.resolve() / LOG_NAME,
+    )
+    server = RemoteServer(session, info).start()  # first: if it can't listen, don't train
+    session.start()
+    print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
+    return serve_until_done(session, server, linger=linger, stop=stop, out=sys.stdout)
 
 
 def _run_headless(session: Session) -> int:
     from tuiconsole.headless import run_headless
+    from tuiconsole.session import StopOnSignals
 
     stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin
-    try:
-        return run_headless(session, stdin=stdin)
-    except KeyboardInterrupt:
-        session.close()
-        print("interrupted; journal flushed", file=sys.stderr)
-        return 130
+    with StopOnSignals(session) as stops:
+        try:
+            code = run_headless(session, stdin=stdin)
+        except KeyboardInterrupt:  # only if it beat the handler; still stop cleanly
+            session.close()
+            return 130
+    return _signal_exit(stops, code)
 
 
-def _run_console(session: Session, script: Path, decay_factor: float, refresh_hz: float) -> int:
+def _signal_exit(stops: StopOnSignals, code: int) -> int:
+    """Exit code after a front-end returned: 128+N if a signal stopped the run."""
+    if stops.exit_code is None or code == 1:  # a training error wins: look at that
+        return code
+    with contextlib.suppress(OSError, ValueError):  # SIGHUP: the terminal may be gone
+        print(
+            f"tuiconsole: stopped by {stops.name}; final checkpoint written, "
+            "journal and metrics flushed",
+            file=sys.stderr,
+            flush=True,
+        )
+    return stops.exit_code
+
+
+def _run_console(
+    session: LocalSession,
+    script: Path,
+    decay_factor: float,
+    refresh_hz: float,
+    server: RemoteServer | None = None,
+) -> int:
+    import asyncio
+
     from tuiconsole.engine.snapshot import RunState
+    from tuiconsole.remote import DETACH_RESULT
+    from tuiconsole.session import StopOnSignals
     from tuiconsole.ui.app import ConsoleApp
 
+    detached = False
+    console = ConsoleApp(
+        session,
+        refresh_hz=refresh_hz,
+        decay_factor=decay_factor,
+        script_name=script.name,
+        can_detach=server is not None,
+    )
+
+    def leave_console(signum: int) -> None:
+        # Runs in the main thread, inside the app's event loop: hand the exit to
+        # the loop (call_soon_threadsafe is the signal-safe way in) so Textual
+        # restores the terminal on its own schedule.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(console.exit, None, 128 + signum)
+
+    stops = StopOnSignals(session, leave_console)
     try:
-        ConsoleApp(
-            session, refresh_hz=refresh_hz, decay_factor=decay_factor, script_name=script.name
-        ).run()
+        with stops:
+            result = console.run()
+        detached = result == DETACH_RESULT and server is not None and stops.signum is None
     finally:
-        session.close()
+        if not detached:
+            session.close()
+    if detached:
+        from tuiconsole.remote.detach import continue_in_background
+
+        assert server is not None
+        return continue_in_background(session, server)
     snap = session.snapshot()
-    return 1 if snap.status.state == RunState.ERROR else 0
+    return _signal_exit(stops, 1 if snap.status.state == RunState.ERROR else 0)
+
+
+@app.command("ls")
+def ls(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+) -> None:
+    """List this user's live runs: id, script, state, step, loss, started, run dir."""
+    import json
+
+    from tuiconsole.remote.attach import format_table, list_runs
+
+    entries = list_runs()
+    if as_json:
+        for e in entries:
+            row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
+            print(json.dumps({**row, "attached": e.clients, "error": e.error}))
+    else:
+        print(format_table(entries))
+
+
+@app.command()
+def attach(
+    run: Annotated[
+        str | None,
+        typer.Argument(help="Run id, id prefix, run dir or socket path (default: the newest)."),
+    ] = None,
+    headless: Annotated[
+        bool, typer.Option(help="Stream the log as text; stdin lines are commands.")
+    ] = False,
+    refresh_hz: Annotated[float, typer.Option(help="Console refresh rate.")] = 10.0,
+    decay_factor: Annotated[
+        float | None, typer.Option(help="Factor of the d/D decay keys (default: the run's).")
+    ] = None,
+) -> None:
+    """Open the console on a running job. Quitting only detaches; `stop` ends the run."""
+    from tuiconsole.remote.attach import attach as attach_run
+
+    raise typer.Exit(
+        attach_run(
+            run,
+            headless=headless,
+            refresh_hz=refresh_hz,
+            decay_factor=decay_factor,
+            stdin=None if sys.stdin is None or sys.stdin.closed else sys.stdin,
+        )
+    )
 
 
 def main() -> None:
@@ -121,3 +386,6 @@ def main() -> None:
     except TuiconsoleError as exc:
         print(f"tuiconsole: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl+C while the script loads, before training started
+        print("tuiconsole: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,185 @@
+"""`tuiconsole attach` and `tuiconsole ls`: front-ends over a RemoteSession.
+
+The console is the same ConsoleApp a local run gets; it only sees a Session.
+Without a terminal (or with --headless) the run's log is streamed as text and
+stdin lines are sent as commands. Either way, leaving only detaches.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from tuiconsole.remote.client import AttachError, RemoteSession
+from tuiconsole.remote.registry import RunEntry, RunInfo, live_runs, resolve_run
+
+BACKLOG = 20  # log lines shown when a text stream attaches
+POLL = 0.2
+
+
+def attach(
+    query: str | None,
+    *,
+    headless: bool = False,
+    refresh_hz: float = 10.0,
+    decay_factor: float | None = None,
+    stdin: TextIO | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Attach to a run (id, id prefix, run dir, socket path; None: the newest).
+
+    A socket path is for a socket forwarded from another host
+    (``ssh -L /tmp/run.sock:/tmp/tuiconsole-<uid>/<id>.sock host``). Returns the exit code.
+    """
+    if query and _is_socket(query):
+        session = RemoteSession(query, rate=refresh_hz)
+        info = RunInfo.from_dict({**session.run, "socket": query})
+    else:
+        info = resolve_run(query)
+        session = RemoteSession(info, rate=refresh_hz)
+    use_console = not headless and sys.stdin.isatty() and sys.stdout.isatty()
+    app_cls = None
+    if use_console:
+        app_cls = _console_class()
+    try:
+        if app_cls is not None:
+            app_cls(
+                session,
+                refresh_hz=refresh_hz,
+                decay_factor=decay_factor if decay_factor is not None else info.decay_factor,
+                script_name=Path(info.script).name,
+            ).run()
+        else:
+            stream(session, stdin=stdin, out=out)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+    print(_goodbye(session, info), file=sys.stderr, flush=True)
+    lost = session.disconnected and not session.snapshot().status.state.is_terminal
+    return 1 if lost else 0
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _console_class() -> type | None:
+    """ConsoleApp, or None (stream the log instead) where the console isn't installed."""
+    try:
+        from tuiconsole.ui.app import ConsoleApp
+    except ImportError as exc:
+        print(f"tuiconsole: no console ({exc}); streaming the log", file=sys.stderr)
+        return None
+    return ConsoleApp
+
+
+def _goodbye(session: RemoteSession, info: RunInfo) -> str:
+    state = session.snapshot().status.state
+    if session.disconnected and not state.is_terminal:
+        return f"lost the connection to run {info.id}: {session.disconnect_reason}"
+    if state.is_terminal:
+        return f"run {info.id} is {state.value.lower()}; detached"
+    return f"detached from run {info.id}; it goes on (tuiconsole attach {info.id})"
+
+
+def stream(session: RemoteSession, *, stdin: TextIO | None = None, out: TextIO) -> None:
+    """Print the run's log as it grows; send stdin lines as commands; until it ends."""
+    if stdin is not None:
+        threading.Thread(target=_send_lines, args=(session, stdin, out), daemon=True).start()
+    snap = session.snapshot()
+    print(
+        f"attached to run {session.run_id} ({snap.status.script}, {snap.status.state.value}, "
+        f"step {snap.status.step}); commands on stdin, ctrl+c detaches",
+        file=out,
+        flush=True,
+    )
+    last = snap.log[-BACKLOG - 1].seq if len(snap.log) > BACKLOG else 0
+    while True:
+        ended = session.wait(POLL)
+        snap = session.snapshot()
+        for entry in snap.log:
+            if entry.seq > last:
+                print(format_entry(entry.kind, entry.text, entry.ok, entry.source), file=out)
+                last = entry.seq
+        out.flush()
+        if ended:
+            return
+
+
+def format_entry(kind: str, text: str, ok: bool, source: str) -> str:
+    if kind == "command":
+        tag = f"[{source}] " if source else ""
+        return f"{tag}{text}" if ok else f"{tag}error: {text}"
+    if kind == "error":
+        return f"ERROR {text}"
+    return text
+
+
+def _send_lines(session: RemoteSession, stdin: TextIO, out: TextIO) -> None:
+    for line in stdin:
+        if line.strip() and not line.lstrip().startswith("#"):
+            session.submit(line.strip(), source="stdin")
+
+
+# ---------------------------------------------------------------------- ls
+
+
+def probe(info: RunInfo, timeout: float = 2.0) -> RunEntry:
+    """Ask a run's server for its state, step and loss (one lite snapshot)."""
+    try:
+        session = RemoteSession(info, timeout=timeout, lite=True)
+    except AttachError as exc:
+        return RunEntry(info, error=str(exc))
+    try:
+        snap = session.snapshot()
+        clients = session.run.get("clients")
+        return RunEntry(
+            info,
+            state=snap.status.state.value,
+            step=snap.status.step,
+            loss=snap.loss_last,
+            clients=clients if isinstance(clients, int) else None,
+        )
+    finally:
+        session.close()
+
+
+def list_runs() -> list[RunEntry]:
+    return [probe(info) for info in live_runs()]
+
+
+def format_table(entries: list[RunEntry]) -> str:
+    if not entries:
+        return "no live runs (start one with `tuiconsole run SCRIPT --detach`)"
+    rows = [("ID", "SCRIPT", "STATE", "STEP", "LOSS", "ATTACHED", "STARTED", "PID", "RUN DIR")]
+    for e in entries:
+        i = e.info
+        rows.append(
+            (
+                i.id,
+                Path(i.script).name,
+                e.state if not e.error else "UNREACHABLE",
+                "" if e.step is None else str(e.step),
+                "" if e.loss is None else f"{e.loss:.4g}",
+                "" if e.clients is None else str(e.clients),
+                datetime.fromtimestamp(i.started).strftime("%Y-%m-%d %H:%M:%S"),
+                str(i.pid) + ("" if i.detached else "*"),
+                i.run_dir,
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    if any(not e.info.detached for e in entries):
+        lines.append("* a foreground run: its console is open in a terminal")
+    return "\n".join(lines)
