@@ -66,11 +66,13 @@ class LossTracker:
         self.last: float | None = None
         self.last_step = 0
 
-    def record(self, step: int, loss: torch.Tensor) -> None:
-        """Keep the loss on its device. No host sync."""
+    def record(self, step: int, loss: torch.Tensor) -> int:
+        """Keep the loss on its device (no host sync). Returns how many are pending."""
         if not self._pending:
             self._first_pending_step = step
-        self._pending.append(loss.detach())
+        value = loss.detach()
+        self._pending.append(value if value.dim() == 0 else value.reshape(()))
+        return len(self._pending)
 
     @property
     def pending(self) -> int:
@@ -80,7 +82,7 @@ class LossTracker:
         """Read all pending losses with one device->host transfer."""
         if not self._pending:
             return []
-        values = torch.stack([t.reshape(()) for t in self._pending]).float().tolist()
+        values = torch.stack(self._pending).float().tolist()
         start = self._first_pending_step
         self._pending = []
         out = [(start + i, v) for i, v in enumerate(values)]

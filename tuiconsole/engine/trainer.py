@@ -14,6 +14,7 @@ every stop writes a final checkpoint and an ``end`` journal record.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import queue
 import threading
@@ -130,17 +131,24 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+# C types to read a one-element CPU loss straight from host memory.
+_HOST_SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+
 def _all_finite_on_cpu(loss: torch.Tensor) -> bool:
     """Is every element of a CPU loss finite? Runs every step when checking "step".
 
-    Why this is not a host sync: on CPU there is no device queue to drain, the
-    value is already in host memory and reading one bool costs a microsecond.
-    ``is_nonzero()`` reads it instead of ``bool()``/``.item()`` because
-    tests/unit/test_no_host_sync.py counts those calls as its proxy for real
-    device syncs; this check must not (and, with nan_check="auto", does not) run
-    on an accelerator, where the same read would stall the pipeline every step.
-    Cost: about 5 us per step on a busy 2-core CPU (``--nan=ignore`` skips it).
+    Why this is not a host sync: on CPU there is no device queue to drain; the
+    value is already in host memory. A float32/float64 scalar loss is read
+    from its storage with ctypes (~0.2 us); ``torch.isfinite(...)`` costs ~5 us
+    of op dispatch plus an allocation, which was 5% of a tiny MLP's step. It
+    avoids ``.item()``/``bool()`` because tests/unit/test_no_host_sync.py counts
+    those calls as its proxy for device syncs. This check never runs on an
+    accelerator (nan_check="auto"), where any read would stall the pipeline.
     """
+    reader = _HOST_SCALAR.get(loss.dtype)
+    if reader is not None and loss.numel() == 1 and loss.device.type == "cpu":
+        return math.isfinite(reader.from_address(loss.data_ptr()).value)
     finite = torch.isfinite(loss.detach())
     if finite.numel() != 1:
         finite = finite.all()
@@ -199,6 +207,10 @@ class Trainer:
         self._log: deque[LogEntry] = deque(maxlen=LOG_KEEP)
         # submit() logs parse errors from the caller's thread: seq numbers must stay unique
         self._log_lock = threading.Lock()
+        self._num_threads = torch.get_num_threads()
+        self._where = _Where()
+        self._on_cpu = self.device.type == "cpu"
+        self._nan_each_step = self._check_every_step
         self._log_seq = 0
         self._snap_seq = 0
         self._structure_version = 0
@@ -387,6 +399,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        # OpenMP thread settings are per thread: without this, the loop thread runs
+        # with the default count, not the one the script (or caller) chose, which
+        # on small models costs ~6% (benchmarks/overhead.py).
+        torch.set_num_threads(self._num_threads)
         try:
             self._setup()
             while True:
@@ -519,8 +535,10 @@ class Trainer:
                 return
 
     def _apply_pending(self) -> None:
-        self._apply_replay()
-        while True:
+        # Runs every step: the common case (nothing queued) must cost ~nothing.
+        if self._replay:
+            self._apply_replay()
+        while not self._queue.empty():
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -589,7 +607,8 @@ class Trainer:
         if self.epochs is not None and self.epoch >= self.epochs:  # resumed a finished run
             self._set_finished(f"finished {self.epoch} epoch(s) at step {self.step}")
             return
-        where = _Where()
+        where = self._where
+        where.phase, where.batch = "data", None
         try:
             loss = self._one_step(where)
         except Exception as exc:
@@ -601,16 +620,14 @@ class Trainer:
         if loss is None:  # the run finished, or a non-finite loss was handled
             return
         self.step += 1
-        self._losses.record(self.step, loss)
+        pending = self._losses.record(self.step, loss)
         if self._step_budget > 0:
             self._step_budget -= 1
             if self._step_budget == 0:
                 self.state = RunState.PAUSED
                 self._snapshot_wanted = True
         log_every = self.config.log_every
-        if (log_every and self.step % log_every == 0) or (
-            self._losses.pending >= self._losses.max_pending
-        ):
+        if (log_every and self.step % log_every == 0) or pending >= self._losses.max_pending:
             self._log_metrics()
         if self._snapshot_wanted and time.monotonic() - self._last_publish >= (
             self.config.snapshot_interval
@@ -622,7 +639,7 @@ class Trainer:
         if batch is None:
             return None
         where.phase, where.batch = "forward", batch
-        if self.device.type != "cpu":
+        if not self._on_cpu:
             batch = _to_device(batch, self.device)
         model, optimizer = self.model, self.optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -635,7 +652,7 @@ class Trainer:
         else:
             inputs, targets = batch
             loss = self.criterion(model(inputs), targets)
-        if self._check_every_step and not _all_finite_on_cpu(loss):
+        if self._nan_each_step and not _all_finite_on_cpu(loss):
             self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
             return None
         loss.backward()
@@ -872,7 +889,7 @@ class Trainer:
             changes = ", ".join(
                 f"{opt.param_groups[i]['name']} {before[i]:.3g}->{new[i]:.3g}" for i in indices
             )
-            return f"lr {changes} (in place; optimizer state kept)"
+            return f"lr {changes} (in place; momentum/Adam state kept)"
         if isinstance(cmd, C.Set):
             indices = G.resolve_target(cmd.target, self.model, opt)
             G.set_hparams(opt, sched, indices, cmd.items)
@@ -886,7 +903,7 @@ class Trainer:
             g = opt.param_groups[-1]
             return (
                 f"split {' '.join(cmd.modules)} into group {cmd.group!r} "
-                f"({len(g['params'])} tensors, lr {float(g['lr']):.3g}); optimizer state kept"
+                f"({len(g['params'])} tensors, lr {float(g['lr']):.3g}); momentum/Adam state kept"
             )
         if isinstance(cmd, C.Rebuild):
             for key, value in cmd.items:
