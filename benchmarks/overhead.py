@@ -176,8 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, help="steps per timed run (default: ~1.5 s of work)")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for every variant (default 1: on a 2-core machine a "
+        "second OpenMP thread fights the console/printer thread and adds noise, not speed)",
+    )
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
     scripts = (
         [args.script]
         if args.script

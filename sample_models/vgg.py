@@ -34,7 +34,7 @@ NOISE = 1.5  # std of the additive Gaussian noise
 COARSE = 8  # templates are random COARSExCOARSE grids, upsampled (smooth)
 SEPARATION = 0.5  # size of the class-specific part of a template vs the shared part
 
-epochs = 20
+epochs = 100
 
 
 def make_templates(gen: torch.Generator) -> torch.Tensor:
