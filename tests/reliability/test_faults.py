@@ -240,7 +240,9 @@ def test_replay_of_a_nan_paused_run_resumes_where_the_user_did(tmp_path):
 
 @pytest.mark.parametrize("check, per_step", [("step", 1), ("flush", 0)])
 def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
-    """Neither mode calls a syncing method per step; "step" reads one CPU bool per step."""
+    """Neither mode calls a syncing method per step; "step" checks each loss on the host."""
+    from tuiconsole.engine import trainer as trainer_mod
+
     names = ("item", "cpu", "tolist", "__float__", "__bool__", "numpy", "__int__", "is_nonzero")
     counts = dict.fromkeys(names, 0)
     for name in names:
@@ -251,15 +253,32 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
             return _orig(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
+    checks = []
+    real_check = trainer_mod._all_finite_on_cpu
+
+    def counted_check(loss):
+        checks.append(loss)
+        return real_check(loss)
+
+    monkeypatch.setattr(trainer_mod, "_all_finite_on_cpu", counted_check)
     t = Trainer(make_spec(), RunConfig(max_steps=300, log_every=0, nan_check=check))
     t._snapshot_wanted = False
     t.prepare()
     t._snapshot_wanted = False
     t.step_now(300)
     assert t.step == 300
-    syncing = sum(v for k, v in counts.items() if k != "is_nonzero")
-    assert syncing <= 5, counts
-    assert counts["is_nonzero"] == 300 * per_step, counts
+    assert sum(counts.values()) <= 5, counts
+    assert len(checks) == 300 * per_step
+
+
+def test_cpu_finite_check_reads_the_value():
+    from tuiconsole.engine.trainer import _all_finite_on_cpu
+
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert _all_finite_on_cpu(torch.tensor(1.5, dtype=dtype))
+        assert not _all_finite_on_cpu(torch.tensor(float("nan"), dtype=dtype))
+        assert not _all_finite_on_cpu(torch.tensor(float("-inf"), dtype=dtype))
+    assert not _all_finite_on_cpu(torch.tensor([1.0, float("inf")]))
 
 
 def test_headless_nan_stop_and_default_in_batch_mode(tmp_path):
