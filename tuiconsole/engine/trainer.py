@@ -870,7 +870,10 @@ class Trainer:
                 }
             )
         self._append_log("command", f"{cmd.text}: {result.message}", ok=result.ok, source=source)
-        self._snapshot_wanted = True
+        # Publish before the caller's future resolves: once submit() has answered,
+        # snapshot() shows the command's effect (a key press is visible at once,
+        # not one refresh later).
+        self._publish()
 
     def _dispatch(self, cmd: C.Command) -> str:
         opt, sched = self.optimizer, self.scheduler

@@ -1,0 +1,154 @@
+"""Console scale: a 5,000-module tree, a 500-group optimizer, key press -> visible update.
+
+    python -m benchmarks.ui_scale
+
+Runs the real ConsoleApp in Textual's headless driver over a real trainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+import torch
+from textual import events
+from torch import nn
+
+from benchmarks.common import Row, print_table, save
+from tuiconsole.engine.trainer import RunConfig, Trainer
+from tuiconsole.script import TrainingSpec
+from tuiconsole.session import LocalSession
+from tuiconsole.ui.app import ConsoleApp
+
+
+def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g))] * 8
+
+
+def deep_model(stages: int = 50, blocks: int = 25) -> nn.Module:
+    def block() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Dropout(0.0))
+
+    body = nn.Sequential(*[nn.Sequential(*[block() for _ in range(blocks)]) for _ in range(stages)])
+    return nn.Sequential(body, nn.Linear(8, 3))
+
+
+def spec_for(model: nn.Module, groups: int = 1) -> TrainingSpec:
+    params = list(model.parameters())
+    if groups == 1:
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    else:
+        chunks = [params[i::groups] for i in range(groups)]
+        opt = torch.optim.SGD([{"params": c} for c in chunks if c], lr=0.01, momentum=0.9)
+    return TrainingSpec(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
+                        train_loader=data(), epochs=10**6)
+
+
+def visible(app: ConsoleApp, text: str) -> bool:
+    strips = app.screen._compositor.render_strips()
+    return any(text in strip.text for strip in strips[:2])
+
+
+def visible_anywhere(app: ConsoleApp, text: str) -> bool:
+    return any(text in strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_visible(app: ConsoleApp, text: str, timeout: float = 10.0) -> float:
+    t0 = time.perf_counter()
+    while not visible(app, text):
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"{text!r} never appeared")
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - t0
+
+
+async def open_and_expand(spec: TrainingSpec) -> tuple[float, float, int]:
+    """Seconds until the tree is on screen; ms to expand one 25-child node."""
+    trainer = Trainer(spec, RunConfig(start_paused=True))
+    session = LocalSession(trainer).start()
+    app = ConsoleApp(session)
+    t0 = time.perf_counter()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_visible(app, "PAUSED")
+        while app.snap is None or app.layer_tree.root is None:
+            await asyncio.sleep(0.001)
+        await pilot.pause()
+        opened = time.perf_counter() - t0
+        tree = app.layer_tree
+        await pilot.press("down")  # onto the 50-stage body
+        await pilot.pause()
+        app.post_message(events.Key("right", None))  # expand it: 50 stage nodes
+        while len(tree._loaded) < 3 + 50:
+            await asyncio.sleep(0.001)
+        await pilot.pause()
+        await pilot.press("down")  # onto stage 0.0 (25 blocks)
+        await pilot.pause()
+        expands = []
+        for _ in range(5):
+            before = len(tree._loaded)
+            t1 = time.perf_counter()
+            app.post_message(events.Key("right", None))  # expand (children made lazily)
+            while not visible_anywhere(app, "24 Sequential"):
+                await asyncio.sleep(0.0005)
+            expands.append((time.perf_counter() - t1) * 1000)
+            assert len(tree._loaded) >= before
+            await pilot.press("left")  # collapse again
+            await pilot.pause()
+        n = len(app.snap.modules)
+    session.close()
+    return opened, statistics.median(expands), n
+
+
+async def key_latency(presses: int = 100) -> list[float]:
+    """space -> the status bar shows PAUSED / RUNNING: ms, over `presses` presses."""
+    from benchmarks.overhead import ROOT
+    from tuiconsole.script import load_script
+
+    spec = load_script(ROOT / "sample_models" / "mlp.py")
+    session = LocalSession(Trainer(spec, RunConfig(log_every=50))).start()
+    app = ConsoleApp(session)
+    times = []
+    async with app.run_test(size=(120, 40)):
+        await wait_visible(app, "RUNNING")
+        for i in range(presses):
+            want = "PAUSED" if i % 2 == 0 else "RUNNING"
+            t0 = time.perf_counter()
+            # what a terminal driver does with a key press; Pilot.press would also
+            # wait for the whole process (training included) to go idle first
+            app.post_message(events.Key("space", " "))
+            await wait_visible(app, want)
+            times.append((time.perf_counter() - t0) * 1000)
+    session.close()
+    return times
+
+
+async def run() -> list[Row]:
+    rows = []
+    opened, expand_ms, n = await open_and_expand(spec_for(deep_model()))
+    rows.append(Row(f"console ready, {n}-module model", opened, "s", "-", "<= 1 s", opened <= 1))
+    rows.append(Row("expand a node (25 children)", expand_ms, "ms", "median of 5", "<= 50 ms",
+                    expand_ms <= 50))
+    opened500, _, _ = await open_and_expand(spec_for(deep_model(10, 10), groups=500))
+    rows.append(Row("console ready, 500 param groups", opened500, "s", "-", "<= 1 s",
+                    opened500 <= 1))
+    lat = await key_latency()
+    med = statistics.median(lat)
+    q = statistics.quantiles(lat, n=10)
+    rows.append(Row("key press -> visible update (100 presses)", med, "ms",
+                    f"p10 {q[0]:.0f} .. p90 {q[-1]:.0f}", "median <= 50 ms", med <= 50))
+    return rows
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    rows = asyncio.run(run())
+    print_table("Console scale", rows)
+    save("ui_scale", rows)
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
