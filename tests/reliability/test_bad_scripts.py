@@ -8,20 +8,10 @@ import sys
 import pytest
 
 from tests.reliability.helpers import cli, jsonl, sync_trainer, write_script
+from tests.unit.models import GOOD
 from tuiconsole.cli import main
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.script import load_script
-
-GOOD = """
-import torch
-from torch import nn
-model = nn.Linear(4, 3)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-criterion = nn.CrossEntropyLoss()
-X = torch.randn(64, 4)
-y = torch.randint(0, 3, (64,))
-train_loader = [(X[i:i+16], y[i:i+16]) for i in range(0, 64, 16)]
-"""
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:

@@ -95,3 +95,16 @@ class Driver:
     @property
     def opt(self) -> torch.optim.Optimizer:
         return self.trainer.optimizer
+
+
+# A minimal valid training script (the contract tests break it in one place each).
+GOOD = """
+import torch
+from torch import nn
+model = nn.Linear(4, 3)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+criterion = nn.CrossEntropyLoss()
+X = torch.randn(64, 4)
+y = torch.randint(0, 3, (64,))
+train_loader = [(X[i:i+16], y[i:i+16]) for i in range(0, 64, 16)]
+"""

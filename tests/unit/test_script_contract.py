@@ -6,19 +6,9 @@ import textwrap
 
 import pytest
 
+from tests.unit.models import GOOD
 from tuiconsole.errors import ScriptError
 from tuiconsole.script import load_script
-
-GOOD = """
-import torch
-from torch import nn
-model = nn.Linear(4, 3)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-criterion = nn.CrossEntropyLoss()
-X = torch.randn(64, 4)
-y = torch.randint(0, 3, (64,))
-train_loader = [(X[i:i+16], y[i:i+16]) for i in range(0, 64, 16)]
-"""
 
 
 def write(tmp_path, body: str, name: str = "train.py"):
