@@ -24,6 +24,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer
 
@@ -49,9 +50,17 @@ from tuiconsole.ui.widgets.status import StatusBar
 IDLE_POLLS = 20
 SLOW_EVERY = 5
 STOP_WAIT_S = 3.0
-# While training runs, the loss charts (the costliest redraw) refresh at most this often;
-# the status line still follows every snapshot.
-CHART_INTERVAL_S = 0.5
+# Every frame is GIL time taken from the training thread in this process (issue 5: the
+# console may cost <= 3% of a tiny model's steps/s). So while a run trains and nobody has
+# pressed a key or sent a command for ACTIVE_S, the console refreshes less: the status
+# line (numbers) at most RUNNING_HZ, and the slow parts (loss charts, group table, tree
+# labels: the costliest redraws) every SLOW_PARTS_S. A key press or a command result
+# brings back the full rate at once; paused or finished runs always get it.
+RUNNING_HZ = 4.0
+SLOW_PARTS_S = 0.5
+ACTIVE_S = 1.5
+# A command's result arrived: the trainer publishes its effect right after, so look soon.
+AFTER_COMMAND_S = 0.01
 PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
 
 
@@ -196,10 +205,14 @@ class ConsoleApp(App[None]):
         self.snap: Snapshot | None = None
         self.frames = 0  # snapshots applied (tests and the benchmark read it)
         self._idle_polls = 0
-        self._skip = 0
+        self._failed = False  # the last snapshot() raised (a remote that went away)
+        self._poll_timer: Timer | None = None
+        self._poll_due = 0.0
+        self._active_until = 0.0  # full refresh rate until then (a key or command)
+        self._slow_at = 0.0  # when the slow parts last redrew
+        self._slow_pending = False  # the shown snapshot's slow parts are not drawn yet
         self._last_pane = "tree"
         self._quitting = False
-        self._charts_at = 0.0
         self._lost: str | None = None
         if script_name:
             self.sub_title = script_name
@@ -233,19 +246,41 @@ class ConsoleApp(App[None]):
         self.layer_tree.focus()
         self.run_log.note("keys: space pause · e lr · d decay · s split · : command · ? help")
         self.poll(force=True)
-        self.set_interval(1 / self.refresh_hz, self.poll, name="snapshot-poll")
+        self._schedule(1 / self.refresh_hz)
 
     # -- the refresh loop -------------------------------------------------------------------
+
+    def _schedule(self, delay: float) -> None:
+        """(Re)arm the one-shot poll timer: the delay adapts to what the run is doing."""
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        self._poll_due = time.monotonic() + delay
+        self._poll_timer = self.set_timer(delay, self._tick, name="snapshot-poll")
+
+    def _tick(self) -> None:
+        self._poll_timer = None
+        try:
+            self.poll()
+        finally:
+            self._schedule(self._next_delay())
+
+    def _next_delay(self) -> float:
+        """Seconds to the next poll: 1/refresh_hz, less often when idle or quietly training."""
+        tick = 1 / self.refresh_hz
+        if self._failed:
+            return tick * SLOW_EVERY * 4
+        if self._idle_polls >= IDLE_POLLS:
+            return tick * SLOW_EVERY
+        if self.state == RunState.RUNNING and time.monotonic() >= self._active_until:
+            return max(tick, 1 / RUNNING_HZ)
+        return tick
 
     def poll(self, force: bool = False) -> None:
         """Pull the newest snapshot; redraw only what changed. Cheap when nothing did.
 
         After IDLE_POLLS polls with nothing new on screen (paused, finished, a stalled
-        remote), only every SLOW_EVERY-th tick polls; a key press restores the full rate.
+        remote), polls come SLOW_EVERY times less often; a key press restores the full rate.
         """
-        if self._skip and not force:
-            self._skip -= 1
-            return
         lost = self._connection_lost()
         if lost != self._lost:
             self._lost, force = lost, True
@@ -253,19 +288,19 @@ class ConsoleApp(App[None]):
             snap = self.session.snapshot()
         except Exception as exc:  # a remote session that went away: show it, don't crash
             self.run_log.note(f"snapshot failed: {type(exc).__name__}: {exc}", error=True)
-            self._skip = SLOW_EVERY * 4
+            self._failed = True
             return
-        changed = (
-            snap is not None
-            and (force or self.snap is None or snap.seq != self.snap.seq)
-            and self.apply_snapshot(snap)
-        )
+        self._failed = False
+        if snap is not None and (force or self.snap is None or snap.seq != self.snap.seq):
+            changed = self.apply_snapshot(snap)
+        elif self._slow_pending and self.snap is not None:
+            changed = self._show_slow_parts(self.snap, time.monotonic())
+        else:
+            changed = False
         if changed:
             self._idle_polls = 0
-            return
-        self._idle_polls += 1
-        if self._idle_polls >= IDLE_POLLS:
-            self._skip = SLOW_EVERY - 1
+        else:
+            self._idle_polls += 1
 
     def _connection_lost(self) -> str | None:
         """Why a remote session lost its run, or None (always None for a local run)."""
@@ -276,23 +311,38 @@ class ConsoleApp(App[None]):
     def wake(self) -> None:
         """Back to the full refresh rate (a key was pressed or a command sent)."""
         self._idle_polls = 0
-        self._skip = 0
+        now = time.monotonic()
+        self._active_until = now + ACTIVE_S
+        tick = 1 / self.refresh_hz
+        if self._poll_timer is not None and self._poll_due > now + tick:
+            self._schedule(tick)
 
     def apply_snapshot(self, snap: Snapshot) -> bool:
-        """Show ``snap``; returns True if any widget redrew."""
+        """Show ``snap``; returns True if any widget redrew.
+
+        The status line and the log follow every snapshot; the slow parts (charts, group
+        table, tree) follow at most every SLOW_PARTS_S while the run trains (the group
+        table and tree at every snapshot for ACTIVE_S after a key or a command).
+        """
         self.snap = snap
         self.frames += 1
         status = snap.status
         if not status.script and self.script_name:
             status = replace(status, script=self.script_name)
         changed = self.status_bar.show(status, snap.optimizer, snap.run_dir, self._lost)
-        changed = self.layer_tree.show(snap) or changed
-        changed = self.group_table.show(snap.groups) or changed
-        now = time.monotonic()
-        if status.state != RunState.RUNNING or now - self._charts_at >= CHART_INTERVAL_S:
-            self._charts_at = now
-            changed = self.charts.show(snap) or changed
         changed = self.run_log.show(snap.log) or changed
+        return self._show_slow_parts(snap, time.monotonic()) or changed
+
+    def _show_slow_parts(self, snap: Snapshot, now: float) -> bool:
+        due = snap.status.state != RunState.RUNNING or now - self._slow_at >= SLOW_PARTS_S
+        changed = False
+        if due or now < self._active_until:
+            changed = self.layer_tree.show(snap)
+            changed = self.group_table.show(snap.groups) or changed
+        if due:
+            self._slow_at = now
+            changed = self.charts.show(snap) or changed
+        self._slow_pending = not due
         return changed
 
     def on_key(self) -> None:
@@ -324,6 +374,8 @@ class ConsoleApp(App[None]):
 
     def on_command_done(self, message: CommandDone) -> None:
         self.wake()
+        if self._poll_timer is not None:
+            self._schedule(min(AFTER_COMMAND_S, 1 / self.refresh_hz))
         if not message.result.ok:
             self.notify(str(message.result), title=message.text, severity="error", markup=False)
         elif message.then is not None:
