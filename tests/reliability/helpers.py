@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tests.unit.models import Net
+from tests.unit.models import Net, seed_optimizer
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.script import TrainingSpec, seed_everything
 
@@ -40,14 +40,7 @@ def loader_spec(
     """
     seed_everything(seed)
     model = Net()
-    groups = [
-        {"params": model.features.parameters()},
-        {"params": model.classifier.parameters(), "lr": 1e-2},
-    ]
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
-    else:
-        opt = torch.optim.Adam(groups, lr=1e-3)
+    opt = seed_optimizer(model, optimizer)
     S = torch.optim.lr_scheduler
     sched: Any = None
     if scheduler == "lambda":

@@ -34,17 +34,21 @@ def make_data(
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
-def make_spec(optimizer: str = "sgd", scheduler: str | None = None, seed: int = 0) -> TrainingSpec:
-    seed_everything(seed)
-    model = Net()
+def seed_optimizer(model: Net, optimizer: str = "sgd") -> torch.optim.Optimizer:
+    """The seed's method 1: ``features`` at 1e-3, ``classifier`` at 1e-2 (SGD+momentum or Adam)."""
     groups = [
         {"params": model.features.parameters()},
         {"params": model.classifier.parameters(), "lr": 1e-2},
     ]
     if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
-    else:
-        opt = torch.optim.Adam(groups, lr=1e-3)
+        return torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
+    return torch.optim.Adam(groups, lr=1e-3)
+
+
+def make_spec(optimizer: str = "sgd", scheduler: str | None = None, seed: int = 0) -> TrainingSpec:
+    seed_everything(seed)
+    model = Net()
+    opt = seed_optimizer(model, optimizer)
     sched = None
     interval = "step"
     if scheduler == "lambda":
