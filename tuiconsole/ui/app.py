@@ -62,6 +62,7 @@ ACTIVE_S = 1.5
 # A command's result arrived: the trainer publishes its effect right after, so look soon.
 AFTER_COMMAND_S = 0.01
 PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
+PAUSE_INTENT_S = 3.0  # how long a space press outranks a view that has not caught up
 
 
 class CommandDone(Message):
@@ -209,6 +210,10 @@ class ConsoleApp(App[None]):
         self._poll_timer: Timer | None = None
         self._poll_due = 0.0
         self._active_until = 0.0  # full refresh rate until then (a key or command)
+        # (paused?, until): what the last space press asked for, trusted over the view
+        # until the view shows it, so a second press before the next snapshot arrives
+        # (a remote session lags a frame) toggles back instead of repeating itself.
+        self._pause_intent: tuple[bool, float] | None = None
         self._slow_at = 0.0  # when the slow parts last redrew
         self._slow_pending = False  # the shown snapshot's slow parts are not drawn yet
         self._last_pane = "tree"
@@ -377,6 +382,8 @@ class ConsoleApp(App[None]):
         if self._poll_timer is not None:
             self._schedule(min(AFTER_COMMAND_S, 1 / self.refresh_hz))
         if not message.result.ok:
+            if message.text in ("pause", "resume"):
+                self._pause_intent = None
             self.notify(str(message.result), title=message.text, severity="error", markup=False)
         elif message.then is not None:
             message.then()
@@ -433,10 +440,13 @@ class ConsoleApp(App[None]):
     # -- actions: run control ---------------------------------------------------------------
 
     def action_toggle_pause(self) -> None:
-        if self.state in PAUSED_STATES:
-            self._steer("resume")
-        else:
-            self._steer("pause")
+        paused = self.state in PAUSED_STATES
+        if self._pause_intent is not None:
+            wanted, until = self._pause_intent
+            if paused != wanted and time.monotonic() < until:
+                paused = wanted
+        if self._steer("resume" if paused else "pause"):
+            self._pause_intent = (not paused, time.monotonic() + PAUSE_INTENT_S)
 
     def action_step(self) -> None:
         steppable = (*PAUSED_STATES, RunState.STEPPING)
