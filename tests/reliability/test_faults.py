@@ -254,13 +254,13 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     checks = []
-    real_check = trainer_mod._all_finite_on_cpu
+    real_read = trainer_mod._host_scalar
 
-    def counted_check(loss):
+    def counted_read(loss):
         checks.append(loss)
-        return real_check(loss)
+        return real_read(loss)
 
-    monkeypatch.setattr(trainer_mod, "_all_finite_on_cpu", counted_check)
+    monkeypatch.setattr(trainer_mod, "_host_scalar", counted_read)
     t = Trainer(make_spec(), RunConfig(max_steps=300, log_every=0, nan_check=check))
     t._snapshot_wanted = False
     t.prepare()
@@ -272,8 +272,12 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
 
 
 def test_cpu_finite_check_reads_the_value():
-    from tuiconsole.engine.trainer import _all_finite_on_cpu
+    from tuiconsole.engine.trainer import _all_finite_on_cpu, _host_scalar
 
+    assert _host_scalar(torch.tensor(0.1, dtype=torch.float32)) == torch.tensor(0.1).item()
+    assert _host_scalar(torch.tensor([2.5], dtype=torch.float64)) == 2.5
+    assert _host_scalar(torch.tensor(2.5, dtype=torch.bfloat16)) is None  # read by torch
+    assert _host_scalar(torch.tensor([1.0, 2.0])) is None
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         assert _all_finite_on_cpu(torch.tensor(1.5, dtype=dtype))
         assert not _all_finite_on_cpu(torch.tensor(float("nan"), dtype=dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.unit.models import make_spec
@@ -22,8 +23,10 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counted)
 
     spec = make_spec()
-    # reads disabled: no log lines, no snapshot reader
-    cfg = RunConfig(max_steps=1000, log_every=0, snapshot_interval=1e9)
+    # reads disabled: no log lines, no snapshot reader. nan_check="flush" is what "auto"
+    # picks on an accelerator; on CPU "auto" reads each loss from host memory instead
+    # (free there: tests/reliability/test_faults.py covers that path).
+    cfg = RunConfig(max_steps=1000, log_every=0, snapshot_interval=1e9, nan_check="flush")
     trainer = Trainer(spec, cfg)
     trainer._snapshot_wanted = False
     trainer.start()
@@ -37,11 +40,25 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
     assert trainer._losses.last is not None and len(trainer._losses.recent) > 200
 
 
-def test_batched_read_returns_every_step():
+@pytest.mark.parametrize("nan_check", ["flush", "step"])
+def test_batched_read_returns_every_step(nan_check):
     spec = make_spec()
-    t = Trainer(spec, RunConfig(max_steps=300, log_every=100)).start()
+    t = Trainer(spec, RunConfig(max_steps=300, log_every=100, nan_check=nan_check)).start()
     assert t.wait_done(60)
     t.close()
     steps = [s for s, _ in t._losses.recent]
     assert steps == list(range(61, 301))  # recent window holds the last 240 steps, in order
     assert t._losses.history.count == 300
+
+
+def test_host_read_losses_equal_the_batched_read():
+    """On CPU with a per-step check the loss is recorded as the float read for the check:
+    the very same numbers the batched device read gives, step for step."""
+    runs = {}
+    for nan_check in ("flush", "step"):
+        t = Trainer(make_spec(), RunConfig(max_steps=150, log_every=0, nan_check=nan_check))
+        t.step_now(150)
+        t._flush_losses()
+        runs[nan_check] = list(t._losses.recent)
+    assert len(runs["step"]) == 150
+    assert runs["step"] == runs["flush"]

@@ -1,6 +1,7 @@
 """Loss kept on the device between reads, and bounded history.
 
-The training loop only appends the detached loss tensor (no host sync). A
+The training loop only appends the detached loss tensor (no host sync), or the
+float when the loss was already read on the host (CPU, checked every step). A
 flush turns the pending tensors into floats with ONE transfer, when a snapshot
 or a log line is due. History is a fixed number of buckets whose width doubles
 when full, so memory and per-frame cost stay flat over millions of steps.
@@ -57,7 +58,7 @@ class LossTracker:
     """Per-step losses: pending on the device, then recent window + history."""
 
     def __init__(self, recent: int = 240, capacity: int = 1024, max_pending: int = 4096) -> None:
-        self._pending: list[torch.Tensor] = []
+        self._pending: list[torch.Tensor | float] = []
         self._first_pending_step = 0
         self.max_pending = max_pending
         self.recent: deque[tuple[int, float]] = deque(maxlen=recent)
@@ -66,12 +67,18 @@ class LossTracker:
         self.last: float | None = None
         self.last_step = 0
 
-    def record(self, step: int, loss: torch.Tensor) -> int:
-        """Keep the loss on its device (no host sync). Returns how many are pending."""
+    def record(self, step: int, loss: torch.Tensor | float) -> int:
+        """Keep the loss on its device (no host sync), or a float already read on the host.
+
+        Returns how many are pending.
+        """
         if not self._pending:
             self._first_pending_step = step
-        value = loss.detach()
-        self._pending.append(value if value.dim() == 0 else value.reshape(()))
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            if loss.dim():
+                loss = loss.reshape(())
+        self._pending.append(loss)
         return len(self._pending)
 
     @property
@@ -79,10 +86,16 @@ class LossTracker:
         return len(self._pending)
 
     def flush(self) -> list[tuple[int, float]]:
-        """Read all pending losses with one device->host transfer."""
-        if not self._pending:
+        """Read all pending losses: the tensors among them with one device->host transfer."""
+        pending = self._pending
+        if not pending:
             return []
-        values = torch.stack(self._pending).float().tolist()
+        tensors = [p for p in pending if isinstance(p, torch.Tensor)]
+        if tensors:
+            read = iter(torch.stack(tensors).float().tolist())
+            values = [next(read) if isinstance(p, torch.Tensor) else p for p in pending]
+        else:
+            values = pending
         start = self._first_pending_step
         self._pending = []
         out = [(start + i, v) for i, v in enumerate(values)]

@@ -135,20 +135,28 @@ def _shown(text: str) -> str:
 _HOST_SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 
 
-def _all_finite_on_cpu(loss: torch.Tensor) -> bool:
-    """Is every element of a CPU loss finite? Runs every step when checking "step".
+def _host_scalar(loss: torch.Tensor) -> float | None:
+    """The value of a one-element float32/float64 CPU loss, or None for any other loss.
 
     Why this is not a host sync: on CPU there is no device queue to drain; the
-    value is already in host memory. A float32/float64 scalar loss is read
-    from its storage with ctypes (~0.2 us); ``torch.isfinite(...)`` costs ~5 us
-    of op dispatch plus an allocation, which was 5% of a tiny MLP's step. It
-    avoids ``.item()``/``bool()`` because tests/unit/test_no_host_sync.py counts
-    those calls as its proxy for device syncs. This check never runs on an
-    accelerator (nan_check="auto"), where any read would stall the pipeline.
+    value is already in host memory, and it is read from the tensor's storage
+    with ctypes (~0.3 us). ``torch.isfinite(...)`` costs ~5 us of op dispatch
+    plus an allocation, which was 5% of a tiny MLP's step. It avoids
+    ``.item()``/``bool()`` because tests/unit/test_no_host_sync.py counts those
+    calls as its proxy for device syncs. Only called when the loss is checked
+    every step, which "auto" never does on an accelerator.
     """
     reader = _HOST_SCALAR.get(loss.dtype)
-    if reader is not None and loss.numel() == 1 and loss.device.type == "cpu":
-        return math.isfinite(reader.from_address(loss.data_ptr()).value)
+    if reader is None or not loss.is_cpu or loss.numel() != 1:
+        return None
+    return reader.from_address(loss.data_ptr()).value
+
+
+def _all_finite_on_cpu(loss: torch.Tensor) -> bool:
+    """Is every element of a CPU loss finite? (:func:`_host_scalar` when it can.)"""
+    value = _host_scalar(loss)
+    if value is not None:
+        return math.isfinite(value)
     finite = torch.isfinite(loss.detach())
     if finite.numel() != 1:
         finite = finite.all()
@@ -634,7 +642,8 @@ class Trainer:
         ):
             self._publish()
 
-    def _one_step(self, where: _Where) -> torch.Tensor | None:
+    def _one_step(self, where: _Where) -> torch.Tensor | float | None:
+        """One training step; returns the loss to record (a float if already read), or None."""
         batch = self._next_batch()
         if batch is None:
             return None
@@ -652,16 +661,21 @@ class Trainer:
         else:
             inputs, targets = batch
             loss = self.criterion(model(inputs), targets)
-        if self._nan_each_step and not _all_finite_on_cpu(loss):
-            self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
-            return None
+        value = None
+        if self._nan_each_step:
+            # Read once, used twice: the NaN check and the loss record (a float
+            # needs no detach now and no batched read later).
+            value = _host_scalar(loss)
+            if not (math.isfinite(value) if value is not None else _all_finite_on_cpu(loss)):
+                self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
+                return None
         loss.backward()
         where.phase = "optimizer"
         optimizer.step()
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
-        return loss
+        return loss if value is None else value
 
     # ------------------------------------------------------------------ failures
 
