@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,11 +34,15 @@ def loader_spec(
     seed: int = 0,
     interval: str = "step",
     batch: int = 24,
+    shuffle: str = "global",
 ) -> TrainingSpec:
     """The seed-style Net on a *shuffled* DataLoader (RNG-driven order) with Dropout.
 
     256 samples / 24 = 11 batches per epoch (the last one short), so step 100
     is in the middle of an epoch: resuming must restore the data position.
+    ``shuffle`` is what draws each epoch's order: "global" (torch's global RNG),
+    "generator" (the DataLoader's own ``generator=``), "python" (``random.shuffle``) or
+    "numpy" (``np.random.permutation``).
     """
     seed_everything(seed)
     model = Net()
@@ -57,7 +63,14 @@ def loader_spec(
     x = torch.randn(256, 8, generator=g)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     data = torch.utils.data.TensorDataset(x, y)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
+    loader: Any
+    if shuffle == "global":
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
+    elif shuffle == "generator":
+        own = torch.Generator().manual_seed(3)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, generator=own)
+    else:
+        loader = HostShuffled(x, y, batch, shuffle)
     return TrainingSpec(
         model=model,
         optimizer=opt,
@@ -68,6 +81,24 @@ def loader_spec(
         scheduler=sched,
         scheduler_interval=interval,
     )
+
+
+class HostShuffled:
+    """A loader that shuffles with Python's ``random`` or numpy's when iterated, as
+    some scripts do."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, rng: str) -> None:
+        self.x, self.y, self.batch, self.rng = x, y, batch, rng
+
+    def __iter__(self):
+        if self.rng == "numpy":
+            order = np.random.permutation(len(self.x)).tolist()
+        else:
+            order = list(range(len(self.x)))
+            random.shuffle(order)
+        for i in range(0, len(order), self.batch):
+            idx = torch.tensor(order[i : i + self.batch])
+            yield self.x[idx], self.y[idx]
 
 
 def sync_trainer(spec: TrainingSpec, run_dir: Path | None = None, **config: Any) -> Trainer:

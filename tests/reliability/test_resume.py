@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from tests.reliability.helpers import (
     assert_same,
@@ -23,19 +22,22 @@ from tests.reliability.helpers import (
 )
 from tests.unit.models import Driver
 from tuiconsole.cli import main
-from tuiconsole.engine.checkpoint import load_checkpoint
+from tuiconsole.engine.checkpoint import load_checkpoint, rng_state
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.errors import TuiconsoleError
 
 
-def assert_same_run(a: Trainer, b: Trainer) -> None:
+def assert_same_run(a: Trainer, b: Trainer, rng_after_a: dict | None = None) -> None:
+    """``rng_after_a``: the RNG state (``rng_state()``) right after ``a`` took its last
+    step; ``b`` took its last step just now, so the global RNGs must be there too."""
     assert (a.step, a.epoch) == (b.step, b.epoch)
     assert_same(weights(a.model), weights(b.model))
     assert type(a.optimizer) is type(b.optimizer)
     assert_same(optimizer_sd(a.optimizer), optimizer_sd(b.optimizer))
     assert_same(scheduler_state(a.scheduler), scheduler_state(b.scheduler))
-    assert torch.equal(torch.get_rng_state(), torch.get_rng_state())
+    if rng_after_a is not None:
+        assert_same(rng_state(), rng_after_a)
 
 
 SCENARIOS = {
@@ -91,6 +93,7 @@ def test_checkpoint_at_100_then_resume_to_200_is_bit_for_bit(tmp_path, name):
     assert r.ok and r.message == f"checkpoint of step 100 written to {ckpt}"
     assert 0 < a.data_position()["epoch_batches"] < 11  # mid-epoch (11 batches/epoch)
     a.step_now(100)
+    rng_a = rng_state()
 
     b = sync_trainer(spec(), tmp_path / "b", resume=ckpt)
     assert b.step == 100
@@ -98,11 +101,26 @@ def test_checkpoint_at_100_then_resume_to_200_is_bit_for_bit(tmp_path, name):
         g["name"] for g in a.optimizer.param_groups
     ]
     b.step_now(100)
-    assert_same_run(a, b)
+    assert_same_run(a, b, rng_a)
     a.close()
     b.close()
     header = json.loads((tmp_path / "b" / "journal.jsonl").read_text().splitlines()[0])
     assert header["resumed_from"] == str(ckpt) and header["resumed_step"] == 100
+
+
+@pytest.mark.parametrize("shuffle", ["global", "generator", "python", "numpy"])
+@pytest.mark.parametrize("at", [100, 110])  # mid-epoch, and an epoch boundary (11 x 10)
+def test_resume_recreates_the_epoch_order_whatever_shuffles_it(tmp_path, shuffle, at):
+    """The loader's own generator=, Python's and numpy's RNGs are restored too, both as they
+    were when the current epoch's iterator was made and as they are at the checkpoint."""
+    a = sync_trainer(loader_spec(shuffle=shuffle), tmp_path / "a")
+    a.step_now(at)
+    assert a.apply_now(f"checkpoint {tmp_path / 'ck.pt'}").ok
+    a.step_now(200 - at)
+    rng_a = rng_state()
+    b = sync_trainer(loader_spec(shuffle=shuffle), tmp_path / "b", resume=tmp_path / "ck.pt")
+    b.step_now(200 - at)
+    assert_same_run(a, b, rng_a)
 
 
 def test_checkpoint_command_on_the_running_trainer(tmp_path):

@@ -10,11 +10,12 @@ functions (LambdaLR's ``lr_lambdas``) that a state_dict cannot hold; the
 checkpoint records which of the script's groups each group descends from, so
 those lists are rebuilt to match before the scheduler state is loaded.
 
-Data position: the checkpoint holds the torch RNG state from just before the
-current epoch's ``iter(train_loader)`` and how many batches of that epoch were
-taken. Resuming re-creates the iterator under that RNG state (same shuffle),
-skips those batches, then restores the RNG state of the checkpoint itself, so
-a CPU run continues bit for bit.
+Data position: the checkpoint holds the RNG states (torch, Python, numpy and the
+loader's own ``generator``) from just before the current epoch's
+``iter(train_loader)`` and how many batches of that epoch were taken. Resuming
+re-creates the iterator under those states (same shuffle), skips those batches,
+then restores the RNG states of the checkpoint itself, so a CPU run continues bit
+for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import pickle
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +42,29 @@ CHECKPOINT_VERSION = 2
 # --------------------------------------------------------------------------- RNG
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step may draw from, as weights_only-loadable values."""
+def loader_generators(loader: object) -> list[torch.Generator]:
+    """The torch.Generators a train_loader may shuffle with besides the global RNG.
+
+    ``DataLoader(generator=g)`` draws each epoch's order (and its workers' seed) from
+    ``g``, and a sampler may hold its own; so may a hand-written loader (``.generator``).
+    """
+    found: dict[int, torch.Generator] = {}
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for obj in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
+    """Every RNG a training step may draw from, as weights_only-loadable values:
+    torch's global RNG (and CUDA's), Python's, numpy's, and ``generators`` (the loader's)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["loader"] = [g.get_state() for g in generators]
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
@@ -54,7 +74,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
     torch.set_rng_state(state["torch"])
     if "python" in state:
         version, internal, gauss = state["python"]
@@ -62,6 +82,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+    loader = state.get("loader", [])
+    if len(loader) == len(generators):  # else the script changed (its sha256 is warned on)
+        for g, saved in zip(generators, loader, strict=True):
+            g.set_state(saved)
     if "numpy" in state:
         import numpy as np
 
@@ -106,7 +130,7 @@ def checkpoint_payload(trainer: Trainer, reason: str = "command") -> dict[str, A
         "group_origin": list(trainer.group_origin),
         "scheduler_class": type(sched).__name__ if sched is not None else None,
         "scheduler": sched.state_dict() if sched is not None else None,
-        "rng": rng_state(),
+        "rng": rng_state(trainer.loader_generators),
         "data": trainer.data_position(),
         "journal": str(trainer.journal.path) if trainer.journal is not None else None,
     }

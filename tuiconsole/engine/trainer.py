@@ -30,7 +30,14 @@ import torch
 
 from tuiconsole.engine import commands as C
 from tuiconsole.engine import groups as G
-from tuiconsole.engine.checkpoint import load_checkpoint, restore, save_checkpoint, set_rng_state
+from tuiconsole.engine.checkpoint import (
+    load_checkpoint,
+    loader_generators,
+    restore,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tuiconsole.engine.journal import JOURNAL_VERSION, Journal, MetricsWriter, load_replay
 from tuiconsole.engine.metrics import LossTracker, LrHistory
 from tuiconsole.engine.snapshot import (
@@ -229,7 +236,8 @@ class Trainer:
         self._t0 = time.monotonic()
         self._epoch_iter: Iterator[Any] | None = None
         self._epoch_batches = 0  # batches taken from the current epoch's iterator
-        self._epoch_rng: torch.Tensor | None = None  # torch RNG before that iter()
+        self._epoch_rng: dict[str, Any] | None = None  # the RNGs before that iter()
+        self.loader_generators = loader_generators(spec.train_loader)
         self._replay: deque[Any] = deque()
         self._replay_header: dict[str, Any] = {}
         self.run_dir = self.config.run_dir
@@ -303,7 +311,7 @@ class Trainer:
         self._resumed = (self.config.resume, ckpt["data"], ckpt["rng"])
 
     def data_position(self) -> dict[str, Any]:
-        """Where the loader is: batches taken in this epoch, and the RNG before its iter()."""
+        """Where the loader is: batches taken in this epoch, and the RNGs before its iter()."""
         if self._epoch_iter is None:
             return {"epoch_batches": None, "epoch_rng": None}
         return {"epoch_batches": self._epoch_batches, "epoch_rng": self._epoch_rng}
@@ -482,8 +490,11 @@ class Trainer:
         path, data, rng = self._resumed
         taken = data.get("epoch_batches")
         if taken is not None:
-            torch.set_rng_state(data["epoch_rng"])
-            self._epoch_rng = data["epoch_rng"]
+            epoch_rng = data["epoch_rng"]
+            if isinstance(epoch_rng, torch.Tensor):  # an older checkpoint: torch's RNG only
+                epoch_rng = {"torch": epoch_rng}
+            set_rng_state(epoch_rng, self.loader_generators)
+            self._epoch_rng = epoch_rng
             self._epoch_iter = iter(self.spec.train_loader)
             for i in range(taken):
                 try:
@@ -494,7 +505,7 @@ class Trainer:
                         f"{self.epoch + 1}, but train_loader now has only {i}"
                     ) from None
             self._epoch_batches = taken
-        set_rng_state(rng)
+        set_rng_state(rng, self.loader_generators)
         where = f", {taken} batch(es) into epoch {self.epoch + 1}" if taken else ""
         self._append_log("info", f"resumed from {path} at step {self.step}{where}")
 
@@ -558,7 +569,7 @@ class Trainer:
             if self._epoch_iter is None:
                 # Once per epoch: the RNG state the loader's shuffle draws from, so
                 # a checkpoint can re-create this epoch's order on resume.
-                self._epoch_rng = torch.get_rng_state()
+                self._epoch_rng = rng_state(self.loader_generators)
                 self._epoch_iter = iter(self.spec.train_loader)
                 self._epoch_batches = 0
             try:
