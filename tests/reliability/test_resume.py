@@ -20,7 +20,7 @@ from tests.reliability.helpers import (
     weights,
     write_script,
 )
-from tests.unit.models import Driver
+from tests.unit.models import Driver, wait_for
 from tuiconsole.cli import main
 from tuiconsole.engine.checkpoint import load_checkpoint, rng_state
 from tuiconsole.engine.snapshot import RunState
@@ -137,8 +137,8 @@ def test_checkpoint_command_on_the_running_trainer(tmp_path):
         b.step_now(100)
         d.cmd("pause")
         assert_same_run(t, b)
-        snap = t.latest_snapshot()
-        assert snap.status.checkpoint == str(tmp_path / "ck.pt") or snap.status.checkpoint
+        # the status line names the newest checkpoint (it shows once a snapshot is read)
+        wait_for(lambda: t.latest_snapshot().status.checkpoint == str(tmp_path / "ck.pt"))
     finally:
         t.close()
 
