@@ -26,6 +26,7 @@ from tests.reliability.helpers import (
     write_script,
 )
 from tuiconsole.engine.checkpoint import load_checkpoint
+from tuiconsole.engine.commands import parse
 from tuiconsole.engine.journal import read_journal
 
 EXIT = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -136,6 +137,11 @@ class ConsoleInPty:
                 raise AssertionError(f"{text!r} never shown: {bytes(self.output[-2000:])!r}")
             time.sleep(0.05)
 
+    def drained(self, timeout: float) -> None:
+        """Wait until the reader saw the end of the output (the pty closes on exit)."""
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), "the console's output never ended"
+
     def type(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
@@ -192,7 +198,7 @@ def test_console_stops_cleanly(tmp_path):
                 raise AssertionError((how, "did not exit", bytes(console.output[-3000:]))) from None
             assert rc == code, (how, bytes(console.output[-3000:]))
             if how != "SIGHUP":
-                time.sleep(0.2)
+                console.drained(10)  # every byte the console wrote before it exited
                 assert b"\x1b[?1049l" in console.output, how  # left the alt screen: restored
             assert_clean_stop(console.run_dir, source)
     finally:
@@ -226,13 +232,16 @@ def test_kill_9_leaves_a_valid_journal_with_every_acknowledged_command(tmp_path)
     )
     try:
         wait_for_file_line(run_dir / "journal.jsonl", '"type": "header"')
-        for i in range(40):
-            proc.stdin.write(f"lr all {0.05 - i * 0.001:.4f}\n" if i % 2 else "decay 0.99\n")
+        sent = [f"lr all {0.05 - i * 0.001:.4f}" if i % 2 else "decay 0.99" for i in range(40)]
+        for text in sent:
+            proc.stdin.write(text + "\n")
             proc.stdin.flush()
             time.sleep(0.01)
         wait_for_file_line(out, "[stdin] lr all")
         time.sleep(0.05)
-        seen = out.read_text().count("[stdin] ")  # results the user already saw
+        # the results the user already saw (complete lines only), in order
+        shown = out.read_text().split("\n")[:-1]
+        seen = [ln.split("[stdin] ", 1)[1].split(":", 1)[0] for ln in shown if "[stdin] " in ln]
         proc.kill()
         proc.wait(10)
     finally:
@@ -241,7 +250,8 @@ def test_kill_9_leaves_a_valid_journal_with_every_acknowledged_command(tmp_path)
     lines = (run_dir / "journal.jsonl").read_text().splitlines()
     recs = [json.loads(line) for line in lines]  # every line is complete JSON
     commands = [r for r in recs if r["type"] == "command"]
-    assert seen >= 1 and len(commands) >= seen
+    assert seen and seen == [parse(text).text for text in sent][: len(seen)]  # as journaled
+    assert [r["cmd"] for r in commands][: len(seen)] == seen  # every one the user saw
     assert all(r["ok"] for r in commands)
     header, entries = read_journal(run_dir / "journal.jsonl")
     assert len(entries) == len(commands) and not any(r["type"] == "end" for r in recs)

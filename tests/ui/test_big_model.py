@@ -18,7 +18,7 @@ def deep_model(stages: int = 50, blocks: int = 25) -> nn.Module:
     return nn.Sequential(body, nn.Linear(8, 3))
 
 
-async def test_5000_module_model_opens_under_a_second(run_factory) -> None:
+async def test_5000_module_model_loads_tree_children_only_on_expand(run_factory) -> None:
     import torch
 
     model = deep_model()

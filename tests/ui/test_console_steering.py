@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from textual.command import CommandList
 
 from tests.ui.real_run import RecordingSession, screen_text, until_shown, wait_until
 from tuiconsole.engine.snapshot import RunState
@@ -465,6 +466,17 @@ async def test_command_line_completes_runs_and_remembers(paused_run) -> None:
         await pilot.press("escape")
 
 
+async def until_first_hit(pilot, app, text: str) -> None:
+    """The palette searches in a worker: wait until its top hit is the one typed for
+    (until then enter would run the previous query's top hit)."""
+
+    def first_hit() -> str:
+        hits = app.screen.query_one(CommandList)
+        return str(hits.get_option_at_index(0).prompt) if hits.option_count else ""
+
+    await wait_until(pilot, lambda: text in first_hit(), what=f"the palette hit {text!r}")
+
+
 async def test_palette_runs_console_actions(paused_run) -> None:
     app = ConsoleApp(paused_run)
     async with app.run_test(size=SIZE) as pilot:
@@ -472,7 +484,7 @@ async def test_palette_runs_console_actions(paused_run) -> None:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"decay group cla")
-        await pilot.pause(0.5)
+        await until_first_hit(pilot, app, "classifier")
         await pilot.press("enter")
         await wait_until(pilot, lambda: paused_run.sent, what="the palette command")
         assert (await paused_run.settle())[-1].ok
@@ -482,7 +494,7 @@ async def test_palette_runs_console_actions(paused_run) -> None:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"lr features .03")
-        await pilot.pause(0.5)
+        await until_first_hit(pilot, app, "run: lr features .03")
         await pilot.press("enter")
         await wait_until(pilot, lambda: len(paused_run.sent) == 2, what="the typed command")
         await paused_run.settle()

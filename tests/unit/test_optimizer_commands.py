@@ -42,13 +42,15 @@ def test_lr_sets_only_that_group_and_keeps_state(drive):
     d.steps(3)
     opt = d.opt
     tensors = state_tensors(opt)
+    values = {k: v.clone() for k, v in tensors.items()}
     assert tensors, "momentum buffers exist after 3 steps"
     r = d.cmd("lr classifier 0.005")
     assert r.ok, r.message
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.005]
     after = state_tensors(opt)
     assert after.keys() == tensors.keys()
-    assert all(after[k] is tensors[k] for k in tensors)
+    assert all(after[k] is tensors[k] for k in tensors)  # the same buffers...
+    assert all(torch.equal(after[k], values[k]) for k in tensors)  # ...with the same values
 
 
 def test_lr_by_module_path_and_relative_forms(drive):
