@@ -23,7 +23,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import Row, interleaved_ratios, print_table, save, summarize
-from tuiconsole.engine.trainer import RunConfig, Trainer
+from tuiconsole.engine.trainer import (
+    DEFAULT_LOG_EVERY,
+    DEFAULT_LOG_MIN_INTERVAL,
+    RunConfig,
+    Trainer,
+)
 from tuiconsole.headless import HeadlessPrinter
 from tuiconsole.script import TrainingSpec, load_script
 from tuiconsole.session import LocalSession
@@ -66,9 +71,16 @@ def bare(spec: TrainingSpec, steps: int) -> float:
     return timed_loop(spec, steps, lambda i, loss: None)
 
 
+def run_config(steps: int) -> RunConfig:
+    """What `tuiconsole run SCRIPT --max-steps N` uses (no --log-every given)."""
+    return RunConfig(
+        max_steps=steps, log_every=DEFAULT_LOG_EVERY, log_min_interval=DEFAULT_LOG_MIN_INTERVAL
+    )
+
+
 def engine_headless(spec: TrainingSpec, steps: int) -> float:
     """The trainer thread + the headless printer polling snapshots, as `--headless` runs."""
-    trainer = Trainer(spec, RunConfig(max_steps=steps, log_every=50))
+    trainer = Trainer(spec, run_config(steps))
     printer = HeadlessPrinter(LocalSession(trainer), DEVNULL)
     t0 = time.perf_counter()
     trainer.start()
@@ -83,7 +95,7 @@ def console_mounted(spec: TrainingSpec, steps: int) -> float:
     """The full Textual console (headless driver) mounted and refreshing at 10 Hz."""
     from tuiconsole.ui.app import ConsoleApp
 
-    trainer = Trainer(spec, RunConfig(max_steps=steps, log_every=50))
+    trainer = Trainer(spec, run_config(steps))
     session = LocalSession(trainer)
 
     def finished_at() -> float:

@@ -68,7 +68,14 @@ def run(
     replay: Annotated[
         Path | None, typer.Option(help="Re-apply a journal's commands at the same steps.")
     ] = None,
-    log_every: Annotated[int, typer.Option(min=1, help="Log a metrics line every N steps.")] = 50,
+    log_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Log a metrics line every N steps (default: every 50 steps, at most one "
+            "line a second in the log; metrics.jsonl gets every 50th).",
+        ),
+    ] = None,
     decay_factor: Annotated[float, typer.Option(help="Factor of the d/D decay keys.")] = 0.1,
     refresh_hz: Annotated[float, typer.Option(help="Console refresh rate.")] = 10.0,
     paused: Annotated[bool, typer.Option(help="Start paused (step 0).")] = False,
@@ -120,7 +127,7 @@ def run(
             linger=linger,
         )
         return
-    from tuiconsole.engine.trainer import RunConfig
+    from tuiconsole.engine.trainer import DEFAULT_LOG_EVERY, DEFAULT_LOG_MIN_INTERVAL, RunConfig
     from tuiconsole.session import LocalSession
 
     config = RunConfig(
@@ -129,7 +136,8 @@ def run(
         epochs=epochs,
         device=device,
         seed=seed,
-        log_every=log_every,
+        log_every=log_every or DEFAULT_LOG_EVERY,
+        log_min_interval=0.0 if log_every else DEFAULT_LOG_MIN_INTERVAL,
         replay=replay,
         start_paused=paused,
         decay_factor=decay_factor,

@@ -45,6 +45,22 @@ def test_headless_run_prints_progress_and_exits_0(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_without_log_every_the_log_gets_at_most_a_line_a_second(tmp_path):
+    """A fast model: metrics.jsonl keeps every 50th step, the printed log is throttled."""
+    r = tuiconsole(
+        "run", str(SCRIPTS / "tiny.py"), "--headless", "--epochs", "100", "--max-steps", "400",
+        "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in records if x["type"] == "train"]
+    assert steps[:8] == list(range(50, 401, 50))  # (then the final record at the end)
+    progress = [x for x in r.stdout.splitlines() if x.startswith("step ")]
+    # 400 steps of this model take well under a second: the first line, maybe a second
+    assert 1 <= len(progress) < 8, r.stdout
+    assert progress[0].startswith("step 50 ")
+
+
 def test_default_run_dir(tmp_path):
     r = tuiconsole("run", str(SCRIPTS / "tiny.py"), "--headless", "--max-steps", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

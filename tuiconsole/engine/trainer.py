@@ -60,6 +60,10 @@ OutOfMemoryError: type[BaseException] = getattr(
 )
 
 
+DEFAULT_LOG_EVERY = 50
+DEFAULT_LOG_MIN_INTERVAL = 1.0
+
+
 @dataclass
 class RunConfig:
     run_dir: Path | None = None
@@ -67,7 +71,12 @@ class RunConfig:
     epochs: int | None = None
     device: str | None = None  # None: the script's `device`, else auto
     seed: int = 0
-    log_every: int = 50
+    log_every: int = DEFAULT_LOG_EVERY  # a metrics.jsonl record every N steps...
+    # ...and a metrics line in the run log (console, headless output) at most every
+    # this many seconds (0: every time). `tuiconsole run` without --log-every uses
+    # DEFAULT_LOG_MIN_INTERVAL: a tiny model does thousands of steps a second, and 50
+    # log lines a second help nobody and cost the console redraws.
+    log_min_interval: float = 0.0
     replay: Path | None = None
     snapshot_interval: float = 0.1  # seconds between snapshots while someone reads them
     start_paused: bool = False
@@ -232,6 +241,7 @@ class Trainer:
         self._modules_cache: tuple[int, tuple[Any, ...]] | None = None
         self._snapshot_wanted = True
         self._last_publish = 0.0
+        self._metrics_logged_at = -math.inf
         self._rate_samples: deque[tuple[float, int]] = deque(maxlen=20)
         self._t0 = time.monotonic()
         self._epoch_iter: Iterator[Any] | None = None
@@ -851,7 +861,9 @@ class Trainer:
         }
         if self.metrics is not None:
             self.metrics.write(record)
-        if values:
+        now = time.monotonic()
+        if values and (force or now - self._metrics_logged_at >= self.config.log_min_interval):
+            self._metrics_logged_at = now
             lrs = " ".join(f"{name}={lr:.3g}" for name, lr in record["lr"].items())
             self._append_log(
                 "metrics", f"step {self.step} epoch {self.epoch} loss {loss:.4g} lr {lrs}"
