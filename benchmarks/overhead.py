@@ -28,6 +28,7 @@ from tuiconsole.engine.trainer import (
     DEFAULT_LOG_MIN_INTERVAL,
     RunConfig,
     Trainer,
+    resolve_device,
 )
 from tuiconsole.headless import HeadlessPrinter
 from tuiconsole.script import TrainingSpec, load_script
@@ -44,11 +45,16 @@ def batches(spec: TrainingSpec) -> Iterator[Any]:
 
 def step_fn(spec: TrainingSpec) -> Callable[[Any], torch.Tensor]:
     model, crit = spec.model, spec.criterion
+    device = next(model.parameters()).device
+    on_cpu = device.type == "cpu"
 
     def step(batch: Any) -> torch.Tensor:
         opt = spec.optimizer
         opt.zero_grad(set_to_none=True)
         inputs, targets = batch
+        if not on_cpu:  # as the engine does: the batch goes where the model is
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
         loss = crit(model(inputs), targets)
         loss.backward()
         opt.step()
@@ -64,23 +70,34 @@ def timed_loop(
     t0 = time.perf_counter()
     for i in range(steps):
         after_step(i, step(next(it)))
+    synchronize(spec)  # an accelerator's queued work is part of the time
     return steps / (time.perf_counter() - t0)
+
+
+def synchronize(spec: TrainingSpec) -> None:
+    device = next(spec.model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bare(spec: TrainingSpec, steps: int) -> float:
     return timed_loop(spec, steps, lambda i, loss: None)
 
 
-def run_config(steps: int) -> RunConfig:
-    """What `tuiconsole run SCRIPT --max-steps N` uses (no --log-every given)."""
+def run_config(spec: TrainingSpec, steps: int) -> RunConfig:
+    """What `tuiconsole run SCRIPT --max-steps N` uses (no --log-every given), on the
+    device the model is on (see measure)."""
     return RunConfig(
-        max_steps=steps, log_every=DEFAULT_LOG_EVERY, log_min_interval=DEFAULT_LOG_MIN_INTERVAL
+        max_steps=steps,
+        log_every=DEFAULT_LOG_EVERY,
+        log_min_interval=DEFAULT_LOG_MIN_INTERVAL,
+        device=str(next(spec.model.parameters()).device),
     )
 
 
 def engine_headless(spec: TrainingSpec, steps: int) -> float:
     """The trainer thread + the headless printer polling snapshots, as `--headless` runs."""
-    trainer = Trainer(spec, run_config(steps))
+    trainer = Trainer(spec, run_config(spec, steps))
     printer = HeadlessPrinter(LocalSession(trainer), DEVNULL)
     t0 = time.perf_counter()
     trainer.start()
@@ -95,7 +112,7 @@ def console_mounted(spec: TrainingSpec, steps: int) -> float:
     """The full Textual console (headless driver) mounted and refreshing at 10 Hz."""
     from tuiconsole.ui.app import ConsoleApp
 
-    trainer = Trainer(spec, run_config(steps))
+    trainer = Trainer(spec, run_config(spec, steps))
     session = LocalSession(trainer)
 
     def finished_at() -> float:
@@ -155,8 +172,11 @@ def available(module: str) -> bool:
     return True
 
 
-def measure(script: Path, steps: int, rounds: int, peers: bool) -> list[Row]:
+def measure(script: Path, steps: int, rounds: int, peers: bool, device: str) -> list[Row]:
     spec = load_script(script)
+    # Every variant trains on this device: move the model once (in place: the optimizer
+    # keeps its parameters), as the engine would.
+    spec.model.to(resolve_device(device if device != "auto" else spec.device))
     variants: dict[str, Callable[[], float]] = {
         "engine, headless": lambda: engine_headless(spec, steps)
     }
@@ -195,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="steps per timed run (default: ~1.5 s of work)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), cuda, cuda:1, ... or auto (the script's `device`, else cuda if "
+        "there is one); every variant uses it",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -213,16 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[Row] = []
     for script in scripts:
-        steps = args.steps or (3000 if script.stem == "mlp" else 60)
+        accel = args.device not in ("cpu",)
+        steps = args.steps or (3000 if script.stem == "mlp" else (600 if accel else 60))
         rows += measure(
-            script, steps, args.rounds, peers=not args.no_peers and script.stem == "mlp"
+            script,
+            steps,
+            args.rounds,
+            peers=not args.no_peers and script.stem == "mlp",
+            device=args.device,
         )
     print_table(
         f"Overhead vs. a bare loop ({torch.get_num_threads()} threads, median of "
         f"{args.rounds} interleaved rounds)",
         rows,
     )
-    save("overhead", rows, {"threads": torch.get_num_threads(), "rounds": args.rounds})
+    save(
+        "overhead",
+        rows,
+        {"threads": torch.get_num_threads(), "rounds": args.rounds, "device": args.device},
+    )
     return 0 if all(r.passed is not False for r in rows) else 1
 
 
