@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -427,3 +429,59 @@ def test_a_foreground_run_is_attachable_too(fleet) -> None:
     assert client.wait(10)
     client.close()
     assert list(rt.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
+def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> None:
+    """In an interactive shell (a real pty, bash with job control) the detached run
+    becomes a *running* background job: the prompt comes back and training goes on."""
+    import pty
+
+    rt = tempfile.mkdtemp(prefix="tcrt-", dir="/tmp")
+    child = tmp_path / "fg.py"
+    child.write_text(FOREGROUND_DETACH)
+    env = {**os.environ, ENV_DIR: rt, "PYTHONUNBUFFERED": "1", "PS1": "PROMPT$ "}
+    master, slave = pty.openpty()
+    shell = subprocess.Popen(
+        ["bash", "--norc", "--noprofile", "-i"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,  # bash takes the pty as its controlling terminal
+        env=env,
+    )
+    os.close(slave)
+    output = bytearray()
+
+    def read_until(text: bytes, since: int = 0, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in output[since:]:
+            assert time.monotonic() < deadline, f"{text!r} never shown: {bytes(output[-2000:])!r}"
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                output.extend(os.read(master, 65536))
+
+    try:
+        read_until(b"PROMPT$ ")
+        os.write(master, f"{sys.executable} {child} {TINY} {tmp_path / 'run'}\n".encode())
+        read_until(b"Your prompt is back")
+        read_until(b"PROMPT$ ", since=output.index(b"Your prompt is back"))  # shell is back
+        (sock,) = Path(rt).glob("*.sock")
+        client = RemoteSession(sock)
+        step = client.snapshot().status.step
+        wait_until(lambda: client.snapshot().status.step > step + 5, 20, "training to go on")
+        del output[:]
+        os.write(master, b"jobs\n")
+        read_until(b"Running")  # a running background job, not a stopped one
+        assert client.submit("stop").result(RESULT_TIMEOUT).ok
+        client.close()
+        wait_until(lambda: not list(Path(rt).iterdir()), 30, "the run to end and clean up")
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(master, b"exit\n")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            shell.wait(10)
+        if shell.poll() is None:
+            shell.kill()
+        os.close(master)
+        shutil.rmtree(rt, ignore_errors=True)

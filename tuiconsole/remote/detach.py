@@ -6,7 +6,8 @@ serves the run on its socket and ignores SIGHUP. The parent waits until that
 process serves (so a script error is reported here, exit 2) and returns.
 
 A foreground run can be detached too: :func:`continue_in_background` moves its
-output to the log file and keeps the process serving after the console quits.
+output to the log file, gives the shell its prompt back and keeps the process
+serving after the console quits.
 """
 
 from __future__ import annotations
@@ -241,8 +242,9 @@ def continue_in_background(
 ) -> int:
     """The console of a foreground run detached: keep training, serve, survive hangups.
 
-    The process stays (the shell waits for it) but no longer needs the terminal:
-    closing it or losing SSH does not stop the run. Attach from anywhere.
+    No longer needs the terminal: closing it or losing SSH does not stop the run. When
+    it is an interactive shell's foreground job, the shell gets its prompt back (as after
+    ctrl+z and ``bg``); otherwise the process simply goes on. Attach from anywhere.
     """
     log_path = Path(server.info.run_dir) / LOG_NAME
     info = server.info = replace(server.info, detached=True, log=str(log_path))
@@ -251,13 +253,64 @@ def continue_in_background(
     release_terminal_signals()  # signals first: the terminal may close as soon as we say so
     ignore_hangup()
     stop = StopRequest(session).install()
+    to_background = owns_the_terminal()
+    how_to_stop = (
+        "Your prompt is back (the shell may say 'Stopped': the run resumes at once). Stop "
+        f"it with `tuiconsole attach {info.id}` then `:stop`, or `kill {os.getpid()}` (both "
+        "write a final checkpoint)."
+        if to_background
+        else "You can close this terminal: the run ignores the hangup (Ctrl+C here stops it)."
+    )
     with contextlib.suppress(OSError):
         print(
-            f"detached: run {info.id} goes on in this process (pid {os.getpid()}).\n"
+            f"detached: run {info.id} goes on in the background (pid {os.getpid()}).\n"
             f"  attach:  tuiconsole attach {info.id}\n"
-            f"  output:  {log_path}\n"
-            "You can close this terminal: the run ignores the hangup (Ctrl+C here stops it).",
+            f"  output:  {log_path}\n{how_to_stop}",
             flush=True,
         )
     redirect_stdio(log_path)
+    if to_background:
+        hand_back_the_prompt()
     return serve_until_done(session, server, linger=linger, stop=stop, out=sys.stdout)
+
+
+CONT_AFTER_S = 0.3  # how long the job stays stopped: the shell must see the stop first
+_CONT_HELPER = (
+    "import os, signal, sys, time; time.sleep(float(sys.argv[1])); "
+    "os.killpg(int(sys.argv[2]), signal.SIGCONT)"
+)
+
+
+def owns_the_terminal() -> bool:
+    """Is this process group the foreground job of the terminal on stdin?"""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def hand_back_the_prompt() -> bool:
+    """Turn this foreground job into a running background job, as ctrl+z then ``bg`` do.
+
+    A shell waits for its foreground job until the job exits or stops. So a helper in a
+    session of its own waits CONT_AFTER_S and sends SIGCONT to this process group (our
+    DataLoader workers included), and the group stops itself with SIGTSTP: the shell
+    sees the stop and prints its prompt, the SIGCONT resumes the run, and the shell
+    counts the job as running in the background. Where nobody does job control (the
+    process group is orphaned), the kernel discards the SIGTSTP and nothing stops.
+    Returns whether it stopped the group (False if the helper could not start).
+    """
+    pgid = os.getpgrp()
+    try:
+        helper = subprocess.Popen(
+            [sys.executable, "-c", _CONT_HELPER, str(CONT_AFTER_S), str(pgid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not in our group: it must not stop with it
+        )
+    except OSError:
+        return False  # never stop without someone to continue us
+    threading.Thread(target=helper.wait, name="tuiconsole-cont", daemon=True).start()
+    os.killpg(pgid, signal.SIGTSTP)
+    return True
