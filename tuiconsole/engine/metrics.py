@@ -10,6 +10,7 @@ when full, so memory and per-frame cost stay flat over millions of steps.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 
 import torch
@@ -114,16 +115,33 @@ class LossTracker:
 
 
 class LrHistory:
-    """A short lr trace per group name, sampled when a snapshot is built."""
+    """A short lr trace per group name: one point each ``period`` seconds.
 
-    def __init__(self, length: int = 120) -> None:
+    Points are taken when a snapshot is built, but at most one per ``period``, so
+    the span the sparkline covers (``length`` x ``period``, two minutes) does not
+    depend on how often a console polls. The current lr is always shown as the
+    last point, so an edit is visible at once.
+    """
+
+    def __init__(self, length: int = 120, period: float = 1.0) -> None:
         self.length = length
+        self.period = period
         self._by_name: dict[str, deque[float]] = {}
+        self._sampled_at = -math.inf
 
-    def sample(self, names_lrs: list[tuple[str, float]]) -> list[tuple[float, ...]]:
+    def sample(
+        self, names_lrs: list[tuple[str, float]], now: float | None = None
+    ) -> list[tuple[float, ...]]:
+        now = time.monotonic() if now is None else now
+        due = now - self._sampled_at >= self.period
+        if due:
+            self._sampled_at = now
         out = []
         for name, lr in names_lrs:
-            d = self._by_name.setdefault(name, deque(maxlen=self.length))
-            d.append(lr)
-            out.append(tuple(d))
+            d = self._by_name.get(name)
+            if d is None:  # a new group (a split): its trace starts now
+                d = self._by_name[name] = deque(maxlen=self.length)
+            if due or not d:
+                d.append(lr)
+            out.append((*d, lr) if d[-1] != lr else tuple(d))
         return out
