@@ -477,6 +477,10 @@ def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> No
         client.close()
         wait_until(lambda: not list(Path(rt).iterdir()), 30, "the run to end and clean up")
     finally:
+        for path in Path(rt).glob("*.json"):  # a run left by a failure: it ignores SIGHUP
+            info = read_info(path)
+            if info is not None:
+                kill_pid(info.pid, hard=True)
         with contextlib.suppress(OSError):
             os.write(master, b"exit\n")
         with contextlib.suppress(subprocess.TimeoutExpired):
