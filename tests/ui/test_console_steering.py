@@ -666,3 +666,17 @@ async def test_c_writes_a_checkpoint(paused_run) -> None:
         path = Path(result.message.rsplit("written to ", 1)[1])
         assert path.is_file() and path.stat().st_size > 0
         await wait_until(pilot, lambda: f"written to {path}" in log_text(app))
+
+
+async def test_an_lr_wider_than_its_column_is_shown_whole(paused_run) -> None:
+    """The table sized the lr column for "0.01"; a longer lr must widen it, not be cut
+    to a different-looking number ("9.92e-5" shown as "9.92")."""
+    app = ConsoleApp(paused_run)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_app(pilot, app)
+        await pilot.press("colon", *"lr classifier 9.92e-5", "enter")
+        assert (await paused_run.settle())[-1].ok
+        await until_shown(pilot, app, lambda s: s.groups[1].lr == 9.92e-5, "the new lr")
+        await pilot.pause(0.1)
+        row = next(line for line in screen_text(app).splitlines() if "■ classifier" in line)
+        assert "9.92e-5" in row, row

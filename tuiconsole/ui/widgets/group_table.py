@@ -113,7 +113,9 @@ class GroupTable(DataTable[Text]):
             for key, _ in self._columns:
                 new_cell, old_cell = cells[key], old.get(key)
                 if old_cell is None or new_cell.plain != old_cell.plain:
-                    self.update_cell(g.name, key, new_cell)
+                    # A longer value widens its column (else 9.92e-5 is cut to "9.92").
+                    wider = old_cell is None or new_cell.cell_len > old_cell.cell_len
+                    self.update_cell(g.name, key, new_cell, update_width=wider)
                     changed = True
             self._cells[g.name] = cells
         return changed
