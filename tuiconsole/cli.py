@@ -302,6 +302,7 @@ def _run_console(
     import asyncio
 
     from tuiconsole.engine.snapshot import RunState
+    from tuiconsole.headless import final_line
     from tuiconsole.remote import DETACH_RESULT
     from tuiconsole.session import StopOnSignals
     from tuiconsole.ui.app import ConsoleApp
@@ -339,6 +340,11 @@ def _run_console(
         assert server is not None
         return continue_in_background(session, server)
     snap = session.snapshot()
+    # The console is gone: say how the run ended, as a headless run does.
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(final_line(snap), flush=True)
+        if snap.status.checkpoint:
+            print(f"last checkpoint: {snap.status.checkpoint}", flush=True)
     return _signal_exit(stops, 1 if snap.status.state == RunState.ERROR else 0)
 
 

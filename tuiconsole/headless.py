@@ -74,14 +74,17 @@ def run_headless(
     finally:
         session.close()  # stop (if still running), final checkpoint, files flushed
     snap = printer.print_new()
+    _say(final_line(snap), out)
+    return 1 if snap.status.state == RunState.ERROR else 0
+
+
+def final_line(snap: Snapshot) -> str:
+    """The one line a run ends with (headless, and after the console closes)."""
     status = snap.status
     if status.state == RunState.ERROR and status.error is not None:
-        _say(f"training failed: {status.error}", out)
-        return 1
-    _say(
+        return f"training failed: {status.error}"
+    return (
         f"{status.state.value.lower()} at step {status.step} (epoch {status.epoch})"
         + (f", loss {snap.loss_last:.4g}" if snap.loss_last is not None else "")
-        + (f"; run dir {snap.run_dir}" if snap.run_dir else ""),
-        out,
+        + (f"; run dir {snap.run_dir}" if snap.run_dir else "")
     )
-    return 0

@@ -200,6 +200,8 @@ def test_console_stops_cleanly(tmp_path):
             if how != "SIGHUP":
                 console.drained(10)  # every byte the console wrote before it exited
                 assert b"\x1b[?1049l" in console.output, how  # left the alt screen: restored
+                after = bytes(console.output).rsplit(b"\x1b[?1049l", 1)[1]
+                assert b"stopped at step" in after and b"last checkpoint: " in after, after
             assert_clean_stop(console.run_dir, source)
     finally:
         for console in consoles.values():
