@@ -272,17 +272,17 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
 
 
 def test_cpu_finite_check_reads_the_value():
-    from tuiconsole.engine.trainer import _all_finite_on_cpu, _host_scalar
+    from tuiconsole.engine.trainer import _finite_on_cpu, _host_scalar
 
     assert _host_scalar(torch.tensor(0.1, dtype=torch.float32)) == torch.tensor(0.1).item()
     assert _host_scalar(torch.tensor([2.5], dtype=torch.float64)) == 2.5
     assert _host_scalar(torch.tensor(2.5, dtype=torch.bfloat16)) is None  # read by torch
     assert _host_scalar(torch.tensor([1.0, 2.0])) is None
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        assert _all_finite_on_cpu(torch.tensor(1.5, dtype=dtype))
-        assert not _all_finite_on_cpu(torch.tensor(float("nan"), dtype=dtype))
-        assert not _all_finite_on_cpu(torch.tensor(float("-inf"), dtype=dtype))
-    assert not _all_finite_on_cpu(torch.tensor([1.0, float("inf")]))
+        assert _finite_on_cpu(torch.tensor(1.5, dtype=dtype))[0]
+        assert not _finite_on_cpu(torch.tensor(float("nan"), dtype=dtype))[0]
+        assert not _finite_on_cpu(torch.tensor(float("-inf"), dtype=dtype))[0]
+    assert not _finite_on_cpu(torch.tensor([1.0, float("inf")]))[0]
 
 
 def test_headless_nan_stop_and_default_in_batch_mode(tmp_path):

@@ -168,15 +168,16 @@ def _host_scalar(loss: torch.Tensor) -> float | None:
     return reader.from_address(loss.data_ptr()).value
 
 
-def _all_finite_on_cpu(loss: torch.Tensor) -> bool:
-    """Is every element of a CPU loss finite? (:func:`_host_scalar` when it can.)"""
+def _finite_on_cpu(loss: torch.Tensor) -> tuple[bool, float | None]:
+    """Is every element of a CPU loss finite? And its value, when :func:`_host_scalar`
+    could read it (else None: bf16, several elements; then torch checks)."""
     value = _host_scalar(loss)
     if value is not None:
-        return math.isfinite(value)
+        return math.isfinite(value), value
     finite = torch.isfinite(loss.detach())
     if finite.numel() != 1:
         finite = finite.all()
-    return finite.is_nonzero()
+    return finite.is_nonzero(), None
 
 
 class _Stop(Exception):
@@ -686,8 +687,8 @@ class Trainer:
         if self._nan_each_step:
             # Read once, used twice: the NaN check and the loss record (a float
             # needs no detach now and no batched read later).
-            value = _host_scalar(loss)
-            if not (math.isfinite(value) if value is not None else _all_finite_on_cpu(loss)):
+            finite, value = _finite_on_cpu(loss)
+            if not finite:
                 self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
                 return None
         loss.backward()

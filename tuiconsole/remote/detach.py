@@ -289,7 +289,7 @@ def owns_the_terminal() -> bool:
         return False
 
 
-def hand_back_the_prompt() -> bool:
+def hand_back_the_prompt() -> None:
     """Turn this foreground job into a running background job, as ctrl+z then ``bg`` do.
 
     A shell waits for its foreground job until the job exits or stops. So a helper in a
@@ -298,7 +298,7 @@ def hand_back_the_prompt() -> bool:
     sees the stop and prints its prompt, the SIGCONT resumes the run, and the shell
     counts the job as running in the background. Where nobody does job control (the
     process group is orphaned), the kernel discards the SIGTSTP and nothing stops.
-    Returns whether it stopped the group (False if the helper could not start).
+    If the helper cannot start, nothing is stopped (the job stays in the foreground).
     """
     pgid = os.getpgrp()
     try:
@@ -310,7 +310,6 @@ def hand_back_the_prompt() -> bool:
             start_new_session=True,  # not in our group: it must not stop with it
         )
     except OSError:
-        return False  # never stop without someone to continue us
+        return  # never stop without someone to continue us
     threading.Thread(target=helper.wait, name="tuiconsole-cont", daemon=True).start()
     os.killpg(pgid, signal.SIGTSTP)
-    return True
