@@ -43,9 +43,14 @@ def batches(spec: TrainingSpec) -> Iterator[Any]:
         yield from spec.train_loader
 
 
+def model_device(spec: TrainingSpec) -> torch.device:
+    """Where every variant trains: the model was moved there once (see measure)."""
+    return next(spec.model.parameters()).device
+
+
 def step_fn(spec: TrainingSpec) -> Callable[[Any], torch.Tensor]:
     model, crit = spec.model, spec.criterion
-    device = next(model.parameters()).device
+    device = model_device(spec)
     on_cpu = device.type == "cpu"
 
     def step(batch: Any) -> torch.Tensor:
@@ -75,7 +80,7 @@ def timed_loop(
 
 
 def synchronize(spec: TrainingSpec) -> None:
-    device = next(spec.model.parameters()).device
+    device = model_device(spec)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -86,12 +91,12 @@ def bare(spec: TrainingSpec, steps: int) -> float:
 
 def run_config(spec: TrainingSpec, steps: int) -> RunConfig:
     """What `tuiconsole run SCRIPT --max-steps N` uses (no --log-every given), on the
-    device the model is on (see measure)."""
+    model's device."""
     return RunConfig(
         max_steps=steps,
         log_every=DEFAULT_LOG_EVERY,
         log_min_interval=DEFAULT_LOG_MIN_INTERVAL,
-        device=str(next(spec.model.parameters()).device),
+        device=str(model_device(spec)),
     )
 
 
