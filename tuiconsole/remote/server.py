@@ -292,6 +292,9 @@ class RemoteServer:
         sock.close()
 
     def _drop(self, client: _Client, reason: str, *, warn: bool = True) -> None:
+        # In this order, so whoever watches sees a consistent server: the client is
+        # gone from `clients`, then the reason is in `dropped`, then the client hears it.
+        self._forget_client(client)
         if warn:
             log.warning("dropping %s: %s", client.name, reason)
             self._note_drop(f"{client.name}: {reason}")
@@ -299,13 +302,17 @@ class RemoteServer:
                 client.sock.send(P.message("error", message=reason))
         elif client.hello and not client.lite:
             log.info("%s detached (%s)", client.name, reason)
-        self._close_client(client)
+        client.sock.close()
 
     def _note_drop(self, reason: str) -> None:
         self.dropped.append(reason)
         del self.dropped[:-50]
 
     def _close_client(self, client: _Client) -> None:
+        self._forget_client(client)
+        client.sock.close()
+
+    def _forget_client(self, client: _Client) -> None:
         if self._clients.pop(client.key, None) is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._sel.unregister(client.sock)
@@ -313,7 +320,6 @@ class RemoteServer:
                 self._attached -= 1
                 if not self._attached:
                     self.last_client_left = time.monotonic()
-        client.sock.close()
 
     # ------------------------------------------------------------------ reading
 
