@@ -81,7 +81,7 @@ def test_stdin_commands_are_applied_and_journaled(tmp_path):
         stdin="decay 0.5\nlr nosuch 1\nsplit head 2 lr=0.2\nstep 3\nresume\n",
     )
     assert r.returncode == 0, r.stderr
-    assert "error: lr nosuch 1.0: no module or group named 'nosuch'" in r.stdout
+    assert "error: lr nosuch 1.0: no module, parameter or group named 'nosuch'" in r.stdout
     cmds = [e for e in journal(tmp_path) if e["type"] == "command"]
     assert [(e["cmd"], e["source"], e["ok"]) for e in cmds[:3]] == [
         ("decay 0.5 all", "stdin", True),

@@ -1,17 +1,24 @@
 """Property test: random command sequences (1,000 in total) on a real model and
 optimizer, through the trainer's own command path (``apply_now``) with real
-training steps in between.
+training steps in between, over several optimizer classes (rebuild moves between
+SGD, Adam, AdamW, RMSprop and NAdam) and over the decay / no_decay grouping that
+Hugging Face scripts use (every module's weights in one group, its biases in
+another with weight_decay=0).
 
 After every command: each trainable parameter is in exactly one group, no
 frozen parameter is in a group, group names are unique, in-place commands keep
 every optimizer state tensor (same object, same values), and the groups (names,
 members, lr and hyper-parameters) equal what a pure-Python model of the command
-semantics predicts — including which commands must fail. After the sequence the
-journal, replayed on a fresh run, reproduces the same groups and weights.
+semantics predicts — every key of every group, including which commands must
+fail — and the journal's record of the groups equals the real ``param_groups``.
+After the sequence the journal, replayed on a fresh run, reproduces the same
+groups and weights.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import os
 import tempfile
@@ -24,6 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from tuiconsole.engine import groups as G
+from tuiconsole.engine.commands import jsonable
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.script import TrainingSpec
@@ -46,7 +55,7 @@ class Tiny(nn.Module):
 
 
 MODULES = ["a", "b", "b.0", "b.1", "b.2", "c", "frozen", "nosuch"]
-TARGETS = ["all", "body", "head", "s1", "s2", "c", *MODULES]
+TARGETS = ["all", "body", "head", "s1", "s2", "s1.2", "c", "weight_decay:0", *MODULES]
 NAMES = ["s1", "s2", "c", "head", "all"]
 LRS = ["1e-4", "0.003", "0.05", "0.5", "2.0"]
 BAD_NUMBERS = ["0", "-1", "nan", "inf", "abc"]
@@ -62,11 +71,21 @@ def make_spec(optimizer: str) -> TrainingSpec:
         {"params": list(model.c.parameters()), "name": "head", "lr": 0.1},
     ]
     sched = None
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+    if optimizer == "adamw_decay":
+        # The Hugging Face grouping: unnamed groups spanning every module.
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n.endswith("weight")], "weight_decay": 0.01},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+        ]
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=0.01)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
         # a scheduler whose schedule is flat, so lrs stay predictable while its
         # per-group lists must follow every split/rebuild
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    elif optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(groups, lr=0.01, momentum=0.5)
     else:
         opt = torch.optim.Adam(groups, lr=0.01, weight_decay=0.001)
     g = torch.Generator().manual_seed(1)
@@ -91,12 +110,24 @@ def make_spec(optimizer: str) -> TrainingSpec:
 class Group:
     name: str
     params: list[str]
-    lr: float
-    hp: dict[str, float] = field(default_factory=dict)
+    hp: dict[str, Any] = field(default_factory=dict)  # every key but params and name
+
+    @property
+    def lr(self) -> float:
+        return float(self.hp["lr"])
+
+    def set_lr(self, v: float) -> None:
+        self.hp["lr"] = v
+        if "initial_lr" in self.hp:  # LambdaLR's anchor; the schedule here is flat
+            self.hp["initial_lr"] = v
 
 
 class Rejected(Exception):
     pass
+
+
+F32 = torch.finfo(torch.float32)
+CARRY = ("name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
 
 
 def num(text: str) -> float:
@@ -117,17 +148,24 @@ def positive(text: str) -> float:
 
 
 def check_lr(v: float) -> float:
-    if not math.isfinite(v) or v <= 0:
+    if not math.isfinite(v) or v <= 0 or not F32.tiny <= v <= F32.max:
         raise Rejected
     return v
+
+
+def takes(cls: type) -> dict[str, Any]:
+    """What the class's constructor takes: the rule rebuild must follow."""
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    return {k: p.default for k, p in list(sig.parameters.items())[1:] if k != "params"}
 
 
 class Model:
     """What the command language promises, in plain Python over parameter names."""
 
-    def __init__(self, trainer: Trainer, optimizer: str) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         model = trainer.model
-        self.cls = "SGD" if optimizer == "sgd" else "Adam"
+        self.cls = type(trainer.optimizer).__name__
+        self.defaults = dict(trainer.optimizer.defaults)
         self.all_params = {n: p for n, p in model.named_parameters()}
         self.trainable = [n for n, p in self.all_params.items() if p.requires_grad]
         self.modules = {
@@ -139,8 +177,7 @@ class Model:
             Group(
                 str(g["name"]),
                 [self._name(p) for p in g["params"]],
-                float(g["lr"]),
-                self._hp(g),
+                {k: v for k, v in g.items() if k not in ("params", "name")},
             )
             for g in trainer.optimizer.param_groups
         ]
@@ -148,14 +185,12 @@ class Model:
     def _name(self, p: torch.Tensor) -> str:
         return next(n for n, q in self.all_params.items() if q is p)
 
-    def _hp(self, g: dict[str, Any]) -> dict[str, float]:
-        keys = ("momentum", "weight_decay") if self.cls == "SGD" else ("weight_decay",)
-        return {k: float(g[k]) for k in keys}
-
     def module_params(self, path: str) -> list[str]:
-        if path not in self.modules:
-            raise Rejected
-        return self.modules[path]
+        if path in self.modules:
+            return self.modules[path]
+        if path in self.all_params:  # a parameter's own path
+            return [path]
+        raise Rejected
 
     def resolve(self, target: str) -> list[int]:
         if target == "all":
@@ -179,7 +214,7 @@ class Model:
             old = self.groups[i].lr
             new[i] = check_lr(v if op == "=" else old * v if op == "*" else old / v)
         for i, lr in new.items():
-            self.groups[i].lr = lr
+            self.groups[i].set_lr(lr)
         return False
 
     def decay(self, factor: str, target: str) -> bool:
@@ -193,13 +228,14 @@ class Model:
         idx = self.resolve(target)
         if key == "lr":
             check_lr(v)
-        elif key not in self.groups[idx[0]].hp or v < 0:
+        elif any(self.groups[i].hp.get(key) is None for i in idx) or v < 0:
             raise Rejected
         for i in idx:
             if key == "lr":
-                self.groups[i].lr = v
+                self.groups[i].set_lr(v)
             else:
-                self.groups[i].hp[key] = v
+                cur = self.groups[i].hp[key]
+                self.groups[i].hp[key] = int(v) if type(cur) is int and v.is_integer() else v
         return False
 
     def split(self, name: str, modules: list[str], lr: str | None) -> bool:
@@ -212,23 +248,35 @@ class Model:
             if not params or not trainable:
                 raise Rejected
             chosen += [p for p in trainable if p not in chosen]
-        source = next(i for i, g in enumerate(self.groups) if set(chosen) & set(g.params))
         moving = [p for g in self.groups for p in g.params if p in chosen]
         if any(set(g.params) == set(moving) for g in self.groups):
             raise Rejected
-        new_lr = self.groups[source].lr
+        new_lr = None
         if lr is not None:
             try:
                 new_lr = check_lr(num(lr))
             except ValueError:
                 raise Rejected from None
-        src = self.groups[source]
-        rest = [
-            Group(g.name, [p for p in g.params if p not in chosen], g.lr, dict(g.hp))
-            for g in self.groups
-        ]
-        self.groups = [g for g in rest if g.params]
-        self.groups.append(Group(name, moving, new_lr, dict(src.hp)))
+        # one new group per source group; sources left with equal values share one
+        made: list[Group] = []
+        for g in self.groups:
+            mine = [p for p in g.params if p in chosen]
+            if not mine:
+                continue
+            cand = Group(name, mine, dict(g.hp))
+            if new_lr is not None:
+                cand.set_lr(new_lr)
+            twin = next((m for m in made if m.hp == cand.hp), None)
+            if twin is not None:
+                twin.params += mine
+            else:
+                made.append(cand)
+        for k, m in enumerate(made[1:], start=2):
+            m.name = f"{name}.{k}"
+        if any(m.name in [g.name for g in self.groups] for m in made):
+            raise Rejected
+        rest = [Group(g.name, [p for p in g.params if p not in chosen], g.hp) for g in self.groups]
+        self.groups = [g for g in rest if g.params] + made
         return False
 
     def rebuild(self, cls: str | None, lr: str | None) -> bool:
@@ -239,14 +287,18 @@ class Model:
             except ValueError:
                 raise Rejected from None
         target = cls or self.cls
+        klass = getattr(torch.optim, target)
+        accepted = takes(klass)
+        same = target == self.cls
+        ctor = {k: v for k, v in self.defaults.items() if k in accepted} if same else {}
+        dummy = [torch.zeros(1, requires_grad=True)]
+        defaults = dict(klass(dummy, **ctor).defaults)
         for g in self.groups:
+            kept = {k: v for k, v in g.hp.items() if same or k in accepted or k in CARRY}
+            g.hp = {**defaults, **kept}
             if new_lr is not None:
-                g.lr = new_lr
-            if target == "SGD":
-                g.hp = {"momentum": g.hp.get("momentum", 0.0), "weight_decay": g.hp["weight_decay"]}
-            else:
-                g.hp = {"weight_decay": g.hp["weight_decay"]}
-        self.cls = target
+                g.set_lr(new_lr)
+        self.cls, self.defaults = target, defaults
         return True
 
 
@@ -266,12 +318,14 @@ commands = st.one_of(
     st.tuples(
         st.just("split"),
         st.sampled_from(NAMES),
-        st.lists(st.sampled_from(MODULES), min_size=1, max_size=3, unique=True),
+        st.lists(
+            st.sampled_from([*MODULES, "a.bias", "c.weight"]), min_size=1, max_size=3, unique=True
+        ),
         st.one_of(st.none(), values),
     ),
     st.tuples(
         st.just("rebuild"),
-        st.sampled_from([None, "SGD", "Adam"]),
+        st.sampled_from([None, "SGD", "Adam", "AdamW", "RMSprop", "NAdam"]),
         st.one_of(st.none(), st.sampled_from(LRS)),
     ),
     st.tuples(st.just("train"), st.integers(1, 3)),
@@ -327,11 +381,20 @@ def check_invariants(t: Trainer, model: Model) -> None:
     assert type(opt).__name__ == model.cls
     for g, m in zip(opt.param_groups, model.groups, strict=True):
         assert [model._name(p) for p in g["params"]] == m.params, g["name"]
-        assert math.isclose(float(g["lr"]), m.lr, rel_tol=1e-9), (g["name"], g["lr"], m.lr)
+        assert set(g) - {"params", "name"} == set(m.hp), (g["name"], sorted(g), sorted(m.hp))
         for k, v in m.hp.items():
-            assert float(g[k]) == v, (g["name"], k)
-        if model.cls == "Adam":
-            assert "momentum" not in g
+            if k in ("lr", "initial_lr"):
+                assert math.isclose(float(g[k]), v, rel_tol=1e-9), (g["name"], k, g[k], v)
+            else:
+                assert g[k] == v and type(g[k]) is type(v), (g["name"], k, g[k], v)
+    journaled = [r for r in jsonl(t.run_dir / "journal.jsonl") if "groups" in r][-1]["groups"]
+    assert journaled == G.groups_record(opt)
+    assert journaled == [
+        {"name": g["name"], "lr": jsonable(g["lr"])}
+        | {k: jsonable(v) for k, v in g.items() if k not in ("params", "name", "lr")}
+        | {"n_tensors": len(g["params"])}
+        for g in opt.param_groups
+    ]
     sched = t.scheduler
     if sched is not None:
         assert sched.optimizer is opt
@@ -346,7 +409,7 @@ def run_sequence(optimizer: str, seq: list[tuple], folder: Path) -> None:
         RunConfig(run_dir=folder / "run", log_every=0, final_checkpoint=False),
     ).prepare()
     t.step_now(2)  # real momentum buffers / Adam moments to keep or drop
-    model = Model(t, optimizer)
+    model = Model(t)
     check_invariants(t, model)
     for c in seq:
         if c[0] == "train":
@@ -391,11 +454,15 @@ def run_sequence(optimizer: str, seq: list[tuple], folder: Path) -> None:
 
 
 PROP = settings(
-    max_examples=500,
+    max_examples=250,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @PROP
@@ -410,3 +477,17 @@ def test_random_commands_sgd_with_scheduler(seq):
 def test_random_commands_adam(seq):
     with tempfile.TemporaryDirectory(dir=SHM) as d:
         run_sequence("adam", seq, Path(d))
+
+
+@PROP
+@given(seq=st.lists(commands, min_size=1, max_size=10))
+def test_random_commands_rmsprop(seq):
+    with tempfile.TemporaryDirectory(dir=SHM) as d:
+        run_sequence("rmsprop", seq, Path(d))
+
+
+@PROP
+@given(seq=st.lists(commands, min_size=1, max_size=10))
+def test_random_commands_adamw_decay_no_decay(seq):
+    with tempfile.TemporaryDirectory(dir=SHM) as d:
+        run_sequence("adamw_decay", seq, Path(d))

@@ -147,14 +147,16 @@ def test_split_groups_keep_their_own_schedule_function_after_resume(tmp_path):
     """LambdaLR's per-group functions cannot be saved; resume rebuilds them by lineage."""
     a = sync_trainer(loader_spec("sgd", "lambda"), tmp_path / "a")
     a.step_now(5)
-    assert a.apply_now("split everything features classifier").ok  # lambda of group 0
-    assert a.apply_now("split f features").ok  # leaves classifier params: still group 0's
+    # one new group per source group: each keeps its own lambda
+    assert a.apply_now("split everything features classifier").ok
+    assert a.apply_now("split f features.0").ok  # from 'everything': group 0's lambda
     assert a.apply_now(f"checkpoint {tmp_path / 'ck.pt'}").ok
     a.step_now(20)
     b = sync_trainer(loader_spec("sgd", "lambda"), resume=tmp_path / "ck.pt")
     lambdas = a.scheduler.lr_lambdas
-    assert b.group_origin == a.group_origin == [0, 0]
-    assert len(b.scheduler.lr_lambdas) == len(lambdas) == 2
+    assert b.group_origin == a.group_origin == [0, 1, 0]
+    assert len(b.scheduler.lr_lambdas) == len(lambdas) == 3
+    assert lambdas[0] is lambdas[2] is not lambdas[1]
     b.step_now(20)
     assert_same_run(a, b)
 

@@ -120,10 +120,25 @@ def test_split_moves_params_and_keeps_momentum_buffers(drive):
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
 
 
-def test_split_of_modules_across_groups_drops_emptied_group(drive):
+def test_split_of_modules_across_groups_keeps_each_lr(drive):
+    # features (lr 1e-3) and classifier (lr 1e-2): one group would give one of them
+    # the other's lr, so the split makes one new group per source group.
     d = drive()
-    assert d.cmd("split everything features classifier").ok
+    r = d.cmd("split everything features classifier")
+    assert r.ok, r.message
+    assert [(g["name"], g["lr"]) for g in d.opt.param_groups] == [
+        ("everything", 1e-3),
+        ("everything.2", 1e-2),
+    ]
+    assert "'everything'" in r.message and "'everything.2'" in r.message
+
+
+def test_split_of_modules_across_groups_drops_emptied_group(drive):
+    # lr= makes both sources' values equal: then they share one group.
+    d = drive()
+    assert d.cmd("split everything features classifier lr=0.001").ok
     assert [g["name"] for g in d.opt.param_groups] == ["everything"]
+    assert d.opt.param_groups[0]["lr"] == 1e-3
 
 
 def test_rebuild_drops_state_and_can_change_class(drive):
@@ -155,14 +170,14 @@ def test_rebuild_same_class_keeps_hyperparameters(drive):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("lr nosuch 1e-3", "no module or group named 'nosuch'"),
+        ("lr nosuch 1e-3", "no module, parameter or group named 'nosuch'"),
         ("lr classifier.1 1e-3", "has no parameters"),
         ("set all bogus=1", "no hyper-parameter 'bogus'"),
         ("set all momentum=-1", "momentum must be >= 0"),
         ("set all nesterov=0.5", "true/false"),
         ("set all params=1", "cannot be set"),
         ("split features features.0", "already exists"),
-        ("split x nosuch", "no module or group named 'nosuch'"),
+        ("split x nosuch", "no module, parameter or group named 'nosuch'"),
         ("split x classifier", "already is group 'classifier'"),
         ("split x classifier.2", "has no parameters"),
         ("rebuild Nope", "unknown optimizer class 'Nope'"),

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuiconsole.engine import groups as G
+from tuiconsole.engine import optclass
 from tuiconsole.errors import CommandError, TuiconsoleError
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def checkpoint_payload(trainer: Trainer, reason: str = "command") -> dict[str, A
         "optimizer": opt.state_dict(),
         "groups": group_members(trainer),
         "group_origin": list(trainer.group_origin),
+        "state_reset": list(trainer.state_reset),
         "scheduler_class": type(sched).__name__ if sched is not None else None,
         "scheduler": sched.state_dict() if sched is not None else None,
         "rng": rng_state(trainer.loader_generators),
@@ -208,7 +210,7 @@ def _rebuild_optimizer(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> A
     except CommandError as exc:
         raise TuiconsoleError(f"{where}: {exc}") from None
     try:
-        return cls(specs, **ckpt.get("optimizer_defaults", {}))
+        return optclass.construct(cls, specs, ckpt.get("optimizer_defaults", {}))
     except (TypeError, ValueError) as exc:
         raise TuiconsoleError(f"{where}: cannot rebuild {cls.__name__}: {_one_line(exc)}") from None
 

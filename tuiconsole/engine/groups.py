@@ -13,7 +13,10 @@ scales those values by the same factor as the edit, so the schedule continues
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuiconsole.engine import optclass
 from tuiconsole.engine.commands import Value, jsonable
-from tuiconsole.engine.snapshot import GroupView, ModuleNode
+from tuiconsole.engine.snapshot import GroupView, ModuleNode, SchedulerView
 from tuiconsole.errors import CommandError
 
 # Group keys that hold an lr the scheduler derives the schedule from.
@@ -37,12 +41,8 @@ SCHED_GROUP_LISTS = {
     "base_momentums": False,
     "max_momentums": False,
 }
-# Keys carried into a rebuilt optimizer of another class (besides its own defaults).
-REBUILD_CARRY_KEYS = ("name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
-HIDDEN_KEYS = frozenset(
-    {"params", "name", "lr", "foreach", "maximize", "capturable", "differentiable", "fused"}
-    | set(SCHED_LR_KEYS)
-)
+# Shown apart from the other hyper-parameters (the name and lr have their own fields).
+HIDDEN_KEYS = frozenset({"params", "name", "lr"})
 NON_NEGATIVE_KEYS = ("momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay")
 
 
@@ -69,9 +69,45 @@ def common_path(paths: Iterable[str]) -> str:
     return ".".join(prefix)
 
 
-def default_group_name(group: dict[str, Any], index: int, owners: dict[int, str]) -> str:
+def default_group_name(
+    group: dict[str, Any], index: int, owners: dict[int, str], others: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The longest common module path of the group's parameters; if that is the whole
+    model, the hyper-parameter that sets the group apart (``weight_decay:0``); else
+    ``group<i>``."""
     paths = [_module_of(owners[id(p)]) for p in group["params"] if id(p) in owners]
-    return common_path(paths) or f"group{index}"
+    return common_path(paths) or _distinct_hparam(group, others) or f"group{index}"
+
+
+def _distinct_hparam(group: dict[str, Any], others: Sequence[dict[str, Any]]) -> str | None:
+    """``KEY:VALUE`` for the first hyper-parameter whose value no other group shares.
+
+    The lr is left out: it is what a user changes, so a name built from it would
+    soon lie.
+    """
+    rest = [g for g in others if g is not group]
+    if not rest:
+        return None
+    for key, value in group.items():
+        if key in HIDDEN_KEYS or key in SCHED_LR_KEYS or not _nameable(value):
+            continue
+        if all(key in g and g[key] != value for g in rest):
+            return f"{key}:{_short(value)}"
+    return None
+
+
+def _nameable(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return all(_nameable(v) for v in value)
+    return isinstance(value, bool | int | float)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ",".join(_short(v) for v in value)
+    return f"{value:g}"
 
 
 def ensure_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -82,8 +118,9 @@ def ensure_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """
     owners = param_owners(model)
     used: set[str] = set()
-    for i, group in enumerate(optimizer.param_groups):
-        base = str(group.get("name") or default_group_name(group, i, owners))
+    groups = optimizer.param_groups
+    for i, group in enumerate(groups):
+        base = str(group.get("name") or default_group_name(group, i, owners, groups))
         name, n = base, 2
         while name in used:
             name, n = f"{base}-{n}", n + 1
@@ -98,23 +135,47 @@ def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
 # --------------------------------------------------------------------------- views
 
 
+def _plain(v: Any) -> Any:
+    """A group value as a plain, immutable Python value (tensors -> floats)."""
+    if isinstance(v, torch.Tensor):
+        return float(v) if v.numel() == 1 else tuple(v.tolist())
+    if isinstance(v, tuple | list):
+        return tuple(_plain(x) for x in v)
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return repr(v)  # a callable or object a custom class keeps in its groups
+
+
 def group_hparams(group: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Every key of the group but params, name and lr, in the group's order: the
+    whole optimizer state a user can set (eps, nesterov, foreach, initial_lr...)."""
+    return tuple((k, _plain(v)) for k, v in group.items() if k not in HIDDEN_KEYS)
+
+
+def state_sizes(optimizer: torch.optim.Optimizer) -> list[tuple[int, int]]:
+    """(state tensors, state bytes) the optimizer holds for each group's parameters."""
     out = []
-    for k, v in group.items():
-        if k in HIDDEN_KEYS or v is None:
-            continue
-        if isinstance(v, torch.Tensor):
-            v = float(v)
-        if isinstance(v, bool | int | float | tuple | list):
-            out.append((k, tuple(v) if isinstance(v, list) else v))
-    return tuple(out)
+    state = optimizer.state
+    for g in optimizer.param_groups:
+        n = size = 0
+        for p in g["params"]:
+            for v in state.get(p, {}).values():
+                if isinstance(v, torch.Tensor):
+                    n += 1
+                    size += v.numel() * v.element_size()
+        out.append((n, size))
+    return out
 
 
 def group_views(
-    optimizer: torch.optim.Optimizer, lr_history: Sequence[Sequence[float]] = ()
+    optimizer: torch.optim.Optimizer,
+    lr_history: Sequence[Sequence[float]] = (),
+    state_reset: Sequence[int | None] = (),
+    sizes: Sequence[tuple[int, int]] = (),
 ) -> tuple[GroupView, ...]:
     views = []
     for i, g in enumerate(optimizer.param_groups):
+        n_state, state_bytes = sizes[i] if i < len(sizes) else (0, 0)
         views.append(
             GroupView(
                 index=i,
@@ -124,18 +185,26 @@ def group_views(
                 n_tensors=len(g["params"]),
                 n_params=sum(p.numel() for p in g["params"]),
                 lr_history=tuple(lr_history[i]) if i < len(lr_history) else (),
+                state_reset_step=state_reset[i] if i < len(state_reset) else None,
+                state_tensors=n_state,
+                state_bytes=state_bytes,
             )
         )
     return tuple(views)
 
 
+def group_record(group: dict[str, Any]) -> dict[str, Any]:
+    """One group as JSON: every key of the real group, ``params`` as its tensor count."""
+    return (
+        {"name": group.get("name"), "lr": jsonable(group["lr"])}
+        | {k: jsonable(_plain(v)) for k, v in group.items() if k not in HIDDEN_KEYS}
+        | {"n_tensors": len(group["params"])}
+    )
+
+
 def groups_record(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    """Groups as JSON for the journal: name, lr and every numeric hyper-parameter."""
-    return [
-        {"name": g.get("name"), "lr": jsonable(g["lr"]), "n_tensors": len(g["params"])}
-        | {k: jsonable(v) for k, v in group_hparams(g)}
-        for g in optimizer.param_groups
-    ]
+    """Groups as JSON for the journal: every key the real param_groups hold."""
+    return [group_record(g) for g in optimizer.param_groups]
 
 
 def module_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[ModuleNode, ...]:
@@ -197,11 +266,18 @@ def module_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Mo
 
 
 def module_params(model: nn.Module, path: str) -> list[nn.Parameter]:
+    """The parameters under PATH: a module path (``features.0``) or one parameter's path
+    (``scale``, ``extra.0`` in a ParameterList, ``head.weight``)."""
     try:
         mod = model.get_submodule(path) if path else model
     except AttributeError:
-        raise CommandError(f"no module or group named {path!r}") from None
-    return list(mod.parameters())
+        pass
+    else:
+        return list(mod.parameters())
+    try:
+        return [model.get_parameter(path)]
+    except AttributeError:
+        raise CommandError(f"no module, parameter or group named {path!r}") from None
 
 
 def resolve_target(target: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[int]:
@@ -232,28 +308,66 @@ def scheduler_chain(scheduler: Any) -> list[Any]:
     return out
 
 
-def _scale_group_lr(
+# A planned write: (container, key, value); a group dict or a scheduler's list.
+_Write = tuple[Any, Any, Any]
+
+
+def _lr_writes(
     optimizer: torch.optim.Optimizer, scheduler: Any, index: int, new_lr: float
-) -> None:
-    """Set one group's lr and keep the scheduler's idea of it in proportion."""
+) -> list[_Write]:
+    """The writes that set one group's lr and keep the scheduler's idea of it in
+    proportion, each value checked (finite, > 0) before any is made.
+
+    A derived value moves by ``new_lr * (value / old)``: the ratio of two lrs of one
+    schedule is moderate, where ``new_lr / old`` overflows after ``lr X 1e-320``.
+    """
     group = optimizer.param_groups[index]
+    name = str(group.get("name", f"group{index}"))
     old = float(group["lr"])
-    factor = new_lr / old if old > 0 else None
+
+    def moved(value: float, what: str) -> float:
+        v = new_lr * (value / old) if old > 0 else new_lr
+        return check_derived(v, what, name)
+
+    writes: list[_Write] = []
     for key in SCHED_LR_KEYS:
         if key in group and isinstance(group[key], int | float):
-            group[key] = group[key] * factor if factor is not None else new_lr
+            writes.append((group, key, moved(group[key], key)))
     for sched in scheduler_chain(scheduler):
         for attr, is_lr in SCHED_GROUP_LISTS.items():
             values = getattr(sched, attr, None)
-            if is_lr and isinstance(values, list) and index < len(values):
-                values[index] = values[index] * factor if factor is not None else new_lr
+            if (
+                is_lr
+                and attr != "_last_lr"
+                and isinstance(values, list)
+                and index < len(values)
+                and isinstance(values[index], int | float | torch.Tensor)
+            ):
+                writes.append((values, index, moved(float(values[index]), attr)))
         last = getattr(sched, "_last_lr", None)
         if isinstance(last, list) and index < len(last):
-            last[index] = new_lr
+            writes.append((last, index, new_lr))
+    return writes
+
+
+def _apply_writes(writes: Iterable[_Write]) -> None:
+    for container, key, value in writes:
+        container[key] = value
+
+
+def _set_group_lr(group: dict[str, Any], new_lr: float) -> None:
     if isinstance(group["lr"], torch.Tensor):
         group["lr"].fill_(new_lr)
     else:
         group["lr"] = new_lr
+
+
+def _scale_group_lr(
+    optimizer: torch.optim.Optimizer, scheduler: Any, index: int, new_lr: float
+) -> None:
+    """Set one group's lr and keep the scheduler's idea of it in proportion."""
+    _apply_writes(_lr_writes(optimizer, scheduler, index, new_lr))
+    _set_group_lr(optimizer.param_groups[index], new_lr)
 
 
 def check_lr(value: float, group_name: str) -> float:
@@ -262,12 +376,52 @@ def check_lr(value: float, group_name: str) -> float:
     return value
 
 
-def set_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]) -> None:
+def check_derived(value: float, what: str, group_name: str) -> float:
+    """A value the scheduler derives the lr from (base_lrs, initial_lr, max_lr...)."""
+    low_ok = what in ("min_lr", "min_lrs")  # a floor may be 0
+    if not math.isfinite(value) or value < 0 or (value == 0 and not low_ok):
+        raise CommandError(
+            f"the scheduler's {what} for {group_name!r} would become {value!r}; "
+            "choose an lr nearer the current one"
+        )
+    return value
+
+
+def _probe_groups(optimizer: torch.optim.Optimizer, candidates: dict[int, dict[str, Any]]) -> None:
+    """Refuse values the optimizer class would reject at its next step (see optclass.probe)."""
+    cls = type(optimizer)
+    for i, cand in candidates.items():
+        old = optimizer.param_groups[i]
+        optclass.probe(cls, cand, str(old.get("name", f"group{i}")), before=old)
+
+
+def _plan_lrs(
+    optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]
+) -> list[_Write]:
     names = group_names(optimizer)
+    writes: list[_Write] = []
     for i, v in new_lrs.items():
         check_lr(v, names[i])
+        optclass.check_lr_range(v, optimizer.param_groups[i]["params"], names[i])
+        writes += _lr_writes(optimizer, scheduler, i, v)
+    return writes
+
+
+def _commit_lrs(
+    optimizer: torch.optim.Optimizer, writes: list[_Write], new_lrs: dict[int, float]
+) -> None:
+    _apply_writes(writes)
     for i, v in new_lrs.items():
-        _scale_group_lr(optimizer, scheduler, i, v)
+        _set_group_lr(optimizer.param_groups[i], v)
+
+
+def set_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]) -> None:
+    """Set several groups' lrs: everything is checked before anything is written."""
+    writes = _plan_lrs(optimizer, scheduler, new_lrs)
+    _probe_groups(
+        optimizer, {i: {**optimizer.param_groups[i], "lr": v} for i, v in new_lrs.items()}
+    )
+    _commit_lrs(optimizer, writes, new_lrs)
 
 
 # --------------------------------------------------------------------------- set
@@ -349,7 +503,14 @@ def set_hparams(
             else:
                 check_not_cycled(scheduler, key, value, group.get(key))
                 plan.append((i, key, check_hparam(key, value, group.get(key), names[i])))
-    set_lrs(optimizer, scheduler, lrs)
+    writes = _plan_lrs(optimizer, scheduler, lrs)
+    candidates = {i: dict(optimizer.param_groups[i]) for i in indices}
+    for i, v in lrs.items():
+        candidates[i]["lr"] = v
+    for i, key, value in plan:
+        candidates[i][key] = value
+    _probe_groups(optimizer, candidates)
+    _commit_lrs(optimizer, writes, lrs)
     for i, key, value in plan:
         optimizer.param_groups[i][key] = value
 
@@ -362,6 +523,12 @@ class SplitPlan:
     new_groups: list[dict[str, Any]]
     # For each new group index: (old index it came from, lr scale factor)
     origin: list[tuple[int, float]]
+    # The groups the split made (last in new_groups) and the names of their sources.
+    source_names: tuple[str, ...] = ()
+
+    @property
+    def n_new(self) -> int:
+        return len(self.source_names)
 
 
 def plan_split(
@@ -387,15 +554,38 @@ def plan_split(
             raise CommandError(f"module {path!r} is frozen (requires_grad=False): nothing to split")
         chosen.update((id(p), p) for p in trainable)
     groups = optimizer.param_groups
-    source = next((i for i, g in enumerate(groups) for p in g["params"] if id(p) in chosen), None)
-    if source is None:
-        raise CommandError(f"parameters of {' '.join(modules)} are in no optimizer group")
     in_optimizer = [p for g in groups for p in g["params"] if id(p) in chosen]
+    if not in_optimizer:
+        raise CommandError(f"parameters of {' '.join(modules)} are in no optimizer group")
     moving = {id(p) for p in in_optimizer}
     for i, g in enumerate(groups):
         if {id(p) for p in g["params"]} == moving:
             raise CommandError(f"{' '.join(modules)} already is group {names[i]!r} on its own")
 
+    # One new group per source group: each parameter keeps its own hyper-parameters
+    # (a decay / no_decay grouping stays so), except those the command sets. Sources
+    # that end up with the same values (and the same scheduler entries) share one.
+    made: list[tuple[dict[str, Any], int, float, list[int]]] = []  # group, source, scale, all
+    for source, g in enumerate(groups):
+        params = [p for p in g["params"] if id(p) in chosen]
+        if not params:
+            continue
+        cand, scale = _with_items({**g, "params": params, "name": name}, items, scheduler)
+        twin = next(
+            (m for m in made if _same_values(m[0], cand, m[1], source, (m[2], scale), scheduler)),
+            None,
+        )
+        if twin is not None:
+            twin[0]["params"] = twin[0]["params"] + params
+            twin[3].append(source)
+            continue
+        if items:
+            optclass.probe(type(optimizer), cand, name, before=g)
+        made.append((cand, source, scale, [source]))
+    new_names = [name] + [f"{name}.{k}" for k in range(2, len(made) + 1)]
+    taken = [n for n in new_names if n in names]
+    if taken:
+        raise CommandError(f"a group named {taken[0]!r} already exists")
     new_groups: list[dict[str, Any]] = []
     origin: list[tuple[int, float]] = []
     for i, g in enumerate(groups):
@@ -403,23 +593,70 @@ def plan_split(
         if rest:
             new_groups.append({**g, "params": rest})
             origin.append((i, 1.0))
-    new = {**groups[source], "params": in_optimizer, "name": name}
+    sources: list[str] = []
+    for (cand, source, scale, merged), new_name in zip(made, new_names, strict=True):
+        cand["name"] = new_name
+        new_groups.append(cand)
+        origin.append((source, scale))
+        sources.append("+".join(names[i] for i in merged))
+    return SplitPlan(new_groups, origin, tuple(sources))
+
+
+def _same_values(
+    a: dict[str, Any], b: dict[str, Any], ia: int, ib: int, scales: tuple[float, float], sched: Any
+) -> bool:
+    """Two candidate groups that may be one: equal values, equal scheduler entries
+    (lr-valued ones compared after the split's lr scaling; the last lr is not state)."""
+    if a.keys() != b.keys() or any(
+        not _equal(a[k], b[k]) for k in a if k not in ("params", "name")
+    ):
+        return False
+    for s in scheduler_chain(sched):
+        for attr, is_lr in SCHED_GROUP_LISTS.items():
+            values = getattr(s, attr, None)
+            if attr == "_last_lr" or not isinstance(values, list) or max(ia, ib) >= len(values):
+                continue
+            x, y = values[ia], values[ib]
+            if is_lr and isinstance(x, int | float) and isinstance(y, int | float):
+                if not math.isclose(x * scales[0], y * scales[1], rel_tol=1e-12):
+                    return False
+            elif not _equal(x, y):
+                return False
+    return True
+
+
+def _equal(x: Any, y: Any) -> bool:
+    if x is y:
+        return True
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)
+    try:
+        return bool(x == y) and type(x) is type(y)
+    except Exception:  # a value whose == is not a bool
+        return False
+
+
+def _with_items(
+    group: dict[str, Any], items: Sequence[tuple[str, Value]], scheduler: Any
+) -> tuple[dict[str, Any], float]:
+    """GROUP with the command's KEY=VALUE items validated and set; the lr scale factor."""
+    name = str(group["name"])
     scale = 1.0
     for key, value in items:
         if key == "lr":
             if not isinstance(value, float):
                 raise CommandError(f"lr must be a number, got {value!r}")
-            scale = check_lr(value, name) / float(new["lr"])
-            new["lr"] = value
+            check_lr(value, name)
+            optclass.check_lr_range(value, group["params"], name)
+            scale = value / float(group["lr"])
+            group["lr"] = value
             for k in SCHED_LR_KEYS:
-                if isinstance(new.get(k), int | float):
-                    new[k] = new[k] * scale
+                if isinstance(group.get(k), int | float):
+                    group[k] = check_derived(group[k] * scale, k, name)
         else:
-            check_not_cycled(scheduler, key, value, new.get(key))
-            new[key] = check_hparam(key, value, new.get(key), name)
-    new_groups.append(new)
-    origin.append((source, scale))
-    return SplitPlan(new_groups, origin)
+            check_not_cycled(scheduler, key, value, group.get(key))
+            group[key] = check_hparam(key, value, group.get(key), name)
+    return group, scale
 
 
 def apply_split(optimizer: torch.optim.Optimizer, scheduler: Any, plan: SplitPlan) -> None:
@@ -465,55 +702,104 @@ def optimizer_class(name: str | None, current: torch.optim.Optimizer) -> type:
     raise CommandError(f"unknown optimizer class {name!r} (torch.optim has {', '.join(known)})")
 
 
+@dataclass(frozen=True)
+class Rebuilt:
+    optimizer: torch.optim.Optimizer
+    dropped: tuple[str, ...]  # group keys the new class does not take
+    defaulted: tuple[tuple[str, Any], ...]  # keys it takes that no group had: its defaults
+
+    def note(self) -> str:
+        cls = type(self.optimizer).__name__
+        parts = []
+        if self.dropped:
+            parts.append(f"dropped {', '.join(self.dropped)} ({cls} does not take them)")
+        if self.defaulted:
+            kv = ", ".join(f"{k}={_short_any(v)}" for k, v in self.defaulted)
+            parts.append(f"{cls}'s defaults for {kv}")
+        return "; ".join(parts)
+
+
+def _short_any(v: Any) -> str:
+    return _short(v) if _nameable(v) else repr(v)
+
+
 def build_optimizer(
-    current: torch.optim.Optimizer, cls_name: str | None, items: Sequence[tuple[str, Value]]
-) -> torch.optim.Optimizer:
-    """A fresh optimizer over the current groups (the seed's method 1). State is dropped."""
+    current: torch.optim.Optimizer,
+    cls_name: str | None,
+    items: Sequence[tuple[str, Value]],
+    model: nn.Module | None = None,
+) -> Rebuilt:
+    """A fresh optimizer over the current groups (the seed's method 1). State is dropped.
+
+    Built from the target class's own constructor: a group key is carried only
+    where that constructor takes it (so Adam -> AdamW does not keep Adam's
+    ``decoupled_weight_decay=False``); keys it takes that no group has get its
+    defaults. Every value is checked against what the class accepts, and the
+    groups are probed with a step (see optclass.probe), before anything changes.
+    """
     cls = optimizer_class(cls_name, current)
     same = cls is type(current)
-    probe_defaults = _class_defaults(cls, current)
-    for key, _ in items:
-        if key not in probe_defaults:
+    takes = optclass.constructor_params(cls)
+    any_key = optclass.takes_any_key(cls)
+    known = set(takes) | (set(current.defaults) if same else set())
+    overrides: dict[str, Any] = {}
+    for key, value in items:
+        if key not in known and not any_key:
             raise CommandError(
                 f"{cls.__name__} has no hyper-parameter {key!r} "
-                f"(it has {', '.join(sorted(k for k in probe_defaults if k != 'params'))})"
+                f"(it takes {', '.join(sorted(k for k in takes if k != 'params'))})"
             )
-    overrides = dict(items)
+        overrides[key] = _check_override(cls, current, key, value, takes.get(key))
+    params = [p for g in current.param_groups for p in g["params"]]
+    optclass.refuse_unfit(cls, model, params)
     if "lr" in overrides:
-        lr = overrides["lr"]
-        if not isinstance(lr, float):
-            raise CommandError(f"lr must be a number, got {lr!r}")
-        check_lr(lr, "all groups")
+        optclass.check_lr_range(overrides["lr"], params, "all groups")
     specs = []
     for g in current.param_groups:
         keep = {
             k: v
             for k, v in g.items()
-            if k == "params" or same or k in probe_defaults or k in REBUILD_CARRY_KEYS
+            if k == "params" or same or any_key or k in takes or k in optclass.CARRY_ALWAYS
         }
         keep.update(overrides)
         specs.append(keep)
-    ctor = dict(current.defaults) if same else {}
-    ctor.update((k, v) for k, v in overrides.items() if k in probe_defaults)
-    if "lr" not in ctor and "lr" in probe_defaults:
+    ctor = optclass.ctor_kwargs(cls, current.defaults) if same else {}
+    ctor.update(optclass.ctor_kwargs(cls, overrides))
+    if "lr" not in ctor and "lr" in takes and takes["lr"] is inspect.Parameter.empty:
         ctor["lr"] = current.defaults.get("lr", current.param_groups[0]["lr"])
     try:
-        return cls(specs, **ctor)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise CommandError(f"cannot build {cls.__name__}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = cls(specs, **ctor)
+    except Exception as exc:  # the class's own checks, whatever it raises
+        raise CommandError(f"cannot build {cls.__name__}: {optclass.first_line(exc)}") from None
+    for i, (g, old) in enumerate(zip(new.param_groups, current.param_groups, strict=True)):
+        optclass.probe(cls, g, str(g.get("name", f"group{i}")), before=old if same else None)
+    dropped, defaulted = optclass.carry_plan(cls, current.param_groups, same)
+    defaulted = [k for k in defaulted if k not in overrides]
+    return Rebuilt(
+        new, tuple(dropped), tuple((k, new.defaults.get(k)) for k in defaulted if k in new.defaults)
+    )
 
 
-def _class_defaults(cls: type, current: torch.optim.Optimizer) -> dict[str, Any]:
-    if cls is type(current):
-        return dict(current.defaults)
-    dummy = [torch.zeros(1, requires_grad=True)]
-    try:
-        return dict(cls(dummy).defaults)
-    except (TypeError, ValueError):
-        try:
-            return dict(cls(dummy, lr=1e-3).defaults)
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"cannot build {cls.__name__}: {exc}") from None
+def _check_override(
+    cls: type, current: torch.optim.Optimizer, key: str, value: Value, default: Any
+) -> Any:
+    """A ``rebuild KEY=VALUE`` value, typed as the class's constructor default is."""
+    if key == "lr":
+        if not isinstance(value, float):
+            raise CommandError(f"lr must be a number, got {value!r}")
+        return check_lr(value, "all groups")
+    reference = default
+    if reference is inspect.Parameter.empty or reference is None:
+        reference = current.param_groups[0].get(key) if cls is type(current) else None
+    if reference is None:
+        if key in ("foreach", "fused", "capturable", "differentiable") and not isinstance(
+            value, bool
+        ):
+            raise CommandError(f"{key} is true/false, got {value!r}")
+        return value
+    return check_hparam(key, value, reference, "all groups")
 
 
 def reattach_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -535,3 +821,66 @@ def rescale_after_rebuild(
         if new != old:
             group["lr"] = old
             _scale_group_lr(optimizer, scheduler, i, new)
+
+
+# --------------------------------------------------------------------------- scheduler view
+
+
+class _ShadowOptimizer:
+    """Stands in for the optimizer while a copy of the scheduler looks one step ahead:
+    the groups' values without their parameters, so nothing real is touched."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.param_groups = [{**g, "params": []} for g in optimizer.param_groups]
+        self.defaults = dict(optimizer.defaults)
+        self.state: dict[Any, Any] = {}
+
+    def step(self) -> None:  # pragma: no cover - schedulers only wrap it
+        pass
+
+
+def next_lrs(scheduler: Any, optimizer: torch.optim.Optimizer) -> tuple[float | None, ...]:
+    """The lr of each group after the scheduler's next step(), without stepping it.
+
+    A deep copy of the scheduler, bound to a shadow of the optimizer (the memo maps
+    the real optimizer, model parameters and their state to stand-ins or to
+    themselves, so neither tensors nor the model are copied), takes the step.
+    """
+    n = len(optimizer.param_groups)
+    if scheduler is None or type(scheduler).__name__ == "ReduceLROnPlateau":
+        return (None,) * n
+    shadow = _ShadowOptimizer(optimizer)
+    memo: dict[int, Any] = {id(optimizer): shadow}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            memo[id(p)] = p
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ahead = copy.deepcopy(scheduler, memo)
+            ahead.step()
+        return tuple(_as_float(g.get("lr")) for g in shadow.param_groups)
+    except Exception:  # a custom scheduler that cannot be copied, or past its end
+        return (None,) * n
+
+
+def _as_float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def scheduler_view(
+    scheduler: Any, optimizer: torch.optim.Optimizer, interval: str
+) -> SchedulerView | None:
+    if scheduler is None:
+        return None
+    return SchedulerView(
+        cls=type(scheduler).__name__,
+        step=int(getattr(scheduler, "last_epoch", 0) or 0),
+        next_lrs=next_lrs(scheduler, optimizer),
+        interval=interval,
+        chain=tuple(type(s).__name__ for s in scheduler_chain(scheduler)[1:]),
+    )

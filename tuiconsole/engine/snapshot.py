@@ -98,6 +98,11 @@ class GroupView:
     n_tensors: int
     n_params: int
     lr_history: tuple[float, ...] = ()
+    # The step at which this group's optimizer state was last dropped (rebuild);
+    # None: never, the state is the script's optimizer's own.
+    state_reset_step: int | None = None
+    state_tensors: int = 0  # tensors of optimizer state (momentum buffers, exp_avg...)
+    state_bytes: int = 0
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "lr":
@@ -106,6 +111,19 @@ class GroupView:
             if k == key:
                 return v
         return default
+
+
+@dataclass(frozen=True)
+class SchedulerView:
+    """The lr scheduler as a user needs it: what it is, where it is, what it does next."""
+
+    cls: str
+    step: int  # its last_epoch: how many times it has stepped
+    # Per group, the lr its next step() will set (None: not knowable, e.g. a
+    # ReduceLROnPlateau waiting for a metric, or past the end of a OneCycleLR).
+    next_lrs: tuple[float | None, ...] = ()
+    interval: str = "epoch"  # "step" | "epoch": when the engine steps it
+    chain: tuple[str, ...] = ()  # the schedulers it wraps (SequentialLR, ChainedScheduler)
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,7 @@ class Snapshot:
     log: tuple[LogEntry, ...] = ()
     run_dir: str = ""
     optimizer: str = ""
+    scheduler: SchedulerView | None = None
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

@@ -47,6 +47,7 @@ from tuiconsole.engine.snapshot import (
     RunError,
     RunState,
     RunStatus,
+    SchedulerView,
     Snapshot,
 )
 from tuiconsole.errors import CommandError, TuiconsoleError
@@ -240,6 +241,8 @@ class Trainer:
         self._snap_seq = 0
         self._structure_version = 0
         self._modules_cache: tuple[int, tuple[Any, ...]] | None = None
+        self._sizes_cache: tuple[tuple[int, int, int], list[tuple[int, int]]] | None = None
+        self._sched_cache: tuple[tuple[Any, ...], SchedulerView | None] | None = None
         self._snapshot_wanted = True
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -258,6 +261,8 @@ class Trainer:
         # copies its source's scheduler entries); a checkpoint needs it to rebuild
         # per-group scheduler functions such as LambdaLR's lr_lambdas.
         self.group_origin: list[int] = list(range(len(self.optimizer.param_groups)))
+        # For each group, the step its optimizer state was last dropped (rebuild), or None.
+        self.state_reset: list[int | None] = [None] * len(self.optimizer.param_groups)
         self.nan_event: NanEvent | None = None
         self.last_checkpoint = ""
         self._nan_noted = False
@@ -314,6 +319,11 @@ class Trainer:
         """Take over a restored optimizer and position (see checkpoint.restore)."""
         self.optimizer = optimizer
         self.group_origin = list(origin)
+        reset = ckpt.get("state_reset")
+        n = len(optimizer.param_groups)
+        self.state_reset = (
+            list(reset) if isinstance(reset, list) and len(reset) == n else [None] * n
+        )
         self.step = int(ckpt["step"])
         self.epoch = int(ckpt["epoch"])
         self._structure_version += 1
@@ -940,26 +950,39 @@ class Trainer:
             plan = G.plan_split(self.model, opt, cmd.group, cmd.modules, cmd.items, sched)
             G.apply_split(opt, sched, plan)
             self.group_origin = [self.group_origin[old] for old, _ in plan.origin]
+            self.state_reset = [self.state_reset[old] for old, _ in plan.origin]
             self._structure_version += 1
-            g = opt.param_groups[-1]
-            return (
-                f"split {' '.join(cmd.modules)} into group {cmd.group!r} "
-                f"({len(g['params'])} tensors, lr {float(g['lr']):.3g}); momentum/Adam state kept"
-            )
+            made = opt.param_groups[len(opt.param_groups) - plan.n_new :]
+            if len(made) == 1:
+                g = made[0]
+                into = f"group {cmd.group!r} ({len(g['params'])} tensors, lr {float(g['lr']):.3g})"
+            else:
+                parts = ", ".join(
+                    f"{g['name']!r} ({len(g['params'])} tensors from {src!r})"
+                    for g, src in zip(made, plan.source_names, strict=True)
+                )
+                into = (
+                    f"{len(made)} groups, one per source group so each parameter keeps its "
+                    f"hyper-parameters: {parts}"
+                )
+            return f"split {' '.join(cmd.modules)} into {into}; momentum/Adam state kept"
         if isinstance(cmd, C.Rebuild):
             for key, value in cmd.items:
                 G.check_not_cycled(sched, key, value, opt.param_groups[0].get(key))
             old_lrs = [float(g["lr"]) for g in opt.param_groups]
-            new_opt = G.build_optimizer(opt, cmd.cls, cmd.items)
+            rebuilt = G.build_optimizer(opt, cmd.cls, cmd.items, self.model)
+            new_opt = rebuilt.optimizer
             had_state = len(opt.state)
             G.reattach_scheduler(sched, new_opt)
             G.rescale_after_rebuild(new_opt, sched, old_lrs)
             self.optimizer = new_opt
+            self.state_reset = [self.step] * len(new_opt.param_groups)
             self._structure_version += 1
+            note = rebuilt.note()
             return (
                 f"rebuilt optimizer as {type(new_opt).__name__} with "
                 f"{len(new_opt.param_groups)} group(s); momentum/Adam state of "
-                f"{had_state} parameter(s) dropped"
+                f"{had_state} parameter(s) dropped" + (f"; {note}" if note else "")
             )
         if isinstance(cmd, C.Pause):
             if self.state.is_terminal:
@@ -1113,7 +1136,7 @@ class Trainer:
         return Snapshot(
             seq=self._snap_seq,
             status=status,
-            groups=G.group_views(opt, lr_hist),
+            groups=G.group_views(opt, lr_hist, self.state_reset, self._state_sizes()),
             modules=self._modules(),
             structure_version=self._structure_version,
             loss_recent=self._losses.recent_series(),
@@ -1124,7 +1147,32 @@ class Trainer:
             log=self._log_tail(),
             run_dir=str(self.run_dir or ""),
             optimizer=type(opt).__name__,
+            scheduler=self._scheduler_view(),
         )
+
+    def _state_sizes(self) -> list[tuple[int, int]]:
+        """Per group, the optimizer state it holds; recounted only when the state grew."""
+        opt = self.optimizer
+        key = (id(opt), self._structure_version, len(opt.state))
+        if self._sizes_cache is None or self._sizes_cache[0] != key:
+            self._sizes_cache = (key, G.state_sizes(opt))
+        return self._sizes_cache[1]
+
+    def _scheduler_view(self) -> SchedulerView | None:
+        """The scheduler and the lrs its next step sets; recomputed when those can change."""
+        if self.scheduler is None:
+            return None
+        opt = self.optimizer
+        key = (
+            self.step,
+            self.epoch,
+            self._structure_version,
+            tuple(float(g["lr"]) for g in opt.param_groups),
+        )
+        if self._sched_cache is None or self._sched_cache[0] != key:
+            view = G.scheduler_view(self.scheduler, opt, self.spec.scheduler_interval)
+            self._sched_cache = (key, view)
+        return self._sched_cache[1]
 
     def _publish(self) -> None:
         self._snapshot_wanted = False
