@@ -361,7 +361,8 @@ def ls(
     if as_json:
         for e in entries:
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
-            print(json.dumps({**row, "attached": e.clients, "error": e.error}))
+            row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
+            print(json.dumps(row))
     else:
         print(format_table(entries))
 

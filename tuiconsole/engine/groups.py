@@ -389,10 +389,17 @@ def check_derived(value: float, what: str, group_name: str) -> float:
 
 def _probe_groups(optimizer: torch.optim.Optimizer, candidates: dict[int, dict[str, Any]]) -> None:
     """Refuse values the optimizer class would reject at its next step (see optclass.probe)."""
-    cls = type(optimizer)
-    for i, cand in candidates.items():
-        old = optimizer.param_groups[i]
-        optclass.probe(cls, cand, str(old.get("name", f"group{i}")), before=old)
+    optclass.probe_all(
+        type(optimizer),
+        [
+            (
+                cand,
+                str(optimizer.param_groups[i].get("name", f"group{i}")),
+                optimizer.param_groups[i],
+            )
+            for i, cand in candidates.items()
+        ],
+    )
 
 
 def _plan_lrs(
@@ -580,7 +587,7 @@ def plan_split(
             twin[3].append(source)
             continue
         if items:
-            optclass.probe(type(optimizer), cand, name, before=g)
+            optclass.probe_all(type(optimizer), [(cand, name, g)])
         made.append((cand, source, scale, [source]))
     new_names = [name] + [f"{name}.{k}" for k in range(2, len(made) + 1)]
     taken = [n for n in new_names if n in names]
@@ -756,11 +763,7 @@ def build_optimizer(
         optclass.check_lr_range(overrides["lr"], params, "all groups")
     specs = []
     for g in current.param_groups:
-        keep = {
-            k: v
-            for k, v in g.items()
-            if k == "params" or same or any_key or k in takes or k in optclass.CARRY_ALWAYS
-        }
+        keep = {k: v for k, v in g.items() if optclass.carries(current, cls, k)}
         keep.update(overrides)
         specs.append(keep)
     ctor = optclass.ctor_kwargs(cls, current.defaults) if same else {}
@@ -773,9 +776,14 @@ def build_optimizer(
             new = cls(specs, **ctor)
     except Exception as exc:  # the class's own checks, whatever it raises
         raise CommandError(f"cannot build {cls.__name__}: {optclass.first_line(exc)}") from None
-    for i, (g, old) in enumerate(zip(new.param_groups, current.param_groups, strict=True)):
-        optclass.probe(cls, g, str(g.get("name", f"group{i}")), before=old if same else None)
-    dropped, defaulted = optclass.carry_plan(cls, current.param_groups, same)
+    optclass.probe_all(
+        cls,
+        [
+            (g, str(g.get("name", f"group{i}")), old if same else None)
+            for i, (g, old) in enumerate(zip(new.param_groups, current.param_groups, strict=True))
+        ],
+    )
+    dropped, defaulted = optclass.carry_plan(current, cls)
     defaulted = [k for k in defaulted if k not in overrides]
     return Rebuilt(
         new, tuple(dropped), tuple((k, new.defaults.get(k)) for k in defaulted if k in new.defaults)

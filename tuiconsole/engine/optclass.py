@@ -80,18 +80,35 @@ def construct(cls: type, groups: list[dict[str, Any]], defaults: Mapping[str, An
     return cls(groups, **ctor_kwargs(cls, defaults))
 
 
-def carry_plan(
-    cls: type, old_groups: Sequence[Mapping[str, Any]], same_class: bool
-) -> tuple[list[str], list[str]]:
-    """(keys dropped, keys that take the target's default) when moving groups to CLS."""
-    if same_class or takes_any_key(cls):
+def carries(source: Any, target: type, key: str) -> bool:
+    """Whether a group key of optimizer SOURCE moves into a new optimizer of class TARGET.
+
+    Names and scheduler anchors always do; otherwise only a key TARGET's
+    constructor takes, and not one SOURCE's class sets for itself (in its
+    ``defaults`` without being a constructor parameter: AdamW's
+    ``decoupled_weight_decay=True`` would make Adam into AdamW).
+    """
+    if key == "params" or key in CARRY_ALWAYS or type(source) is target:
+        return True
+    if not (takes_any_key(target) or key in constructor_params(target)):
+        return False
+    source_cls = type(source)
+    own = key in source.defaults and not (
+        takes_any_key(source_cls) or key in constructor_params(source_cls)
+    )
+    return not own
+
+
+def carry_plan(source: Any, target: type) -> tuple[list[str], list[str]]:
+    """(keys dropped, constructor keys that take TARGET's default) for a rebuild."""
+    if type(source) is target:
         return [], []
-    params = constructor_params(cls)
     present: list[str] = []
-    for g in old_groups:
+    for g in source.param_groups:
         present += [k for k in g if k not in present and k != "params"]
-    dropped = [k for k in present if k not in params and k not in CARRY_ALWAYS]
-    defaulted = [k for k in params if k not in present]
+    dropped = [k for k in present if not carries(source, target, k)]
+    kept = set(present) - set(dropped)
+    defaulted = [k for k in constructor_params(target) if k not in kept]
     return dropped, defaulted
 
 
@@ -153,6 +170,48 @@ def check_lr_range(lr: float, params: Iterable[torch.Tensor], where: str) -> Non
                 f"lr for {where!r} would be {lr!r}; {dtype} parameters hold lrs in "
                 f"[{info.tiny:.3g}, {info.max:.3g}]"
             )
+
+
+def check_range(group: Mapping[str, Any], where: str) -> None:
+    """Every number in the group fits the dtype of its parameters (float32: 3.4e38)."""
+    limit = min(
+        (torch.finfo(d).max for d, _, _ in _kinds(group["params"]) if d.is_floating_point),
+        default=None,
+    )
+    if limit is None:
+        return
+    for key, value in group.items():
+        if key in ("params", "name"):
+            continue
+        for v in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > limit:
+                raise CommandError(
+                    f"{key}={float(v):.3g} for {where!r} is beyond what its parameters' "
+                    f"dtype holds ({limit:.3g})"
+                )
+
+
+def probe_all(cls: type, candidates: Sequence[tuple[Mapping[str, Any], str, Any]]) -> None:
+    """:func:`probe` each (group, name, before), once per distinct set of values.
+
+    Groups that differ only in their lrs share a probe, run with the largest lr
+    (the one that can overflow), so ``set all`` over 500 groups costs a few probes.
+    """
+    seen: dict[tuple[Any, ...], tuple[Mapping[str, Any], str, Any]] = {}
+    for group, where, before in candidates:
+        check_range(group, where)
+        key = _values_key(group)
+        if key not in seen or float(group.get("lr", 0.0)) > float(seen[key][0].get("lr", 0.0)):
+            seen[key] = (group, where, before)
+    for group, where, before in seen.values():
+        probe(cls, group, where, before)
+
+
+def _values_key(group: Mapping[str, Any]) -> tuple[Any, ...]:
+    values = tuple(
+        (k, repr(v)) for k, v in group.items() if k not in ("params", "lr", *CARRY_ALWAYS)
+    )
+    return values, tuple(_kinds(group["params"]))
 
 
 def probe(

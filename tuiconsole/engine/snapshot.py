@@ -72,7 +72,7 @@ class NanEvent:
 class RunStatus:
     script: str
     state: RunState
-    epoch: int
+    epoch: int  # 1-based: the epoch the last step was taken in (Trainer.epoch_shown)
     step: int
     steps_per_sec: float
     elapsed: float
@@ -206,3 +206,31 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The whole optimizer as JSON-ready values: class, every group's every
+        hyper-parameter and state, the scheduler (``ls --json`` shows this)."""
+        groups = []
+        for g in self.groups:
+            groups.append(
+                {"name": g.name, "lr": g.lr, **{k: _json(v) for k, v in g.hparams}}
+                | {
+                    "n_tensors": g.n_tensors,
+                    "n_params": g.n_params,
+                    "state_reset_step": g.state_reset_step,
+                    "state_tensors": g.state_tensors,
+                    "state_bytes": g.state_bytes,
+                }
+            )
+        sched = asdict(self.scheduler) if self.scheduler is not None else None
+        if sched is not None:
+            sched["class"] = sched.pop("cls")
+        return {"class": self.optimizer, "groups": groups, "scheduler": sched}
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_json(x) for x in v]
+    if isinstance(v, float) and v != v:
+        return "nan"
+    return v

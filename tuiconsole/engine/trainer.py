@@ -205,6 +205,25 @@ class _Where:
     batch: Any = None
 
 
+@dataclass
+class _Undo:
+    """What the optimizer was before the commands since the last good step.
+
+    Armed by an accepted optimizer command; used if the next ``optimizer.step()``
+    raises before it changed any parameter or state tensor (their version
+    counters say so): the previous optimizer, its groups and the scheduler's view
+    of them are put back and that step is taken with them.
+    """
+
+    optimizer: torch.optim.Optimizer
+    groups: list[dict[str, Any]]
+    sched_lists: list[tuple[Any, str, Any]]  # (scheduler, attribute, its value)
+    had_state: set[int]
+    group_origin: list[int]
+    state_reset: list[int | None]
+    commands: list[str]
+
+
 class Trainer:
     def __init__(self, spec: TrainingSpec, config: RunConfig | None = None) -> None:
         self.spec = spec
@@ -268,6 +287,7 @@ class Trainer:
         self._nan_noted = False
         self._resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
         self._closed = False
+        self._undo: _Undo | None = None
         if self.config.nan not in NAN_MODES:
             raise TuiconsoleError(f"--nan must be one of {', '.join(NAN_MODES)}")
         if self.config.nan_check not in NAN_CHECKS:
@@ -330,6 +350,14 @@ class Trainer:
         G.ensure_names(self.optimizer, self.model)
         assert self.config.resume is not None
         self._resumed = (self.config.resume, ckpt["data"], ckpt["rng"])
+
+    @property
+    def epoch_shown(self) -> int:
+        """The epoch as every front-end, log line and message says it: 1-based, the
+        epoch the last step was taken in (the first one before any step). A run that
+        finished 8 epochs is "epoch 8"; 29 batches into the 8th it is "epoch 8" too."""
+        started = self._epoch_iter is not None and self._epoch_batches > 0
+        return self.epoch + 1 if started or self.epoch == 0 else self.epoch
 
     def data_position(self) -> dict[str, Any]:
         """Where the loader is: batches taken in this epoch, and the RNGs before its iter()."""
@@ -498,6 +526,9 @@ class Trainer:
             "optimizer": type(self.optimizer).__name__,
             "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
             "groups": G.groups_record(self.optimizer),
+            # The same whole-optimizer view as the snapshot and `ls --json`: every
+            # hyper-parameter, each group's state, the scheduler's step and next lrs.
+            "optimizer_state": self._build_snapshot().optimizer_state(),
             "nan": self.config.nan,
         } | (
             {"resumed_from": str(self._resumed[0]), "resumed_step": self.step}
@@ -527,7 +558,7 @@ class Trainer:
                     ) from None
             self._epoch_batches = taken
         set_rng_state(rng, self.loader_generators)
-        where = f", {taken} batch(es) into epoch {self.epoch + 1}" if taken else ""
+        where = f", {taken} batch(es) into epoch {self.epoch_shown}" if taken else ""
         self._append_log("info", f"resumed from {path} at step {self.step}{where}")
 
     def _can_step(self) -> bool:
@@ -703,11 +734,87 @@ class Trainer:
                 return None
         loss.backward()
         where.phase = "optimizer"
-        optimizer.step()
+        if self._undo is None:
+            optimizer.step()
+        else:
+            self._guarded_step()
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
         return loss if value is None else value
+
+    # ------------------------------------------------------------------ undo
+
+    def _arm_undo(self, cmd: C.Command) -> None:
+        """Before an optimizer command: remember what to put back if the next step fails."""
+        if self._undo is not None:  # several commands before one step: undo them all
+            self._undo.commands.append(cmd.text)
+            return
+        opt = self.optimizer
+        lists = []
+        for sched in G.scheduler_chain(self.scheduler):
+            lists.append((sched, "optimizer", sched.optimizer))
+            for attr in G.SCHED_GROUP_LISTS:
+                value = getattr(sched, attr, None)
+                if isinstance(value, list):
+                    lists.append((sched, attr, list(value)))
+        self._undo = _Undo(
+            optimizer=opt,
+            groups=[{**g, "params": list(g["params"])} for g in opt.param_groups],
+            sched_lists=lists,
+            had_state={id(p) for p in opt.state},
+            group_origin=list(self.group_origin),
+            state_reset=list(self.state_reset),
+            commands=[cmd.text],
+        )
+
+    def _guarded_step(self) -> None:
+        """The first optimizer.step() after a command: undo the command(s) if it fails
+        before touching anything, and take the step as it would have been."""
+        undo, self._undo = self._undo, None
+        assert undo is not None
+        opt = self.optimizer
+        watched = [p for g in opt.param_groups for p in g["params"]]
+        watched += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+        versions = [t._version for t in watched]
+        try:
+            opt.step()
+            return
+        except Exception as exc:
+            if [t._version for t in watched] != versions:
+                raise  # it changed something: an ordinary failure (ERROR, no checkpoint)
+            error = f"{type(exc).__name__}: {_one_line(str(exc), 300)}"
+        self._restore_undo(undo)
+        text = "; ".join(undo.commands)
+        message = (
+            f"undone `{text}`: the next optimizer.step() failed before changing any "
+            f"parameter ({error}); the optimizer is as it was before, training goes on"
+        )
+        if self.journal is not None:
+            self.journal.write(
+                {
+                    "type": "undo",
+                    "step": self.step + 1,
+                    "time": time.time(),
+                    "commands": undo.commands,
+                    "error": error,
+                    "groups": G.groups_record(self.optimizer),
+                }
+            )
+        self._append_log("command", message, ok=False, source="engine")
+        self.optimizer.step()  # the step the run would have taken without the command(s)
+
+    def _restore_undo(self, undo: _Undo) -> None:
+        opt = undo.optimizer
+        opt.param_groups[:] = undo.groups
+        for p in [p for p in opt.state if id(p) not in undo.had_state]:
+            del opt.state[p]  # state the failed step created
+        for sched, attr, value in undo.sched_lists:
+            setattr(sched, attr, value)
+        self.optimizer = opt
+        self.group_origin = undo.group_origin
+        self.state_reset = undo.state_reset
+        self._structure_version += 1
 
     # ------------------------------------------------------------------ failures
 
@@ -779,10 +886,15 @@ class Trainer:
 
     def _error_checkpoint(self, phase: str | None) -> str | None:
         if phase in ("optimizer", "scheduler"):
+            earlier = (
+                f"resume from the last checkpoint, {self.last_checkpoint}"
+                if self.last_checkpoint
+                else "no earlier checkpoint exists"
+            )
             self._append_log(
                 "info",
                 f"no checkpoint written: the error came from inside {phase}.step(), so "
-                f"step {self.step + 1} may be half applied; use an earlier checkpoint",
+                f"step {self.step + 1} may be half applied; {earlier}",
                 ok=False,
             )
             return None
@@ -865,7 +977,7 @@ class Trainer:
         record = {
             "type": "train",
             "step": self.step,
-            "epoch": self.epoch,
+            "epoch": self.epoch_shown,
             "loss": loss,
             "loss_mean": sum(v for _, v in values) / len(values) if values else loss,
             "lr": {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups},
@@ -877,7 +989,7 @@ class Trainer:
             self._metrics_logged_at = now
             lrs = " ".join(f"{name}={lr:.3g}" for name, lr in record["lr"].items())
             self._append_log(
-                "metrics", f"step {self.step} epoch {self.epoch} loss {loss:.4g} lr {lrs}"
+                "metrics", f"step {self.step} epoch {self.epoch_shown} loss {loss:.4g} lr {lrs}"
             )
 
     # ------------------------------------------------------------------ commands
@@ -924,6 +1036,19 @@ class Trainer:
         self._publish()
 
     def _dispatch(self, cmd: C.Command) -> str:
+        if isinstance(cmd, C.Lr | C.Decay | C.Set | C.Split | C.Rebuild):
+            undo_before = self._undo
+            self._arm_undo(cmd)
+            try:
+                return self._dispatch_optimizer(cmd)
+            except BaseException:
+                self._undo = undo_before  # refused: nothing changed, nothing to undo
+                if undo_before is not None and undo_before.commands[-1] == cmd.text:
+                    undo_before.commands.pop()
+                raise
+        return self._dispatch_control(cmd)
+
+    def _dispatch_optimizer(self, cmd: C.Command) -> str:
         opt, sched = self.optimizer, self.scheduler
         if isinstance(cmd, C.Lr | C.Decay):
             indices = G.resolve_target(cmd.target, self.model, opt)
@@ -984,6 +1109,9 @@ class Trainer:
                 f"{len(new_opt.param_groups)} group(s); momentum/Adam state of "
                 f"{had_state} parameter(s) dropped" + (f"; {note}" if note else "")
             )
+        raise CommandError(f"unsupported command {cmd.text!r}")  # pragma: no cover
+
+    def _dispatch_control(self, cmd: C.Command) -> str:
         if isinstance(cmd, C.Pause):
             if self.state.is_terminal:
                 raise CommandError(f"the run is {self.state.value}")
@@ -1121,7 +1249,7 @@ class Trainer:
         status = RunStatus(
             script=self.spec.name,
             state=self.state,
-            epoch=self.epoch,
+            epoch=self.epoch_shown,
             step=self.step,
             steps_per_sec=self._steps_per_sec(now),
             elapsed=now - self._t0,

@@ -148,6 +148,7 @@ def probe(info: RunInfo, timeout: float = 2.0) -> RunEntry:
             step=snap.status.step,
             loss=snap.loss_last,
             clients=clients if isinstance(clients, int) else None,
+            optimizer=snap.optimizer_state(),
         )
     finally:
         session.close()

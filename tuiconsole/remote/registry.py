@@ -180,6 +180,7 @@ class RunEntry:
     loss: float | None = None
     clients: int | None = None
     error: str = ""
+    optimizer: dict[str, Any] | None = None  # Snapshot.optimizer_state(): the whole optimizer
 
 
 def live_runs(clean: bool = True) -> list[RunInfo]:
