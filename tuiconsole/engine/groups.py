@@ -714,12 +714,15 @@ class Rebuilt:
     optimizer: torch.optim.Optimizer
     dropped: tuple[str, ...]  # group keys the new class does not take
     defaulted: tuple[tuple[str, Any], ...]  # keys it takes that no group had: its defaults
+    unfit: tuple[str, ...] = ()  # keys it takes, but as another kind of value (eps)
 
     def note(self) -> str:
         cls = type(self.optimizer).__name__
         parts = []
         if self.dropped:
             parts.append(f"dropped {', '.join(self.dropped)} ({cls} does not take them)")
+        if self.unfit:
+            parts.append(f"{', '.join(self.unfit)} not carried ({cls} takes another kind of value)")
         if self.defaulted:
             kv = ", ".join(f"{k}={_short_any(v)}" for k, v in self.defaulted)
             parts.append(f"{cls}'s defaults for {kv}")
@@ -763,7 +766,7 @@ def build_optimizer(
         optclass.check_lr_range(overrides["lr"], params, "all groups")
     specs = []
     for g in current.param_groups:
-        keep = {k: v for k, v in g.items() if optclass.carries(current, cls, k)}
+        keep = {k: v for k, v in g.items() if optclass.carries(current, cls, k, v)}
         keep.update(overrides)
         specs.append(keep)
     ctor = optclass.ctor_kwargs(cls, current.defaults) if same else {}
@@ -783,10 +786,13 @@ def build_optimizer(
             for i, (g, old) in enumerate(zip(new.param_groups, current.param_groups, strict=True))
         ],
     )
-    dropped, defaulted = optclass.carry_plan(current, cls)
+    dropped, unfit, defaulted = optclass.carry_plan(current, cls)
     defaulted = [k for k in defaulted if k not in overrides]
     return Rebuilt(
-        new, tuple(dropped), tuple((k, new.defaults.get(k)) for k in defaulted if k in new.defaults)
+        new,
+        tuple(dropped),
+        tuple((k, new.defaults.get(k)) for k in defaulted if k in new.defaults),
+        tuple(k for k in unfit if k not in overrides),
     )
 
 

@@ -80,12 +80,13 @@ def construct(cls: type, groups: list[dict[str, Any]], defaults: Mapping[str, An
     return cls(groups, **ctor_kwargs(cls, defaults))
 
 
-def carries(source: Any, target: type, key: str) -> bool:
+def carries(source: Any, target: type, key: str, value: Any = None) -> bool:
     """Whether a group key of optimizer SOURCE moves into a new optimizer of class TARGET.
 
     Names and scheduler anchors always do; otherwise only a key TARGET's
-    constructor takes, and not one SOURCE's class sets for itself (in its
-    ``defaults`` without being a constructor parameter: AdamW's
+    constructor takes, with a value of the kind its default is (Adam's float
+    ``eps`` is not Adafactor's ``(None, 1e-3)``), and not a key SOURCE's class sets
+    for itself (in its ``defaults`` without being a constructor parameter: AdamW's
     ``decoupled_weight_decay=True`` would make Adam into AdamW).
     """
     if key == "params" or key in CARRY_ALWAYS or type(source) is target:
@@ -96,20 +97,41 @@ def carries(source: Any, target: type, key: str) -> bool:
     own = key in source.defaults and not (
         takes_any_key(source_cls) or key in constructor_params(source_cls)
     )
-    return not own
+    return not own and fits(constructor_params(target).get(key), value)
 
 
-def carry_plan(source: Any, target: type) -> tuple[list[str], list[str]]:
-    """(keys dropped, constructor keys that take TARGET's default) for a rebuild."""
+def fits(default: Any, value: Any) -> bool:
+    """VALUE is of the kind DEFAULT is (no default or None: anything is)."""
+    if default is None or default is inspect.Parameter.empty or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, tuple | list):
+        return isinstance(value, tuple | list) and len(value) == len(default)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float | torch.Tensor) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def carry_plan(source: Any, target: type) -> tuple[list[str], list[str], list[str]]:
+    """For a rebuild: (keys TARGET does not take, keys whose values do not fit TARGET's
+    kind, constructor keys that take TARGET's default)."""
     if type(source) is target:
-        return [], []
-    present: list[str] = []
+        return [], [], []
+    present: dict[str, Any] = {}
     for g in source.param_groups:
-        present += [k for k in g if k not in present and k != "params"]
-    dropped = [k for k in present if not carries(source, target, k)]
-    kept = set(present) - set(dropped)
-    defaulted = [k for k in constructor_params(target) if k not in kept]
-    return dropped, defaulted
+        for k, v in g.items():
+            present.setdefault(k, v)
+    present.pop("params", None)
+    takes = constructor_params(target)
+    dropped, unfit = [], []
+    for k, v in present.items():
+        if carries(source, target, k, v):
+            continue
+        (unfit if k in takes and carries(source, target, k) else dropped).append(k)
+    kept = set(present) - set(dropped) - set(unfit)
+    defaulted = [k for k in takes if k not in kept]
+    return dropped, unfit, defaulted
 
 
 # --------------------------------------------------------------------------- can it hold?
