@@ -124,7 +124,7 @@ def test_adam_to_adamw_is_adamw_and_back(tmp_path):
     t.step_now(2)
     message = command(t, "rebuild AdamW")
     assert all(g["decoupled_weight_decay"] is True for g in t.optimizer.param_groups)
-    assert "dropped decoupled_weight_decay (AdamW does not take them)" in message
+    assert "dropped decoupled_weight_decay (AdamW does not take it)" in message
     command(t, "rebuild AdamW")  # failed before: AdamW() got decoupled_weight_decay
     message = command(t, "rebuild Adam")  # kept true before: AdamW under Adam's name
     assert all(g["decoupled_weight_decay"] is False for g in t.optimizer.param_groups)

@@ -720,7 +720,8 @@ class Rebuilt:
         cls = type(self.optimizer).__name__
         parts = []
         if self.dropped:
-            parts.append(f"dropped {', '.join(self.dropped)} ({cls} does not take them)")
+            them = "them" if len(self.dropped) > 1 else "it"
+            parts.append(f"dropped {', '.join(self.dropped)} ({cls} does not take {them})")
         if self.unfit:
             parts.append(f"{', '.join(self.unfit)} not carried ({cls} takes another kind of value)")
         if self.defaulted:

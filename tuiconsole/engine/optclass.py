@@ -93,7 +93,7 @@ def carries(source: Any, target: type, key: str, value: Any = None) -> bool:
         return True
     if not (takes_any_key(target) or key in constructor_params(target)):
         return False
-    source_cls = type(source)
+    source_cls: type = type(source)
     own = key in source.defaults and not (
         takes_any_key(source_cls) or key in constructor_params(source_cls)
     )
@@ -124,7 +124,8 @@ def carry_plan(source: Any, target: type) -> tuple[list[str], list[str], list[st
             present.setdefault(k, v)
     present.pop("params", None)
     takes = constructor_params(target)
-    dropped, unfit = [], []
+    dropped: list[str] = []
+    unfit: list[str] = []
     for k, v in present.items():
         if carries(source, target, k, v):
             continue
