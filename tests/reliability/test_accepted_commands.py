@@ -192,3 +192,15 @@ def test_unrestricted_fuzz_never_ends_the_run(tmp_path, seed):
         t.step_now(1)
         assert t.state == RunState.RUNNING, (line, t.error)
     assert accepted >= 15  # the fuzz reaches the optimizer, not only the parser
+
+
+def test_implementation_switches_left_to_torch_can_be_set(tmp_path):
+    t = sync_trainer(loader_spec("adam"), tmp_path / "run")
+    t.step_now(2)
+    assert t.optimizer.param_groups[0]["foreach"] is None
+    assert t.apply_now("set all foreach=true").ok
+    assert all(g["foreach"] is True for g in t.optimizer.param_groups)
+    r = t.apply_now("set all fused=0.5")
+    assert not r.ok and "fused is true/false" in r.message
+    t.step_now(2)
+    assert t.state == RunState.RUNNING, t.error

@@ -41,6 +41,8 @@ SCHED_GROUP_LISTS = {
     "base_momentums": False,
     "max_momentums": False,
 }
+# Keys torch.optim leaves None (it picks the implementation) that take true/false.
+TRISTATE_KEYS = ("foreach", "fused")
 # Shown apart from the other hyper-parameters (the name and lr have their own fields).
 HIDDEN_KEYS = frozenset({"params", "name", "lr"})
 NON_NEGATIVE_KEYS = ("momentum", "dampening", "weight_decay", "eps", "alpha", "lr_decay")
@@ -472,6 +474,10 @@ def check_hparam(key: str, value: Value, current: Any, group_name: str) -> Any:
     """Validate KEY=VALUE against the group's current value; return the value to store."""
     if key in ("params", "name"):
         raise CommandError(f"{key!r} cannot be set; use split or rebuild")
+    if current is None and key in TRISTATE_KEYS:  # None: torch picks; true/false: you do
+        if not isinstance(value, bool):
+            raise CommandError(f"{key} is true/false, got {value!r}")
+        return value
     if current is None and key not in ("lr",):
         raise CommandError(f"group {group_name!r} has no hyper-parameter {key!r}")
     if isinstance(current, bool):
