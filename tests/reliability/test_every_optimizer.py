@@ -46,8 +46,9 @@ HOLDS_ANY = [name for name in ALL if name not in REFUSED]
 def test_the_list_is_every_class_the_installed_torch_has():
     assert {"SGD", "Adam", "AdamW", "Adafactor", "ASGD", "Rprop", "LBFGS", "SparseAdam"} <= set(ALL)
     assert len(HOLDS_ANY) >= 12
-CARRIED = {"name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
 
+
+CARRIED = {"name", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
