@@ -27,6 +27,11 @@ from tuiconsole.errors import CommandError
 
 Value = float | bool | tuple[float, ...]
 
+# Longer lines are refused before shlex sees them: its cost grows with the square
+# of the length (1 MB: ~20 s), and no real command needs more (a split of a few
+# hundred module paths fits).
+MAX_LINE_CHARS = 8192
+
 COMMAND_NAMES = (
     "lr",
     "decay",
@@ -271,6 +276,10 @@ def _lr_value(text: str) -> tuple[float, str]:
 
 def parse(text: str) -> Command:
     """Parse one command line. Raises CommandError with a one-line message."""
+    if len(text) > MAX_LINE_CHARS:
+        raise CommandError(
+            f"command line too long ({len(text):,} characters; the limit is {MAX_LINE_CHARS:,})"
+        )
     line = text.strip()
     if line.startswith(":"):
         line = line[1:].strip()

@@ -120,5 +120,6 @@ def load_replay(path: Path) -> tuple[dict[str, Any], list[tuple[JournalEntry, An
         try:
             out.append((e, parse(e.cmd)))
         except TuiconsoleError as exc:
-            raise TuiconsoleError(f"{path}:{e.line}: cannot replay {e.cmd!r}: {exc}") from None
+            shown = e.cmd if len(e.cmd) <= 80 else f"{e.cmd[:80]}…"  # one readable line
+            raise TuiconsoleError(f"{path}:{e.line}: cannot replay {shown!r}: {exc}") from None
     return header, out

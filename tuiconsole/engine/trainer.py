@@ -54,6 +54,16 @@ from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import CLASS_INDEX_LOSSES, TrainingSpec
 
 LOG_KEEP = 500
+# A log entry's text is cut to this: every new client gets the whole log, and a few
+# hundred entries of command-line garbage must not make that frame too big to send.
+LOG_TEXT_CHARS = 2000
+# Commands applied at one step boundary, at most; the rest wait for the next one, so a
+# flood of commands cannot starve training. An expensive command (eval: the whole
+# eval_loader; checkpoint: a torch.save) uses the whole boundary. The boundary also
+# ends once its commands took longer than the step before it: training keeps about
+# half the time however fast commands come in.
+COMMANDS_PER_STEP = 8
+EXPENSIVE_COMMANDS = (C.Eval, C.Checkpoint)
 NAN_MODES = ("pause", "stop", "ignore")
 NAN_CHECKS = ("auto", "step", "flush")
 OutOfMemoryError: type[BaseException] = getattr(
@@ -244,6 +254,7 @@ class Trainer:
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
         )
+        self._step_ended = time.monotonic()  # when the last command boundary ended
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tuiconsole-trainer", daemon=True)
         self._losses = LossTracker()
@@ -609,12 +620,21 @@ class Trainer:
         # Runs every step: the common case (nothing queued) must cost ~nothing.
         if self._replay:
             self._apply_replay()
-        while not self._queue.empty():
+        if self._queue.empty():
+            return
+        started = time.monotonic()
+        step_took = started - self._step_ended  # the step just before this boundary
+        budget = COMMANDS_PER_STEP
+        while budget > 0 and not self._queue.empty():
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
+            budget -= COMMANDS_PER_STEP if isinstance(item[0], EXPENSIVE_COMMANDS) else 1
             self._handle(*item)
+            if time.monotonic() - started > step_took:
+                break
+        self._step_ended = time.monotonic()
 
     def _next_batch(self) -> Any:
         while True:
@@ -1212,6 +1232,8 @@ class Trainer:
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
+        if len(text) > LOG_TEXT_CHARS:
+            text = f"{text[: LOG_TEXT_CHARS - 40]}… ({len(text):,} characters, cut)"
         with self._log_lock:
             self._log_seq += 1
             self._log.append(
