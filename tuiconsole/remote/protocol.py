@@ -40,7 +40,7 @@ import struct
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tuiconsole.engine import snapshot as S
@@ -83,6 +83,8 @@ def parse_payload(payload: bytes) -> dict[str, Any]:
         obj = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"malformed frame: {exc}") from None
+    except RecursionError:  # [[[[...]]]] well under the frame limit
+        raise ProtocolError("malformed frame: JSON nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("malformed frame: expected a JSON object with a 'type'")
     if obj.get("v") != VERSION:
@@ -101,8 +103,18 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Append bytes; return the complete messages. Raises ProtocolError."""
+        self.add(data)
+        return list(self.messages())
+
+    def add(self, data: bytes) -> None:
         self._buf += data
-        out: list[dict[str, Any]] = []
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        """The complete messages buffered so far, one at a time, in order.
+
+        Lazily, so a reader that stops (it dropped the peer) leaves the rest
+        unparsed. Raises ProtocolError at the first bad frame.
+        """
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
             if size > self.max_frame:
@@ -112,8 +124,10 @@ class FrameBuffer:
                 break
             payload = bytes(self._buf[HEADER.size : end])
             del self._buf[:end]
-            out.append(parse_payload(payload))
-        return out
+            yield parse_payload(payload)
+
+    def clear(self) -> None:
+        self._buf = bytearray()
 
     @property
     def pending(self) -> int:

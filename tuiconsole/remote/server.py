@@ -9,9 +9,14 @@ stop training):
 - Each client has a bounded send queue. A new snapshot is queued only when the
   previous one went out (a slow client skips frames); a client whose queue
   exceeds :data:`MAX_QUEUE_BYTES` or does not drain for :data:`STALL_SECONDS`
-  is dropped.
-- Anything malformed from a client (bad JSON, wrong version, oversized frame,
-  no hello) drops that client only, and is logged.
+  is dropped. While its queue holds more than :data:`READ_PAUSE_BYTES`, its
+  input is not read (a client that sends pings and never reads the pongs costs
+  a bounded amount of memory).
+- Anything malformed from a client (bad JSON, nested too deeply, wrong version,
+  oversized frame, no hello, a frame left half-sent) drops that client only, and
+  is logged; what it had sent after that is discarded, never handled.
+- Connections that have not said hello have their own slots: when those are
+  full, the oldest is dropped, so silent connections cannot lock out `attach`.
 - Every peer's uid is checked with SO_PEERCRED; other users are refused.
 """
 
@@ -41,10 +46,14 @@ from tuiconsole.session import Session
 
 log = logging.getLogger("tuiconsole.remote")
 
-MAX_CLIENTS = 32
+MAX_CLIENTS = 32  # clients past hello (attached consoles and `ls` probes)
+MAX_PENDING = 32  # connections not past hello yet; when full, the oldest is dropped
+LISTEN_BACKLOG = 256  # connections the kernel holds for us: a burst of attaches
 MAX_QUEUE_BYTES = P.MAX_SERVER_FRAME + 4 * 1024 * 1024  # one big snapshot plus results
 STALL_SECONDS = 20.0  # a client that reads nothing for this long is dropped
 HELLO_SECONDS = 10.0  # a connection must say hello within this time
+FRAME_SECONDS = 10.0  # a frame that was started must be complete within this time
+READ_PAUSE_BYTES = 256 * 1024  # a client's input is not read while more is queued for it
 MAX_IN_FLIGHT = 64  # commands per client not yet applied by the trainer
 MIN_RATE, MAX_RATE, DEFAULT_RATE = 0.2, 30.0, 10.0
 TICK = 0.02
@@ -101,6 +110,7 @@ class _Client:
     out_offset: int = 0
     out_bytes: int = 0
     stalled_since: float | None = None
+    partial_since: float | None = None  # when an incomplete frame began to wait
     hello: bool = False
     lite: bool = False
     interval: float = 1.0 / DEFAULT_RATE
@@ -109,7 +119,7 @@ class _Client:
     last_structure: int | None = None
     last_log_seq: int = 0
     in_flight: int = 0
-    writing: bool = False
+    events: int = selectors.EVENT_READ  # what the selector watches for it
 
     @property
     def has_snapshot_queued(self) -> bool:
@@ -195,7 +205,7 @@ class RemoteServer:
             sock.close()
             raise TuiconsoleError(f"cannot listen on {self.path}: {exc}") from None
         os.chmod(self.path, 0o600)  # the 0700 dir already hides it in between
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self._listener = sock
         self._inode = os.stat(self.path).st_ino
@@ -273,9 +283,10 @@ class RemoteServer:
             if reason is not None:
                 self._refuse(sock, f"refused connection: {reason}")
                 continue
-            if len(self._clients) >= MAX_CLIENTS:
-                self._refuse(sock, f"refused connection: already {MAX_CLIENTS} clients")
-                continue
+            pending = [c for c in self._clients.values() if not c.hello]
+            if len(pending) >= MAX_PENDING:
+                oldest = min(pending, key=lambda c: c.connected)
+                self._drop(oldest, f"no hello yet, and {MAX_PENDING} connections wait for one")
             sock.setblocking(False)
             name = f"remote:{cred.pid}" if cred is not None else f"remote:fd{sock.fileno()}"
             self._next_key += 1
@@ -295,6 +306,7 @@ class RemoteServer:
         # In this order, so whoever watches sees a consistent server: the client is
         # gone from `clients`, then the reason is in `dropped`, then the client hears it.
         self._forget_client(client)
+        client.inbox.clear()  # the rest of what it sent is never handled
         if warn:
             log.warning("dropping %s: %s", client.name, reason)
             self._note_drop(f"{client.name}: {reason}")
@@ -334,12 +346,25 @@ class RemoteServer:
         if not data:
             self._drop(client, "closed the connection", warn=False)
             return
+        client.inbox.add(data)
         try:
-            messages = client.inbox.feed(data)
-            for msg in messages:
+            for msg in client.inbox.messages():
                 self._handle(client, msg)
+                if client.key not in self._clients:
+                    return  # dropped (or said bye): the rest of its input is discarded
         except P.ProtocolError as exc:
             self._drop(client, str(exc))
+            return
+        except Exception as exc:  # a bug here must cost this client, not every client
+            log.exception("handling input from %s failed", client.name)
+            self._drop(client, f"internal error handling its input: {type(exc).__name__}")
+            return
+        if client.inbox.pending:
+            if client.partial_since is None:
+                client.partial_since = time.monotonic()
+        else:
+            client.partial_since = None
+        self._update_events(client)
 
     def _handle(self, client: _Client, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -362,6 +387,10 @@ class RemoteServer:
             raise P.ProtocolError(f"unknown message type {kind!r}")
 
     def _hello(self, client: _Client, msg: dict[str, Any]) -> None:
+        attached = sum(1 for c in self._clients.values() if c.hello)
+        if attached >= MAX_CLIENTS:
+            self._drop(client, f"refused connection: already {MAX_CLIENTS} clients")
+            return
         client.hello = True
         client.lite = bool(msg.get("lite"))
         if not client.lite:
@@ -487,14 +516,22 @@ class RemoteServer:
                 break
             client.outbox.popleft()
             client.out_offset = 0
-        want_write = bool(client.outbox)
-        if want_write and client.stalled_since is None:
+        if client.outbox and client.stalled_since is None:
             client.stalled_since = time.monotonic()
-        if want_write != client.writing:
-            client.writing = want_write
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
-            with contextlib.suppress(KeyError, ValueError):
-                self._sel.modify(client.sock, events, client.key)
+        self._update_events(client)
+
+    def _update_events(self, client: _Client) -> None:
+        """Write while anything is queued; read only while little is (backpressure)."""
+        reading = client.out_bytes <= READ_PAUSE_BYTES
+        if reading and not client.events & selectors.EVENT_READ:
+            client.partial_since = None  # its half frame waited on us, not on it
+        events = (selectors.EVENT_READ if reading else 0) | (
+            selectors.EVENT_WRITE if client.outbox else 0
+        )
+        if events != client.events and client.key in self._clients:
+            client.events = events
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.modify(client.sock, events, client.key)  # never 0: queued -> write
 
     def _check_clients(self) -> None:
         now = time.monotonic()
@@ -503,6 +540,10 @@ class RemoteServer:
                 self._drop(client, f"no hello within {HELLO_SECONDS:.0f} s")
             elif client.stalled_since is not None and now - client.stalled_since > STALL_SECONDS:
                 self._drop(client, f"read nothing for {STALL_SECONDS:.0f} s (client too slow)")
+            elif client.partial_since is not None and now - client.partial_since > FRAME_SECONDS:
+                self._drop(
+                    client, f"sent part of a frame and not the rest for {FRAME_SECONDS:.0f} s"
+                )
 
     # ------------------------------------------------------------------ housekeeping
 
