@@ -156,3 +156,45 @@ def test_resolve_run_by_id_prefix_run_dir_and_newest(runtime_env, tmp_path) -> N
         for s in servers:
             s.close()
     wait_until(lambda: not R.live_runs(), 5, "stale cleanup")
+
+
+def _taken_default(tmp_path: Path) -> Path:
+    """What another user's pre-created /tmp/tuiconsole-<uid> looks like (needs root)."""
+    taken = tmp_path / "tuiconsole-taken"
+    taken.mkdir(mode=0o700)
+    os.chown(taken, 4242, -1)
+    return taken
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to hand a dir to another uid")
+def test_runtime_dir_falls_back_to_a_safe_xdg_runtime_dir(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(R.ENV_DIR, raising=False)
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    d = R.runtime_dir(default=_taken_default(tmp_path))
+    assert d == xdg / "tuiconsole"
+    st = os.lstat(d)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to hand a dir to another uid")
+@pytest.mark.parametrize("xdg", ["unset", "theirs", "open", "relative"])
+def test_runtime_dir_taken_without_a_safe_fallback_says_what_to_do(
+    tmp_path, monkeypatch, xdg: str
+) -> None:
+    monkeypatch.delenv(R.ENV_DIR, raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if xdg != "unset":
+        x = tmp_path / "xdg"
+        x.mkdir(mode=0o755 if xdg == "open" else 0o700)
+        if xdg == "theirs":
+            os.chown(x, 4242, -1)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", "xdg" if xdg == "relative" else str(x))
+    with pytest.raises(TuiconsoleError) as err:
+        R.runtime_dir(default=_taken_default(tmp_path))
+    message = str(err.value)
+    assert "owned by uid 4242" in message and "only its owner or an administrator" in message
+    assert f"set {R.ENV_DIR}" in message and "remove it or" not in message
+    assert "XDG_RUNTIME_DIR" in message and "\n" not in message
+    assert not (tmp_path / "xdg" / "tuiconsole").exists()

@@ -9,6 +9,9 @@ The directory is ``$TUICONSOLE_RUNTIME_DIR`` if set, else ``/tmp/tuiconsole-<uid
 (mode 0700, owned by the user, checked on every use). Not ``$XDG_RUNTIME_DIR``:
 systemd-logind removes that directory when the user's last session ends, which
 would orphan exactly the detached runs this is for (tmux makes the same choice).
+Only when another user got to ``/tmp/tuiconsole-<uid>`` first (which the user
+cannot remove from sticky /tmp) is ``$XDG_RUNTIME_DIR/tuiconsole`` used instead,
+if that directory is the user's own and private.
 
 A run whose pid is gone, or whose socket refuses connections, is stale: ``ls``
 and ``attach`` remove its files.
@@ -38,18 +41,62 @@ class RunNotFound(TuiconsoleError):
     """No live run matches what the user asked for."""
 
 
-def runtime_dir(create: bool = True) -> Path:
+class _NotOurs(TuiconsoleError):
+    """The runtime dir's path is taken by something this user does not own."""
+
+
+def runtime_dir(create: bool = True, *, default: Path | None = None) -> Path:
     """The user's private runtime directory, created 0700 and checked.
 
     Refuses (TuiconsoleError) a directory that is a symlink, not owned by this
     user, or open to group/others: another user could otherwise plant or read
-    sockets there.
+    sockets there. When the default (``/tmp/tuiconsole-<uid>``; ``default`` for
+    tests) is taken by another user, falls back to ``$XDG_RUNTIME_DIR/tuiconsole``
+    if that is safe, else says what to do.
     """
     override = os.environ.get(ENV_DIR)
-    path = Path(override) if override else Path("/tmp") / f"tuiconsole-{os.getuid()}"
+    if override:
+        try:
+            return _private_dir(Path(override), create, parents=True)
+        except _NotOurs as exc:
+            raise TuiconsoleError(f"{exc}; point {ENV_DIR} at a directory of your own") from None
+    path = default or Path("/tmp") / f"tuiconsole-{os.getuid()}"
+    try:
+        return _private_dir(path, create, parents=False)
+    except _NotOurs as exc:
+        taken = str(exc)
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    why_not = _unsafe_xdg(xdg)
+    if why_not is None:
+        return _private_dir(Path(xdg) / "tuiconsole", create, parents=False)
+    raise TuiconsoleError(
+        f"{taken}, and only its owner or an administrator can remove it "
+        f"({why_not}); set {ENV_DIR} to a directory only you can enter, "
+        f"e.g. `mkdir -m 700 ~/.tuiconsole-run && export {ENV_DIR}=~/.tuiconsole-run`"
+    )
+
+
+def _unsafe_xdg(xdg: str) -> str | None:
+    """Why ``$XDG_RUNTIME_DIR`` cannot hold our sockets, or None if it can."""
+    if not xdg:
+        return "XDG_RUNTIME_DIR is not set"
+    if not os.path.isabs(xdg):
+        return f"XDG_RUNTIME_DIR={xdg} is not an absolute path"
+    try:
+        st = os.lstat(xdg)
+    except OSError as exc:
+        return f"XDG_RUNTIME_DIR={xdg}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"XDG_RUNTIME_DIR={xdg} is not a directory"
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return f"XDG_RUNTIME_DIR={xdg} is not private to you"
+    return None
+
+
+def _private_dir(path: Path, create: bool, *, parents: bool) -> Path:
     if create:
         with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700, parents=bool(override))
+            path.mkdir(mode=0o700, parents=parents)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -57,12 +104,10 @@ def runtime_dir(create: bool = True) -> Path:
             raise
         return path
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise TuiconsoleError(f"runtime dir {path} is not a directory (refusing to use it)")
+        error = TuiconsoleError if st.st_uid == os.getuid() else _NotOurs
+        raise error(f"runtime dir {path} is not a directory (refusing to use it)")
     if st.st_uid != os.getuid():
-        raise TuiconsoleError(
-            f"runtime dir {path} is owned by uid {st.st_uid}, not you ({os.getuid()}); "
-            f"remove it or set {ENV_DIR}"
-        )
+        raise _NotOurs(f"runtime dir {path} is owned by uid {st.st_uid}, not you ({os.getuid()})")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
