@@ -20,24 +20,31 @@ for bit.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import torch
 
 from tuiconsole.engine import groups as G
-from tuiconsole.engine import optclass
+from tuiconsole.engine import optclass, rundir
 from tuiconsole.errors import CommandError, TuiconsoleError
 
 if TYPE_CHECKING:
     from tuiconsole.engine.trainer import Trainer
 
 CHECKPOINT_VERSION = 2
+# A checkpoint's last bytes: this mark, the sha256 of everything before it (hex), "\n".
+DIGEST_MARK = b"\n#tuiconsole-sha256:"
+TRAILER_LEN = len(DIGEST_MARK) + 64 + 1
+DIGEST_KIND = "sha256-trailer"  # in the payload: this file must end with the trailer
 
 
 # --------------------------------------------------------------------------- RNG
@@ -138,29 +145,134 @@ def checkpoint_payload(trainer: Trainer, reason: str = "command") -> dict[str, A
     }
 
 
+class CheckpointWriteError(CommandError):
+    """A checkpoint could not be written; its temp file was removed."""
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class _HashingFile:
+    """What torch.save writes through: hashes the bytes and keeps the OSError
+    (torch turns a failed write into ``RuntimeError [enforce fail ...]``)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            n = self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.sha.update(data)
+        return int(n)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: Path, trainer: Trainer, reason: str = "command") -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+    """Write atomically (temp file + fsync + rename) so a crash never leaves half a
+    checkpoint; the temp file has an unpredictable name (created O_EXCL, 0600) and
+    is removed on any failure. The file ends with a sha256 trailer that
+    :func:`load_checkpoint` verifies (torch.load ignores bytes after the zip)."""
     payload = checkpoint_payload(trainer, reason)
-    tmp = path.with_name(path.name + ".tmp")
+    payload["digest"] = DIGEST_KIND
+    write_checkpoint_file(Path(path), payload)
+
+
+def write_checkpoint_file(path: Path, payload: dict[str, Any]) -> None:
+    def failed(exc: BaseException) -> CheckpointWriteError:
+        if isinstance(exc, OSError):
+            why = rundir.why(exc)
+            if rundir.is_disk_full(exc):
+                why += " (the partial file was removed)"
+            return CheckpointWriteError(
+                f"cannot write checkpoint {path}: {why}", rundir.is_disk_full(exc)
+            )
+        return CheckpointWriteError(f"cannot write checkpoint {path}: {_one_line(exc)}")
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{rundir.TEMP_PREFIX}{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise CommandError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise CommandError(f"cannot write checkpoint {path}: {exc}") from None
+        raise failed(exc) from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            out = _HashingFile(f)
+            try:
+                torch.save(payload, cast(IO[bytes], out))
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
+            f.write(DIGEST_MARK + out.sha.hexdigest().encode("ascii") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise failed(exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- load
 
 
+def verify_digest(path: Path) -> bool:
+    """Check the sha256 trailer. True: it matches; False: there is none (a
+    checkpoint of an older tuiconsole). A mismatch raises a TuiconsoleError."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size < TRAILER_LEN:
+            return False
+        f.seek(size - TRAILER_LEN)
+        tail = f.read()
+        if not (tail.startswith(DIGEST_MARK) and tail.endswith(b"\n")):
+            return False
+        f.seek(0)
+        sha = hashlib.sha256()
+        left = size - TRAILER_LEN
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            sha.update(chunk)
+            left -= len(chunk)
+    if sha.hexdigest().encode("ascii") != tail[len(DIGEST_MARK) : -1]:
+        raise TuiconsoleError(
+            f"{path}: damaged checkpoint: its sha256 does not match the digest written "
+            "with it (the file changed after it was saved); resume from another checkpoint"
+        )
+    return True
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (safely: weights_only)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (safely: weights_only),
+    verifying its digest and the type of every field :func:`restore` uses.
+
+    A checkpoint without a digest (written before tuiconsole stored one) is
+    loaded; ``ckpt["digest"]`` is then None and the trainer logs a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise TuiconsoleError(f"{path}: no such checkpoint file")
+    try:
+        verified = verify_digest(path)
+    except OSError as exc:
+        raise TuiconsoleError(f"cannot read checkpoint {path}: {rundir.why(exc)}") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged/foreign file
@@ -176,7 +288,96 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: checkpoint version {ckpt.get('version')!r} is not supported "
             f"(this tuiconsole writes version {CHECKPOINT_VERSION})"
         )
+    if not verified and ckpt.get("digest") is not None:
+        raise TuiconsoleError(
+            f"{path}: damaged checkpoint: its sha256 digest is missing at the end of the file"
+        )
+    if not verified:
+        ckpt["digest"] = None
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _is_int(v: object, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """Every field restore() reads, with the right type: one line naming the first bad one."""
+
+    def bad(field: str, expected: str) -> TuiconsoleError:
+        what = "is missing" if field not in ckpt else f"is {type(ckpt[field]).__name__}"
+        return TuiconsoleError(f"{path}: damaged checkpoint: {field!r} {what}, expected {expected}")
+
+    for field in ("step", "epoch"):
+        if not _is_int(ckpt.get(field)):
+            raise bad(field, "an int >= 0")
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise bad("model", "a dict of tensors")
+    opt = ckpt.get("optimizer")
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("state"), dict)
+        or not isinstance(opt.get("param_groups"), list)
+        or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"]
+        )
+    ):
+        raise bad("optimizer", "an optimizer state_dict")
+    if not isinstance(ckpt.get("optimizer_class"), str):
+        raise bad("optimizer_class", "a class name")
+    if not isinstance(ckpt.get("optimizer_defaults", {}), dict):
+        raise bad("optimizer_defaults", "a dict")
+    groups = ckpt.get("groups")
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups
+    ):
+        raise bad("groups", "lists of parameter names")
+    origin = ckpt.get("group_origin", [])
+    if not isinstance(origin, list) or not all(_is_int(i) for i in origin):
+        raise bad("group_origin", "a list of ints")
+    if ckpt.get("scheduler") is not None and not isinstance(ckpt["scheduler"], dict):
+        raise bad("scheduler", "a scheduler state_dict or None")
+    if not isinstance(ckpt.get("scheduler_class"), str | None):
+        raise bad("scheduler_class", "a class name or None")
+    if not isinstance(ckpt.get("rng"), dict):
+        raise bad("rng", "a dict of RNG states")
+    data = ckpt.get("data")
+    if not isinstance(data, dict) or not (
+        data.get("epoch_batches") is None or _is_int(data.get("epoch_batches"))
+    ):
+        raise bad("data", "the data position (epoch_batches: int or None)")
+    if data["epoch_batches"] is not None and not isinstance(
+        data.get("epoch_rng"), dict | torch.Tensor
+    ):
+        raise bad("data", "the data position (epoch_rng: RNG states)")
+
+
+def check_rng(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
+    """Try the checkpoint's RNG states now (and put the current ones back), so a bad
+    entry stops --resume with one line before anything is created or trained."""
+    gens = trainer.loader_generators
+    states = [("rng", ckpt["rng"])]
+    epoch_rng = ckpt["data"].get("epoch_rng")
+    if isinstance(epoch_rng, torch.Tensor):  # an older checkpoint: torch's RNG only
+        epoch_rng = {"torch": epoch_rng}
+    if epoch_rng is not None:
+        states.append(("data.epoch_rng", epoch_rng))
+    current = rng_state(gens)
+    try:
+        for name, state in states:
+            try:
+                set_rng_state(state, gens)
+            except Exception as exc:
+                raise TuiconsoleError(
+                    f"{where}: damaged checkpoint: bad RNG state in {name!r}: "
+                    f"{_one_line(exc)[:200]}"
+                ) from None
+    finally:
+        set_rng_state(current, gens)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -219,8 +420,19 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
     """Put a checkpoint's state into a trainer that was built from the same script.
 
     Called before the trainer thread starts. Raises TuiconsoleError naming what
-    does not fit (another model, another scheduler...).
+    does not fit (another model, another scheduler...) or is damaged.
     """
+    check_rng(trainer, ckpt, where)
+    try:
+        _restore(trainer, ckpt, where)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        # load_checkpoint checked each field's type; this is what a value inside holds
+        raise TuiconsoleError(
+            f"{where}: damaged checkpoint: {type(exc).__name__}: {_one_line(exc)[:200]}"
+        ) from None
+
+
+def _restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
     try:
         trainer.model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

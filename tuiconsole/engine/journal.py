@@ -7,44 +7,76 @@ up to the last applied command. Replay reads it back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from tuiconsole.engine.rundir import StorageError, open_private, storage_error
 from tuiconsole.errors import TuiconsoleError
 
 JOURNAL_VERSION = 1
 
 
 class JsonlWriter:
+    """Append-only JSONL, one ``os.write`` per record (no Python buffer to flush twice).
+
+    The file is opened 0600 without following a symlink (see rundir.open_private).
+    A failed write (disk full, read-only, I/O error) cuts the file back to its last
+    whole line, closes it and raises a StorageError once; later writes do nothing,
+    so the failure and finish paths can still run.
+    """
+
+    what = "the file"
+
     def __init__(self, path: Path, *, fsync: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(self.what, path.parent, exc) from None
         self.path = path
         self._fsync = fsync
-        self._file: IO[str] | None = path.open("a", encoding="utf-8")
+        self.failed: StorageError | None = None
+        self._fd: int | None = open_private(path, self.what, os.O_WRONLY | os.O_APPEND)
+        self._size = os.fstat(self._fd).st_size
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
+        if self._fd is None:
             return
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
+        data = memoryview(line)
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no half line at the end
+            self.close()
+            self.failed = storage_error(self.what, self.path.parent, exc)
+            raise self.failed from None
+        self._size += len(line)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Journal(JsonlWriter):
+    what = "the journal"
+
     def __init__(self, path: Path) -> None:
         super().__init__(path, fsync=True)
 
 
 class MetricsWriter(JsonlWriter):
+    what = "the metrics"
+
     def __init__(self, path: Path) -> None:
         super().__init__(path, fsync=False)
 

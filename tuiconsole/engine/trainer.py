@@ -31,6 +31,7 @@ import torch
 from tuiconsole.engine import commands as C
 from tuiconsole.engine import groups as G
 from tuiconsole.engine.checkpoint import (
+    CheckpointWriteError,
     load_checkpoint,
     loader_generators,
     restore,
@@ -40,6 +41,7 @@ from tuiconsole.engine.checkpoint import (
 )
 from tuiconsole.engine.journal import JOURNAL_VERSION, Journal, MetricsWriter, load_replay
 from tuiconsole.engine.metrics import LossTracker, LrHistory
+from tuiconsole.engine.rundir import StorageError, checked_target, prepare_run_dir
 from tuiconsole.engine.snapshot import (
     EvalPoint,
     LogEntry,
@@ -361,6 +363,13 @@ class Trainer:
         G.ensure_names(self.optimizer, self.model)
         assert self.config.resume is not None
         self._resumed = (self.config.resume, ckpt["data"], ckpt["rng"])
+        if ckpt.get("digest") is None:
+            self._append_log(
+                "info",
+                f"warning: {self.config.resume} has no digest (written by an older "
+                "tuiconsole), so damage to it cannot be detected; loaded anyway",
+                ok=False,
+            )
 
     @property
     def epoch_shown(self) -> int:
@@ -379,6 +388,13 @@ class Trainer:
     # ------------------------------------------------------------------ public API
 
     def start(self) -> Trainer:
+        """Open the run dir here, in the caller's thread (a run dir that is read-only,
+        full or another user's is a TuiconsoleError before any training), then train."""
+        try:
+            self._open_run_files()
+        except BaseException:
+            self._close_files()
+            raise
         self._thread.start()
         return self
 
@@ -489,6 +505,8 @@ class Trainer:
                     self._idle()
         except _Stop:
             pass
+        except StorageError as exc:  # the journal or metrics could not be written
+            self._fail(exc, None, "data", step=self.step)
         except BaseException as exc:  # pragma: no cover - last-resort guard
             self._fail(exc, None)
         finally:
@@ -501,11 +519,7 @@ class Trainer:
                 if isinstance(v, torch.Tensor) and k != "step":
                     state[k] = v.to(self.device)
         self.model.train()
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.journal = Journal(self.run_dir / "journal.jsonl")
-            self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-            self.journal.write(self._header())
+        self._open_run_files()
         if self._resumed is not None:
             self._restore_position()
         if self.config.replay is not None:
@@ -523,6 +537,15 @@ class Trainer:
         self._t0 = time.monotonic()
         self.state = RunState.PAUSED if self._paused else RunState.RUNNING
         self._publish()
+
+    def _open_run_files(self) -> None:
+        """The run dir (0700, the user's own, stale temp files removed) and its files."""
+        if self.run_dir is None or self.journal is not None:
+            return
+        prepare_run_dir(self.run_dir)
+        self.journal = Journal(self.run_dir / "journal.jsonl")
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.journal.write(self._header())
 
     def _header(self) -> dict[str, Any]:
         return {
@@ -889,20 +912,46 @@ class Trainer:
         self.state = RunState.ERROR
         self._append_log("error", f"training raised {self.error}", ok=False)
         checkpoint = self._error_checkpoint(phase)
-        if self.journal is not None:
-            self.journal.write(
-                {
-                    "type": "error",
-                    "step": step,
-                    "time": time.time(),
-                    "error": type(exc).__name__,
-                    "message": message,
-                    "phase": phase,
-                    "checkpoint": checkpoint,
-                }
-            )
+        if isinstance(exc, StorageError):  # say what was kept, in the one line
+            self.error = RunError(type(exc).__name__, f"{message}; {self._kept()}", step)
+        self._write_quietly(
+            {
+                "type": "error",
+                "step": step,
+                "time": time.time(),
+                "error": type(exc).__name__,
+                "message": message,
+                "phase": phase,
+                "checkpoint": checkpoint,
+            }
+        )
         self._done.set()
         self._publish()
+
+    def _kept(self) -> str:
+        """What is on disk after a storage failure, for the error line."""
+        journal = self.journal
+        kept = []
+        if journal is not None:
+            if journal.failed is None:
+                kept.append(f"journal through step {self.step}")
+            else:
+                kept.append("the journal up to its last whole line")
+        kept.append(
+            f"last checkpoint {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint"
+        )
+        return "kept: " + ", ".join(kept)
+
+    def _write_quietly(self, record: dict[str, Any], writer: Any = None) -> None:
+        """A journal record on a failure/finish path: a storage error here is only
+        logged, so the run still ends (and stop/SIGTERM still work)."""
+        writer = writer or self.journal
+        if writer is None:
+            return
+        try:
+            writer.write(record)
+        except StorageError as exc:
+            self._append_log("error", str(exc), ok=False)
 
     def _error_checkpoint(self, phase: str | None) -> str | None:
         if phase in ("optimizer", "scheduler"):
@@ -940,8 +989,12 @@ class Trainer:
     def _finish_up(self) -> None:
         checkpoint = None
         try:
-            self._flush_losses()
-            self._log_metrics(force=True)
+            try:
+                self._flush_losses()
+                self._log_metrics(force=True)
+            except StorageError as exc:
+                if self.state != RunState.ERROR:
+                    self._fail(exc, None, "data", step=self.step)
             if (
                 self.config.final_checkpoint
                 and self.run_dir is not None
@@ -952,22 +1005,40 @@ class Trainer:
                     self._append_log("info", f"final checkpoint written to {checkpoint}")
                 except (CommandError, RuntimeError) as exc:
                     self._append_log("error", f"could not write the final checkpoint: {exc}")
+                    if isinstance(exc, CheckpointWriteError) and exc.disk_full:
+                        # what the user counts on is not on disk: that is an error (exit 1)
+                        self.error = RunError(
+                            "StorageError",
+                            f"disk full: could not write the final checkpoint; {self._kept()}",
+                            self.step,
+                        )
+                        self.state = RunState.ERROR
         finally:
             if not self.state.is_terminal:
                 self.state = RunState.STOPPED
-            if self.journal is not None:
-                self.journal.write(
-                    {
-                        "type": "end",
-                        "step": self.step,
-                        "time": time.time(),
-                        "state": self.state.value,
-                        "checkpoint": checkpoint,
-                    }
-                )
+            self._write_quietly(
+                {
+                    "type": "end",
+                    "step": self.step,
+                    "time": time.time(),
+                    "state": self.state.value,
+                    "checkpoint": checkpoint,
+                }
+            )
             self._publish()
             self._close_files()
+            self._answer_queued()
             self._done.set()
+
+    def _answer_queued(self) -> None:
+        """Commands that arrived too late: answer them, so no caller waits forever."""
+        while True:
+            try:
+                cmd, _, fut = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.done():
+                fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
 
     def _close_files(self) -> None:
         self._closed = True
@@ -1020,6 +1091,10 @@ class Trainer:
         try:
             message = self._dispatch(cmd)
             result = C.CommandResult(True, message, cmd.text)
+        except StorageError as exc:  # e.g. eval's metrics line: the run ends
+            if fut is not None:
+                fut.set_result(C.CommandResult(False, str(exc), cmd.text))
+            raise
         except CommandError as exc:
             result = C.CommandResult(False, str(exc), cmd.text)
         except _Stop:
@@ -1030,9 +1105,14 @@ class Trainer:
             raise
         except Exception as exc:  # nothing a front-end sends may raise inside the loop
             result = C.CommandResult(False, f"{type(exc).__name__}: {exc}", cmd.text)
-        self._record(cmd, source, result)
-        if fut is not None:
-            fut.set_result(result)
+        try:
+            self._record(cmd, source, result)
+        except StorageError as exc:  # not journaled: the run ends (see _run)
+            result = C.CommandResult(False, f"{result.message}; but {exc}", cmd.text)
+            raise
+        finally:
+            if fut is not None:
+                fut.set_result(result)
         return result
 
     def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
@@ -1156,9 +1236,12 @@ class Trainer:
         if isinstance(cmd, C.Eval):
             return self._evaluate()
         if isinstance(cmd, C.Checkpoint):
-            path = Path(cmd.path).expanduser() if cmd.path else None
-            if path is not None and not path.is_absolute() and self.run_dir is not None:
-                path = self.run_dir / path  # a run's files stay together
+            path = None
+            if cmd.path:  # a run's files stay together: relative paths are in the run dir
+                try:
+                    path = checked_target(cmd.path, self.run_dir)
+                except TuiconsoleError as exc:
+                    raise CommandError(str(exc)) from None
             path = self._write_checkpoint(path, "command")
             return f"checkpoint of step {self.step} written to {path}"
         if isinstance(cmd, C.Stop):
