@@ -259,7 +259,11 @@ def _serve_detached(
         log=run_dir.resolve() / LOG_NAME,
     )
     server = RemoteServer(session, info).start()  # first: if it can't listen, don't train
-    session.start()
+    try:
+        session.start()  # a run dir it cannot write in: one line, exit 2
+    except BaseException:
+        server.close("the run could not start")
+        raise
     print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
     return serve_until_done(session, server, linger=linger, stop=stop, out=sys.stdout)
 

@@ -51,7 +51,9 @@ def spawn_detached(
     Raises TuiconsoleError with the child's own message if it exits first
     (a script contract error, say).
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from tuiconsole.engine.rundir import open_private, prepare_run_dir
+
+    prepare_run_dir(run_dir)  # 0700, the user's own: the log holds what the script prints
     log_path = run_dir / LOG_NAME
     info_path = socket_path(run_id).with_suffix(".json")
     cmd = [
@@ -68,7 +70,7 @@ def spawn_detached(
         *options,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as log:
+    with os.fdopen(open_private(log_path, "the run log", os.O_WRONLY | os.O_APPEND), "ab") as log:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
