@@ -293,8 +293,15 @@ class Model:
         ctor = {k: v for k, v in self.defaults.items() if k in accepted} if same else {}
         dummy = [torch.zeros(1, requires_grad=True)]
         defaults = dict(klass(dummy, **ctor).defaults)
+        # a key the old class sets for itself (AdamW: decoupled_weight_decay) is its
+        # identity, not a hyper-parameter to carry
+        own = set(self.defaults) - set(takes(getattr(torch.optim, self.cls)))
         for g in self.groups:
-            kept = {k: v for k, v in g.hp.items() if same or k in accepted or k in CARRY}
+            kept = {
+                k: v
+                for k, v in g.hp.items()
+                if same or (k in accepted and k not in own) or k in CARRY
+            }
             g.hp = {**defaults, **kept}
             if new_lr is not None:
                 g.set_lr(new_lr)

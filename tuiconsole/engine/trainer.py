@@ -354,9 +354,13 @@ class Trainer:
         self.group_origin = list(origin)
         reset = ckpt.get("state_reset")
         n = len(optimizer.param_groups)
-        self.state_reset = (
-            list(reset) if isinstance(reset, list) and len(reset) == n else [None] * n
-        )
+        self.state_reset = [None] * n  # older checkpoints: unknown
+        if (
+            isinstance(reset, list)
+            and len(reset) == n
+            and all(r is None or (isinstance(r, int) and r >= 0) for r in reset)
+        ):
+            self.state_reset = list(reset)
         self.step = int(ckpt["step"])
         self.epoch = int(ckpt["epoch"])
         self._structure_version += 1
