@@ -203,3 +203,16 @@ def test_muon_holds_a_model_of_matrices_only(tmp_path):
     b = sync_trainer(matrices_spec(), resume=tmp_path / "ck.pt")
     b.step_now(2)
     assert_same_run(t, b)
+
+
+def test_a_rebuild_before_the_schedulers_first_step_warns_nothing(tmp_path):
+    """A warning printed over the console garbles it; torch warned "optimizer.step()
+    has been overridden" when the rebuilt optimizer's step was not wrapped."""
+    import warnings
+
+    t = sync_trainer(loader_spec("sgd", "lambda"), tmp_path / "a")
+    command(t, "rebuild Adam")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.step_now(3)
+    assert t.state == RunState.RUNNING, t.error

@@ -14,9 +14,11 @@ scales those values by the same factor as the edit, so the schedule continues
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -827,6 +829,30 @@ def reattach_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None
     """Point the scheduler (and any it wraps) at the new optimizer, keeping its step count."""
     for sched in scheduler_chain(scheduler):
         sched.optimizer = optimizer
+    if scheduler is not None:
+        _track_step(optimizer)
+
+
+def _track_step(optimizer: torch.optim.Optimizer) -> None:
+    """Wrap ``optimizer.step`` as an LRScheduler wraps its optimizer's at construction.
+
+    The scheduler's first ``step()`` warns ("optimizer.step() has been overridden")
+    when the optimizer's step is not wrapped; a warning printed over the console
+    would garble it, and here nothing was overridden.
+    """
+    if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
+        return
+    opt_ref = weakref.ref(optimizer)
+    func = type(optimizer).step
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opt = opt_ref()
+        opt._opt_called = True  # type: ignore[union-attr]
+        return func(opt, *args, **kwargs)  # type: ignore[arg-type]
+
+    wrapper._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    optimizer.step = wrapper  # type: ignore[method-assign]
 
 
 def rescale_after_rebuild(
