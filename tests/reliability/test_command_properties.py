@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -472,29 +473,11 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# 4 x 250 = 1,000 sequences: SGD with a LambdaLR schedule, Adam, RMSprop, and AdamW
+# over the decay / no_decay grouping.
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", "adamw_decay"])
 @PROP
 @given(seq=st.lists(commands, min_size=1, max_size=10))
-def test_random_commands_sgd_with_scheduler(seq):
+def test_random_commands(optimizer, seq):
     with tempfile.TemporaryDirectory(dir=SHM) as d:
-        run_sequence("sgd", seq, Path(d))
-
-
-@PROP
-@given(seq=st.lists(commands, min_size=1, max_size=10))
-def test_random_commands_adam(seq):
-    with tempfile.TemporaryDirectory(dir=SHM) as d:
-        run_sequence("adam", seq, Path(d))
-
-
-@PROP
-@given(seq=st.lists(commands, min_size=1, max_size=10))
-def test_random_commands_rmsprop(seq):
-    with tempfile.TemporaryDirectory(dir=SHM) as d:
-        run_sequence("rmsprop", seq, Path(d))
-
-
-@PROP
-@given(seq=st.lists(commands, min_size=1, max_size=10))
-def test_random_commands_adamw_decay_no_decay(seq):
-    with tempfile.TemporaryDirectory(dir=SHM) as d:
-        run_sequence("adamw_decay", seq, Path(d))
+        run_sequence(optimizer, seq, Path(d))
