@@ -126,3 +126,43 @@ def test_training_error_exits_1_with_step(tmp_path):
 def test_run_help_is_fast_path(tmp_path):
     r = tuiconsole("run", "--help")
     assert r.returncode == 0 and "--max-steps" in r.stdout and "--replay" in r.stdout
+
+
+ONE_GROUP = """
+import torch
+from torch import nn
+g = torch.Generator().manual_seed(1)
+X = torch.randn(256, 8, generator=g)
+y = (X[:, 0] > 0).long()
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+criterion = nn.CrossEntropyLoss()
+train_loader = [(X[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
+epochs = 100
+"""
+
+
+def test_quoted_names_are_journaled_so_that_replay_runs_them(tmp_path):
+    """`split "a'b" 2` was journaled unquoted and --replay then exited 2."""
+    import torch
+
+    script = tmp_path / "one_group.py"
+    script.write_text(ONE_GROUP)
+    commands = 'split "a\'b" 2\nlr "a\'b" /4\nlr "" 0.01\nresume\n'
+    first = tuiconsole(
+        "run", str(script), "--headless", "--no-listen", "--paused", "--max-steps", "20",
+        "--run-dir", str(tmp_path / "a"), stdin=commands,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert 'error: lr "" 0.01: target must not be empty' in first.stdout
+    cmds = [e["cmd"] for e in journal(tmp_path / "a") if e["type"] == "command"]
+    assert cmds[:2] == ["split 'a'\"'\"'b' 2", "lr 'a'\"'\"'b' /4.0"]
+    again = tuiconsole(
+        "run", str(script), "--headless", "--no-listen", "--max-steps", "20",
+        "--replay", str(tmp_path / "a" / "journal.jsonl"), "--run-dir", str(tmp_path / "b"),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    a = torch.load(tmp_path / "a" / "checkpoint-step20.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint-step20.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["groups"] == b["groups"] and len(a["groups"]) == 2

@@ -77,12 +77,19 @@ def _fmt(v: Value) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, tuple):
-        return ",".join(_fmt(x) for x in v)
+        # a one-element tuple keeps its comma, or it would parse back as a number
+        return ",".join(_fmt(x) for x in v) + ("," if len(v) == 1 else "")
     return repr(float(v))  # shortest text that round-trips: replay needs exact values
 
 
+def _q(name: str) -> str:
+    """A name as the journal writes it: quoted only when shlex would split or strip it
+    (``split "a'b" x`` is journaled as ``split 'a'"'"'b' x``), so the text parses back."""
+    return shlex.quote(name)
+
+
 def _items_text(items: tuple[tuple[str, Value], ...]) -> str:
-    return " ".join(f"{k}={_fmt(v)}" for k, v in items)
+    return " ".join(_q(f"{k}={_fmt(v)}") for k, v in items)
 
 
 def _join(*parts: str) -> str:
@@ -99,7 +106,7 @@ class Lr(Command):
     @property
     def text(self) -> str:
         prefix = "" if self.op == "=" else self.op
-        return f"lr {self.target} {prefix}{_fmt(self.value)}"
+        return f"lr {_q(self.target)} {prefix}{_fmt(self.value)}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class Decay(Command):
 
     @property
     def text(self) -> str:
-        return f"decay {_fmt(self.factor)} {self.target}"
+        return f"decay {_fmt(self.factor)} {_q(self.target)}"
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class Set(Command):
 
     @property
     def text(self) -> str:
-        return f"set {self.target} {_items_text(self.items)}"
+        return f"set {_q(self.target)} {_items_text(self.items)}"
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ class Split(Command):
 
     @property
     def text(self) -> str:
-        return _join("split", self.group, " ".join(self.modules), _items_text(self.items))
+        modules = " ".join(map(_q, self.modules))
+        return _join("split", _q(self.group), modules, _items_text(self.items))
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,9 @@ class Rebuild(Command):
 
     @property
     def text(self) -> str:
-        return _join("rebuild", self.cls or "", _items_text(self.items))
+        return _join(
+            "rebuild", _q(self.cls) if self.cls is not None else "", _items_text(self.items)
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +214,7 @@ class Checkpoint(Command):
 
     @property
     def text(self) -> str:
-        return _join("checkpoint", shlex.quote(self.path) if self.path else "")
+        return _join("checkpoint", _q(self.path) if self.path is not None else "")
 
 
 USAGE = {
@@ -245,8 +255,25 @@ def parse_value(key: str, text: str) -> Value:
     if low in ("true", "false"):
         return low == "true"
     if "," in text:
-        return tuple(parse_number(p, key) for p in text.strip("()").split(",") if p)
+        values = tuple(parse_number(p, key) for p in text.strip("()").split(",") if p)
+        if not values:
+            raise CommandError(f"{key} needs at least one number, got {text!r}")
+        return values
     return parse_number(text, key)
+
+
+def _name(text: str, what: str) -> str:
+    """A name (target, group, module, class, key, path) as the grammar can journal it.
+
+    Any printable text round-trips through the journal (it is quoted there); an
+    empty name would vanish from the text and control characters would reach
+    terminals and logs, so both are refused.
+    """
+    if not text:
+        raise CommandError(f"{what} must not be empty")
+    if not text.isprintable():
+        raise CommandError(f"{what} must be printable text, got {text!r}")
+    return text
 
 
 def _split_items(tokens: list[str]) -> tuple[list[str], tuple[tuple[str, Value], ...]]:
@@ -258,6 +285,7 @@ def _split_items(tokens: list[str]) -> tuple[list[str], tuple[tuple[str, Value],
             key, _, val = tok.partition("=")
             if not key or not val:
                 raise CommandError(f"expected KEY=VALUE, got {tok!r}")
+            _name(key, "hyper-parameter name")
             if any(k == key for k, _ in items):
                 raise CommandError(f"{key!r} given twice")
             items.append((key, parse_value(key, val)))
@@ -311,22 +339,24 @@ def _parse_args(name: str, args: list[str]) -> Command:
     if name == "lr":
         _need(len(args) == 2)
         value, op = _lr_value(args[1])
-        return Lr(args[0], value, op)
+        return Lr(_name(args[0], "target"), value, op)
     if name == "decay":
         _need(1 <= len(args) <= 2)
-        return Decay(parse_positive(args[0], "decay factor"), args[1] if len(args) > 1 else "all")
+        target = _name(args[1], "target") if len(args) > 1 else "all"
+        return Decay(parse_positive(args[0], "decay factor"), target)
     if name == "set":
         pos, items = _split_items(args)
         _need(len(pos) == 1 and bool(items))
-        return Set(pos[0], items)
+        return Set(_name(pos[0], "target"), items)
     if name == "split":
         pos, items = _split_items(args)
         _need(len(pos) >= 2)
-        return Split(pos[0], tuple(pos[1:]), items)
+        modules = tuple(_name(m, "module") for m in pos[1:])
+        return Split(_name(pos[0], "group name"), modules, items)
     if name == "rebuild":
         pos, items = _split_items(args)
         _need(len(pos) <= 1)
-        return Rebuild(pos[0] if pos else None, items)
+        return Rebuild(_name(pos[0], "optimizer class") if pos else None, items)
     if name == "step":
         _need(len(args) <= 1)
         n = 1
@@ -340,7 +370,7 @@ def _parse_args(name: str, args: list[str]) -> Command:
         return Step(n)
     if name == "checkpoint":
         _need(len(args) <= 1)
-        return Checkpoint(args[0] if args else None)
+        return Checkpoint(_name(args[0], "checkpoint path") if args else None)
     _need(not args)
     simple: dict[str, type[Command]] = {
         "pause": Pause,
