@@ -166,3 +166,22 @@ def test_quoted_names_are_journaled_so_that_replay_runs_them(tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint-step20.pt", weights_only=False)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["groups"] == b["groups"] and len(a["groups"]) == 2
+
+
+def test_a_run_that_ended_in_error_replays_to_the_same_error(tmp_path):
+    """The closing `stop` journaled after the error used to be applied before the
+    failing step: the replay ended STOPPED at step 4, exit 0."""
+    script = str(SCRIPTS / "raises.py")
+    first = tuiconsole("run", script, "--headless", "--no-listen", "--run-dir", str(tmp_path / "a"))
+    assert first.returncode == 1
+    kinds = [(e["type"], e.get("cmd")) for e in journal(tmp_path / "a")]
+    assert kinds[1:3] == [("error", None), ("command", "stop")]  # the stop came after
+    again = tuiconsole(
+        "run", script, "--headless", "--no-listen", "--run-dir", str(tmp_path / "b"),
+        "--replay", str(tmp_path / "a" / "journal.jsonl"),
+    )  # fmt: skip
+    assert again.returncode == 1, again.stdout
+    assert "training failed: ValueError at step 5: bad batch 5" in again.stdout
+    assert "not replayed: 1 command(s) journaled after the run's error" in again.stdout
+    end = journal(tmp_path / "b")[-1]
+    assert end["type"] == "end" and end["state"] == "ERROR"

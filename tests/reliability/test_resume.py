@@ -13,6 +13,7 @@ import pytest
 from tests.reliability.helpers import (
     assert_same,
     cli_env,
+    jsonl,
     loader_spec,
     optimizer_sd,
     scheduler_state,
@@ -322,3 +323,82 @@ def test_relative_checkpoint_path_goes_into_the_run_dir(tmp_path):
     assert r.ok and (tmp_path / "run" / "best.pt").is_file()
     assert t._build_snapshot().status.checkpoint == str(tmp_path / "run" / "best.pt")
     t.close()
+
+
+def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
+    """`--resume` into the run dir appends a second session to journal.jsonl. The
+    replay used to re-apply the first session's commands and its stop too (the lr
+    halved once too often, the run ended at step 40, exit 0)."""
+    from tests.e2e.test_headless_cli import ONE_GROUP
+    from tests.reliability.helpers import cli
+
+    script = write_script(tmp_path, ONE_GROUP)
+    run = tmp_path / "run"
+
+    def tui(*args: str, stdin: str | None = None) -> str:
+        r = cli("run", str(script), "--headless", *args, stdin=stdin)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    first = ["--max-steps", "40", "--run-dir", str(run)]
+    tui(*first, "--paused", stdin="decay 0.5\nresume\n")
+    ck40 = run / "checkpoint-step40.pt"
+    second = ["--resume", str(ck40), "--max-steps", "80", "--run-dir", str(run)]
+    tui(*second, "--paused", stdin="lr all /2\nresume\n")
+    headers = [r for r in jsonl(run / "journal.jsonl") if r["type"] == "header"]
+    assert [h.get("resumed_step") for h in headers] == [None, 40]
+    journal = str(run / "journal.jsonl")
+
+    out = tui("--replay", journal, "--resume", str(ck40), "--max-steps", "80",
+              "--run-dir", str(tmp_path / "r2"))  # fmt: skip
+    assert "(session 2, journal line 6)" in out
+    assert "finished at step 80" in out  # not "stopped": the closing stop is not replayed
+    assert_same_checkpoint(run / "checkpoint-step80.pt", tmp_path / "r2" / "checkpoint-step80.pt")
+    lr = load_checkpoint(tmp_path / "r2" / "checkpoint-step80.pt")["optimizer"]["param_groups"][0][
+        "lr"
+    ]
+    assert lr == 0.02 * 0.5 / 2  # halved twice, not three times
+
+    tui("--replay", journal, "--max-steps", "40", "--run-dir", str(tmp_path / "r1"))
+    assert_same_checkpoint(ck40, tmp_path / "r1" / "checkpoint-step40.pt")
+
+
+def assert_same_checkpoint(a_path, b_path) -> None:
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a["step"] == b["step"]
+    assert_same(a["model"], b["model"])
+    assert_same(a["optimizer"], b["optimizer"])
+    assert a["groups"] == b["groups"]
+
+
+def test_a_session_resumed_from_an_earlier_checkpoint_replays_with_it(tmp_path):
+    """Sessions in one journal may go back in steps (resume from an earlier
+    checkpoint): each one replays on its own, picked by the checkpoint's step."""
+    run = tmp_path / "run"
+    a = sync_trainer(loader_spec("sgd", "step"), run)
+    a.step_now(10)
+    assert a.apply_now(f"checkpoint {tmp_path / 'ck10.pt'}").ok
+    a.apply_now("lr classifier 0.5")
+    a.step_now(20)
+    a.close()
+    b = sync_trainer(loader_spec("sgd", "step"), run, resume=tmp_path / "ck10.pt")
+    b.step_now(3)
+    assert b.apply_now("decay 0.1 features").ok
+    b.step_now(5)
+    b.close()
+    c = sync_trainer(
+        loader_spec("sgd", "step"), resume=tmp_path / "ck10.pt", replay=run / "journal.jsonl"
+    )
+    c.step_now(8)
+    assert c.step == b.step == 18 and c.state == RunState.RUNNING
+    assert_same(weights(b.model), weights(c.model))
+    assert_same(optimizer_sd(b.optimizer), optimizer_sd(c.optimizer))
+    d = sync_trainer(loader_spec("sgd", "step"), replay=run / "journal.jsonl")
+    d.step_now(30)
+    assert d.step == a.step == 30
+    assert_same(weights(a.model), weights(d.model))
+    with pytest.raises(TuiconsoleError, match="no session of this journal starts at step 30"):
+        Trainer(
+            loader_spec("sgd", "step"),
+            RunConfig(resume=run / "checkpoint-step30.pt", replay=run / "journal.jsonl"),
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,57 +101,150 @@ def _entry(rec: dict[str, Any], path: Path, n: int) -> JournalEntry:
     return JournalEntry(step, cmd, str(rec.get("source", "")), ok, n)
 
 
-def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:
-    """Header and command entries. A truncated last line (a crash mid-write) is ignored.
+@dataclass(frozen=True)
+class JournalSession:
+    """One process's part of a journal: its header and the commands after it.
 
-    Any other damage raises a TuiconsoleError naming the file and line.
+    ``--resume`` into an existing run dir appends a new header (``resumed_from``,
+    ``resumed_step``) to the same journal.jsonl, so a journal holds one session
+    per start. ``after_error`` are commands journaled after the session's
+    ``error`` record (the front-end's closing ``stop``...): the run had already
+    ended, so they are never replayed.
     """
+
+    header: dict[str, Any]
+    entries: list[JournalEntry]
+    number: int  # 1-based, in file order
+    line: int  # the header's line
+    after_error: list[JournalEntry]
+    end: dict[str, Any] | None = None  # the session's `end` record, if it got one
+
+    @property
+    def start_step(self) -> int:
+        step = self.header.get("resumed_step")
+        return step if isinstance(step, int) and not isinstance(step, bool) else 0
+
+
+def read_sessions(path: Path) -> list[JournalSession]:
+    """Every session of a journal, in order. A truncated last line (a crash
+    mid-write) is ignored; any other damage raises a TuiconsoleError naming
+    the file and line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise TuiconsoleError(f"cannot read journal {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise TuiconsoleError(f"{path}: not a journal (not UTF-8 text)") from None
-    header: dict[str, Any] = {}
-    entries: list[JournalEntry] = []
+    sessions: list[JournalSession] = []
+    failed = False
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(lines) and header:
+            if n == len(lines) and sessions:
                 break
             raise TuiconsoleError(f"{path}:{n}: not valid JSON") from None
         if not isinstance(rec, dict):
             raise TuiconsoleError(f"{path}:{n}: expected a JSON object")
-        if rec.get("type") == "header":
-            header = rec
-        elif rec.get("type") == "command":
-            entries.append(_entry(rec, path, n))
-    if not header:
+        kind = rec.get("type")
+        if kind == "header":
+            sessions.append(JournalSession(rec, [], len(sessions) + 1, n, []))
+            failed = False
+        elif kind == "end" and sessions:
+            sessions[-1] = replace(sessions[-1], end=rec)
+        elif not sessions:
+            if kind == "command":
+                raise TuiconsoleError(
+                    f"{path}: no journal header line (is it a tuiconsole journal?)"
+                )
+        elif kind == "error":
+            failed = True
+        elif kind == "command":
+            entry = _entry(rec, path, n)
+            (sessions[-1].after_error if failed else sessions[-1].entries).append(entry)
+    if not sessions:
         raise TuiconsoleError(f"{path}: no journal header line (is it a tuiconsole journal?)")
-    if any(b.step < a.step for a, b in zip(entries, entries[1:], strict=False)):
-        raise TuiconsoleError(f"{path}: command steps go backwards; the journal was edited?")
-    return header, entries
+    for session in sessions:
+        entries = session.entries
+        if any(b.step < a.step for a, b in zip(entries, entries[1:], strict=False)):
+            raise TuiconsoleError(f"{path}: command steps go backwards; the journal was edited?")
+    return sessions
 
 
-def load_replay(path: Path) -> tuple[dict[str, Any], list[tuple[JournalEntry, Any]]]:
-    """The journal's applied (ok) commands, parsed; a bad line is a TuiconsoleError.
+def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:
+    """The last session's header and command entries (see :func:`read_sessions`)."""
+    last = read_sessions(path)[-1]
+    return last.header, last.entries + last.after_error
+
+
+def pick_session(
+    path: Path, sessions: list[JournalSession], resume_step: int | None, resume: Path | None
+) -> JournalSession:
+    """The session a replay re-runs: without ``--resume`` the (last) fresh one; with
+    ``--resume CKPT`` the one that started from that checkpoint (its step, and its
+    file when several sessions started at that step)."""
+    if resume_step is None:
+        fresh = [s for s in sessions if "resumed_step" not in s.header]
+        if fresh:
+            return fresh[-1]
+        first = sessions[0].header
+        raise TuiconsoleError(
+            f"{path}: this journal is of a run resumed from "
+            f"{first.get('resumed_from')} at step {first.get('resumed_step')}; "
+            "replay it together with --resume of that checkpoint"
+        )
+    matching = [s for s in sessions if s.start_step == resume_step]
+    if not matching:
+        starts = ", ".join(str(s.start_step) for s in sessions)
+        if len(sessions) == 1:
+            raise TuiconsoleError(
+                f"{path}: the journal starts at step {starts} but the "
+                f"checkpoint is at step {resume_step}"
+            )
+        raise TuiconsoleError(
+            f"{path}: no session of this journal starts at step {resume_step} (its "
+            f"{len(sessions)} sessions start at steps {starts}); --resume the checkpoint "
+            "a session started from"
+        )
+    if resume is not None:
+        same = [s for s in matching if _same_file(s.header.get("resumed_from"), resume)]
+        matching = same or matching
+    return matching[-1]
+
+
+def _same_file(recorded: Any, path: Path) -> bool:
+    if not isinstance(recorded, str):
+        return False
+    try:
+        return Path(recorded).resolve() == Path(path).resolve()
+    except OSError:
+        return False
+
+
+def load_replay(
+    path: Path, resume_step: int | None = None, resume: Path | None = None
+) -> tuple[JournalSession, list[tuple[JournalEntry, Any]]]:
+    """The session to replay (see :func:`pick_session`) and its applied (ok)
+    commands, parsed; a bad line is a TuiconsoleError.
 
     Everything is checked before the run starts, so a damaged journal stops
     ``--replay`` with one clear message instead of failing half-way.
     """
     from tuiconsole.engine.commands import parse
 
-    header, entries = read_journal(path)
+    session = pick_session(path, read_sessions(path), resume_step, resume)
+    # A run that ended FINISHED was never stopped: its `stop`s came after the
+    # finish (the front-end closing); replayed, they would end it STOPPED.
+    finished = (session.end or {}).get("state") == "FINISHED"
     out = []
-    for e in entries:
-        if not e.ok:
+    for e in session.entries:
+        if not e.ok or (finished and e.cmd.strip() == "stop"):
             continue
         try:
             out.append((e, parse(e.cmd)))
         except TuiconsoleError as exc:
             shown = e.cmd if len(e.cmd) <= 80 else f"{e.cmd[:80]}…"  # one readable line
             raise TuiconsoleError(f"{path}:{e.line}: cannot replay {shown!r}: {exc}") from None
-    return header, out
+    return session, out

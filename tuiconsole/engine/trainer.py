@@ -39,7 +39,13 @@ from tuiconsole.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tuiconsole.engine.journal import JOURNAL_VERSION, Journal, MetricsWriter, load_replay
+from tuiconsole.engine.journal import (
+    JOURNAL_VERSION,
+    Journal,
+    JournalSession,
+    MetricsWriter,
+    load_replay,
+)
 from tuiconsole.engine.metrics import LossTracker, LrHistory
 from tuiconsole.engine.rundir import StorageError, checked_target, prepare_run_dir
 from tuiconsole.engine.snapshot import (
@@ -286,6 +292,7 @@ class Trainer:
         self.loader_generators = loader_generators(spec.train_loader)
         self._replay: deque[Any] = deque()
         self._replay_header: dict[str, Any] = {}
+        self._replay_session: JournalSession | None = None
         self.run_dir = self.config.run_dir
         self.journal: Journal | None = None
         self.metrics: MetricsWriter | None = None
@@ -330,20 +337,12 @@ class Trainer:
         return self.config.nan_check == "step"
 
     def _load_replay(self, path: Path) -> None:
-        header, entries = load_replay(path)
-        resumed_step = header.get("resumed_step")
-        if self.config.resume is None and resumed_step is not None:
-            raise TuiconsoleError(
-                f"{path}: this journal is of a run resumed from "
-                f"{header.get('resumed_from')} at step {resumed_step}; "
-                "replay it together with --resume of that checkpoint"
-            )
-        if self.config.resume is not None and (resumed_step or 0) != self.step:
-            raise TuiconsoleError(
-                f"{path}: the journal starts at step {resumed_step or 0} but the "
-                f"checkpoint is at step {self.step}"
-            )
-        self._replay_header = header
+        resumed = self.config.resume is not None
+        session, entries = load_replay(
+            path, self.step if resumed else None, self.config.resume if resumed else None
+        )
+        self._replay_header = session.header
+        self._replay_session = session
         self._replay.extend(entries)
 
     def adopt_restored(
@@ -527,9 +526,22 @@ class Trainer:
         if self._resumed is not None:
             self._restore_position()
         if self.config.replay is not None:
-            self._append_log(
-                "info", f"replaying {len(self._replay)} command(s) from {self.config.replay}"
+            session = self._replay_session
+            which = (
+                f" (session {session.number}, journal line {session.line})"
+                if session is not None and session.number > 1
+                else ""
             )
+            self._append_log(
+                "info",
+                f"replaying {len(self._replay)} command(s) from {self.config.replay}{which}",
+            )
+            if session is not None and session.after_error:
+                self._append_log(
+                    "info",
+                    f"not replayed: {len(session.after_error)} command(s) journaled after "
+                    "the run's error (the run had ended)",
+                )
             sha = self._replay_header.get("sha256")
             if sha and self.spec.sha256 and sha != self.spec.sha256:
                 self._append_log(
