@@ -318,3 +318,47 @@ def test_flush_mode_on_a_loader_spec_keeps_bit_for_bit_replay(tmp_path):
     assert_same(weights(a.model), weights(b.model))
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize(
+    "exc, type_, fragment",
+    [
+        (SystemExit(3), "SystemExit", "the script called sys.exit(3) inside the step"),
+        (KeyboardInterrupt(), "KeyboardInterrupt", "KeyboardInterrupt raised inside the step"),
+    ],
+    ids=["sys.exit", "KeyboardInterrupt"],
+)
+def test_exit_inside_a_step_still_writes_the_last_good_checkpoint(tmp_path, exc, type_, fragment):
+    """These are BaseExceptions: they used to skip the step's handler, so the run
+    ended with no checkpoint (and step_now raised them)."""
+    k = 4
+    t = sync_trainer(failing_at(k, exc), tmp_path / "run")
+    t.step_now(10)
+    ckpt = assert_error_with_last_good_checkpoint(t, k, type_, fragment)
+    assert_same(ckpt["model"], reference_weights(k - 1)[0])
+    t.close()
+
+
+def test_sys_exit_in_a_step_of_a_cli_run_writes_the_checkpoint(tmp_path):
+    script = write_script(
+        tmp_path,
+        """
+        import sys, torch
+        from torch import nn
+        model = nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        criterion = nn.CrossEntropyLoss()
+        train_loader = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(10)]
+        calls = 0
+        def training_step(model, batch, criterion):
+            global calls
+            calls += 1
+            if calls == 3:
+                sys.exit(0)
+            return criterion(model(batch[0]), batch[1])
+        """,
+    )
+    r = cli("run", str(script), "--headless", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "training failed: SystemExit at step 3: the script called sys.exit(0)" in r.stdout
+    assert (tmp_path / "run" / "checkpoint-step2.pt").is_file()

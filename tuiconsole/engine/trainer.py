@@ -140,6 +140,11 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 def _hint(exc: BaseException, batch: Any, criterion: Any) -> str:
     """A useful sentence for errors users hit most (the seed's float-label pitfall)."""
+    if isinstance(exc, SystemExit):
+        return f"the script called sys.exit({exc.code!r}) inside the step"
+    if isinstance(exc, KeyboardInterrupt):
+        # only code raises it here: signals go to the main thread (a stop)
+        return "KeyboardInterrupt raised inside the step"
     if isinstance(exc, OutOfMemoryError):
         first = ". ".join(_one_line(str(exc), 300).split(". ")[:2])  # what, and how much
         return (
@@ -741,7 +746,7 @@ class Trainer:
         where.phase, where.batch = "data", None
         try:
             loss = self._one_step(where)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit / KeyboardInterrupt in a step too: see _hint
             # The traceback's frames hold this step's activations; drop them so
             # the memory is free again (an OOM must not leave the GPU full).
             exc.__traceback__ = None
