@@ -144,11 +144,18 @@ def run(
         resume=resume,
         nan=_nan_mode(nan, attachable=detached_child),
     )
-    session = LocalSession.from_script(script, config)
-    if detached_child:
-        raise typer.Exit(
-            _serve_detached(session, script, config.run_dir, run_id, decay_factor, linger)
+    try:
+        session = LocalSession.from_script(script, config)
+    except KeyboardInterrupt:  # here, not in main(): Typer turns it into "Aborted!"
+        print(
+            f"tuiconsole: {script}: interrupted while loading the script; nothing written",
+            file=sys.stderr,
         )
+        raise typer.Exit(130) from None
+    if detached_child:
+        code = _serve_detached(session, script, config.run_dir, run_id, decay_factor, linger)
+        _leave_script_threads(code)
+        raise typer.Exit(code)
     use_console = not headless and sys.stdout.isatty() and sys.stdin.isatty()
     if not headless and not use_console:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
@@ -166,7 +173,35 @@ def run(
     finally:
         if server is not None:
             server.close("the run has ended")
+    _leave_script_threads(code)
     raise typer.Exit(code)
+
+
+def _leave_script_threads(code: int) -> None:
+    """Exit now if the script left a non-daemon thread running: Python would wait
+    for it at exit, and a run that has ended would never return the prompt."""
+    import os
+    import threading
+
+    alive = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if not alive:
+        return
+    names = ", ".join(repr(t.name) for t in alive)
+    many = len(alive) > 1
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        print(
+            f"tuiconsole: the run has ended, but the script's thread{'s' if many else ''} "
+            f"{names} {'are' if many else 'is'} still running; exiting without waiting "
+            f"for {'them' if many else 'it'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    os._exit(code)  # the journal and metrics are closed; only that thread is left
 
 
 def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
@@ -286,13 +321,14 @@ def _signal_exit(stops: StopOnSignals, code: int) -> int:
     """Exit code after a front-end returned: 128+N if a signal stopped the run."""
     if stops.exit_code is None or code == 1:  # a training error wins: look at that
         return code
+    unfinished = stops.unfinished
+    what = (
+        f"{unfinished}, so no final checkpoint was written; journal flushed"
+        if unfinished
+        else "final checkpoint written, journal and metrics flushed"
+    )
     with contextlib.suppress(OSError, ValueError):  # SIGHUP: the terminal may be gone
-        print(
-            f"tuiconsole: stopped by {stops.name}; final checkpoint written, "
-            "journal and metrics flushed",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"tuiconsole: stopped by {stops.name}; {what}", file=sys.stderr, flush=True)
     return stops.exit_code
 
 

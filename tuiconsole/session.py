@@ -98,6 +98,11 @@ class StopOnSignals:
     exits its app). A second Ctrl+C while stopping exits at once (the journal is
     already on disk: it is fsynced per command); other repeated signals are
     ignored so a stop already under way can finish its checkpoint.
+
+    A step that never ends (a loader blocked forever) cannot reach the step
+    boundary: a watcher thread closes the session, which waits the stop grace
+    period (``TUICONSOLE_STOP_GRACE``, 30 s) and then ends the run's files
+    without that step (:meth:`Trainer.abandon`), so the process can exit.
     """
 
     def __init__(self, session: Session, on_signal: Callable[[int], None] | None = None) -> None:
@@ -105,6 +110,8 @@ class StopOnSignals:
         self.on_signal = on_signal
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._fired = threading.Event()
+        self._leaving = False
 
     def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -113,6 +120,8 @@ class StopOnSignals:
             sig = getattr(signal, name, None)
             if sig is not None:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        # Started here, not in the handler: a signal handler only sets an Event.
+        threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -120,6 +129,18 @@ class StopOnSignals:
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
         self._previous.clear()
+        self._leaving = True
+        self._fired.set()
+
+    def _watch(self) -> None:
+        self._fired.wait()
+        if not self._leaving:
+            self.session.close()  # waits for the stop; gives up on a stuck step
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run stopped without its last step (a stuck step was abandoned)."""
+        return getattr(getattr(self.session, "trainer", None), "unfinished", None)
 
     @property
     def name(self) -> str:
@@ -138,5 +159,6 @@ class StopOnSignals:
         self.signum = signum
         # Trainer.submit only parses and puts on a SimpleQueue: safe in a handler.
         self.session.submit("stop", source=f"signal:{signal.Signals(signum).name}")
+        self._fired.set()
         if self.on_signal is not None:
             self.on_signal(signum)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,15 @@ class JsonlWriter:
         self.failed: StorageError | None = None
         self._fd: int | None = open_private(path, self.what, os.O_WRONLY | os.O_APPEND)
         self._size = os.fstat(self._fd).st_size
+        # The loop thread writes; a stop that gives up on a stuck step writes the
+        # last records from another thread (Trainer.abandon): whole lines only.
+        self._lock = threading.RLock()
 
     def write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
         if self._fd is None:
             return
         line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
@@ -61,10 +69,11 @@ class JsonlWriter:
         self._size += len(line)
 
     def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 class Journal(JsonlWriter):

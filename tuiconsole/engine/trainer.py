@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import math
+import os
 import queue
 import threading
 import time
@@ -81,6 +83,16 @@ OutOfMemoryError: type[BaseException] = getattr(
 
 DEFAULT_LOG_EVERY = 50
 DEFAULT_LOG_MIN_INTERVAL = 1.0
+# How long a stop waits for the step in flight before giving up on it (a loader
+# blocked forever, a hung collective): see Trainer.close. TUICONSOLE_STOP_GRACE overrides.
+DEFAULT_STOP_GRACE = 30.0
+
+
+def stop_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get("TUICONSOLE_STOP_GRACE", DEFAULT_STOP_GRACE)))
+    except ValueError:
+        return DEFAULT_STOP_GRACE
 
 
 @dataclass
@@ -269,6 +281,11 @@ class Trainer:
         )
         self._step_ended = time.monotonic()  # when the last command boundary ended
         self._done = threading.Event()
+        # Set once the loop has written its end record (or was abandoned): close() waits on it.
+        self._released = threading.Event()
+        self._abandon_lock = threading.Lock()
+        self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
+        self._stop_source: str | None = None  # who asked first to stop
         self._thread = threading.Thread(target=self._run, name="tuiconsole-trainer", daemon=True)
         self._losses = LossTracker()
         self._lr_history = LrHistory()
@@ -451,6 +468,8 @@ class Trainer:
         if not self._thread.is_alive() and self._thread.ident is not None:
             fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
             return fut
+        if isinstance(cmd, C.Stop) and self._stop_source is None:
+            self._stop_source = source
         self._queue.put((cmd, source, fut))
         return fut
 
@@ -484,10 +503,16 @@ class Trainer:
     def wait_done(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        if self._thread.is_alive():
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the run and wait for its end record, at most ``timeout`` seconds
+        (default :func:`stop_grace`); then give up on the step in flight (abandon)."""
+        if self._thread.is_alive() and self.unfinished is None:
+            grace = stop_grace() if timeout is None else timeout
             self.submit("stop", source="close")
-            self._thread.join(timeout)
+            if self._released.wait(grace):
+                self._thread.join(grace)  # it ends right after its end record
+            else:
+                self.abandon(grace)
         elif self._thread.ident is None and self.state != RunState.STARTING and not self._closed:
             self._finish_up()  # a prepared, synchronously driven trainer ends the same way
         self._close_files()
@@ -495,6 +520,67 @@ class Trainer:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def abandon(self, waited: float) -> None:
+        """End the run's files without the loop thread, which is stuck in a step.
+
+        Called from another thread once a stop has waited ``waited`` seconds. The
+        loop thread is blocked inside the step (a loader that never yields...), so
+        it is not touching the journal: this journals the stop and an ``end``
+        record naming the step that did not finish, closes the files and marks
+        the run done. No final checkpoint (the loop thread owns the model); the
+        last one written stays the one to resume from. If the thread ever wakes
+        up it writes nothing more.
+        """
+        with self._abandon_lock:
+            if self._released.is_set() or self.unfinished is not None:
+                return
+            where = {
+                "data": "in the loader",
+                "forward": "in the forward/backward pass",
+                "optimizer": "in optimizer.step()",
+                "scheduler": "in scheduler.step()",
+            }.get(self._where.phase, "")
+            if self.state == RunState.EVALUATING:
+                where = "in eval"
+            step = self.step
+            self.unfinished = (
+                f"step {step + 1} did not finish within {waited:g} s (stuck {where})".replace(
+                    " ()", ""
+                )
+            )
+            self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
+            if self.journal is not None:
+                self.journal.write(
+                    {
+                        "type": "command",
+                        "step": step,
+                        "time": time.time(),
+                        "source": self._stop_source or "close",
+                        "cmd": "stop",
+                        "ok": True,
+                        "result": f"stopped at step {step}; {self.unfinished}",
+                        "groups": G.groups_record(self.optimizer),
+                    }
+                )
+                self.journal.write(
+                    {
+                        "type": "end",
+                        "step": step,
+                        "time": time.time(),
+                        "state": RunState.STOPPED.value,
+                        "checkpoint": None,
+                        "unfinished": {"step": step + 1, "phase": self._where.phase},
+                    }
+                )
+            self._close_files()
+            old = self._snapshot
+            status = dataclasses.replace(
+                old.status, state=RunState.STOPPED, step=step, epoch=self.epoch
+            )
+            self._snapshot = dataclasses.replace(old, status=status, log=self._log_tail())
+            self._released.set()
+            self._done.set()
 
     # ------------------------------------------------------------------ the loop
 
@@ -1020,6 +1106,7 @@ class Trainer:
                 self.config.final_checkpoint
                 and self.run_dir is not None
                 and self.state not in (RunState.ERROR, RunState.STARTING)
+                and self.unfinished is None  # abandoned: the process is leaving
             ):
                 try:
                     checkpoint = str(self._write_checkpoint(None, "final"))
@@ -1050,6 +1137,7 @@ class Trainer:
             self._close_files()
             self._answer_queued()
             self._done.set()
+            self._released.set()
 
     def _answer_queued(self) -> None:
         """Commands that arrived too late: answer them, so no caller waits forever."""
