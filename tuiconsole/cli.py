@@ -159,6 +159,9 @@ def run(
     use_console = not headless and sys.stdout.isatty() and sys.stdin.isatty()
     if not headless and not use_console:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
+    from tuiconsole.session import hold_stop_signals
+
+    hold_stop_signals()  # until the front-end's StopOnSignals is in: none is lost
     session.start()
     server = (
         _start_server(session, script, config.run_dir, decay_factor, quiet=use_console)

@@ -87,6 +87,23 @@ class LocalSession:
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
+def _stop_signals() -> set[signal.Signals]:
+    return {getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)}
+
+
+def hold_stop_signals() -> None:
+    """Hold stop signals (pending, not lost) until a :class:`StopOnSignals` is entered.
+
+    Called before the trainer thread starts: a Ctrl+C in the gap before the
+    front-end's handlers are in would raise KeyboardInterrupt in the main thread
+    and exit while the trainer thread runs torch code (which can hang the exit,
+    with no end record). Threads started meanwhile keep them blocked, so the
+    signals always reach the main thread.
+    """
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+
+
 class StopOnSignals:
     """Ctrl+C, SIGTERM and SIGHUP (the terminal or SSH connection went away) stop
     the run cleanly: the trainer stops at the next step boundary, writes a final
@@ -120,6 +137,8 @@ class StopOnSignals:
             sig = getattr(signal, name, None)
             if sig is not None:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if hasattr(signal, "pthread_sigmask"):  # see hold_stop_signals: deliver what waited
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
         # Started here, not in the handler: a signal handler only sets an Event.
         threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
         return self

@@ -286,6 +286,7 @@ class Trainer:
         self._abandon_lock = threading.Lock()
         self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self._stop_source: str | None = None  # who asked first to stop
+        self._finishing = False  # in _finish_up (final checkpoint, end record)
         self._thread = threading.Thread(target=self._run, name="tuiconsole-trainer", daemon=True)
         self._losses = LossTracker()
         self._lr_history = LrHistory()
@@ -544,11 +545,12 @@ class Trainer:
             if self.state == RunState.EVALUATING:
                 where = "in eval"
             step = self.step
-            self.unfinished = (
-                f"step {step + 1} did not finish within {waited:g} s (stuck {where})".replace(
-                    " ()", ""
+            if self._finishing:  # the loop reached its end: a slow final checkpoint
+                self.unfinished = f"the final checkpoint did not finish within {waited:g} s"
+            else:
+                self.unfinished = f"step {step + 1} did not finish within {waited:g} s" + (
+                    f" (stuck {where})" if where else ""
                 )
-            )
             self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
             if self.journal is not None:
                 self.journal.write(
@@ -570,7 +572,10 @@ class Trainer:
                         "time": time.time(),
                         "state": RunState.STOPPED.value,
                         "checkpoint": None,
-                        "unfinished": {"step": step + 1, "phase": self._where.phase},
+                        "unfinished": {
+                            "step": None if self._finishing else step + 1,
+                            "phase": "final checkpoint" if self._finishing else self._where.phase,
+                        },
                     }
                 )
             self._close_files()
@@ -1094,6 +1099,7 @@ class Trainer:
         return path
 
     def _finish_up(self) -> None:
+        self._finishing = True
         checkpoint = None
         try:
             try:
