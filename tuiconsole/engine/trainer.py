@@ -552,32 +552,36 @@ class Trainer:
                     f" (stuck {where})" if where else ""
                 )
             self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
-            if self.journal is not None:
-                self.journal.write(
-                    {
-                        "type": "command",
-                        "step": step,
-                        "time": time.time(),
-                        "source": self._stop_source or "close",
-                        "cmd": "stop",
-                        "ok": True,
-                        "result": f"stopped at step {step}; {self.unfinished}",
-                        "groups": G.groups_record(self.optimizer),
-                    }
-                )
-                self.journal.write(
-                    {
-                        "type": "end",
-                        "step": step,
-                        "time": time.time(),
-                        "state": RunState.STOPPED.value,
-                        "checkpoint": None,
-                        "unfinished": {
-                            "step": None if self._finishing else step + 1,
-                            "phase": "final checkpoint" if self._finishing else self._where.phase,
-                        },
-                    }
-                )
+            # a full disk already said so (StorageError); the process leaves either way
+            with contextlib.suppress(TuiconsoleError):
+                if self.journal is not None and self.journal.failed is None:
+                    self.journal.write(
+                        {
+                            "type": "command",
+                            "step": step,
+                            "time": time.time(),
+                            "source": self._stop_source or "close",
+                            "cmd": "stop",
+                            "ok": True,
+                            "result": f"stopped at step {step}; {self.unfinished}",
+                            "groups": G.groups_record(self.optimizer),
+                        }
+                    )
+                    self.journal.write(
+                        {
+                            "type": "end",
+                            "step": step,
+                            "time": time.time(),
+                            "state": RunState.STOPPED.value,
+                            "checkpoint": None,
+                            "unfinished": {
+                                "step": None if self._finishing else step + 1,
+                                "phase": "final checkpoint"
+                                if self._finishing
+                                else self._where.phase,
+                            },
+                        }
+                    )
             self._close_files()
             old = self._snapshot
             status = dataclasses.replace(
