@@ -276,6 +276,11 @@ class Model:
             m.name = f"{name}.{k}"
         if any(m.name in [g.name for g in self.groups] for m in made):
             raise Rejected
+        for m in made:  # a group name must not hide another module's or parameter's path
+            if m.name in self.modules or m.name in self.all_params:
+                under = [p for p in self.module_params(m.name) if p in self.trainable]
+                if set(under) != set(m.params):
+                    raise Rejected
         rest = [Group(g.name, [p for p in g.params if p not in chosen], g.hp) for g in self.groups]
         self.groups = [g for g in rest if g.params] + made
         return False

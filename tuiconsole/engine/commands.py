@@ -321,9 +321,15 @@ def parse(text: str) -> Command:
     if name not in USAGE:
         raise CommandError(f"unknown command {tokens[0]!r} (commands: {', '.join(COMMAND_NAMES)})")
     try:
-        return _parse_args(name, args)
+        cmd = _parse_args(name, args)
     except _Usage:
         raise CommandError(f"usage: {USAGE[name]}") from None
+    if len(cmd.text) > MAX_LINE_CHARS:  # quoting lengthens it: the journal must replay it
+        raise CommandError(
+            f"command too long once written to the journal ({len(cmd.text):,} characters; "
+            f"the limit is {MAX_LINE_CHARS:,})"
+        )
+    return cmd
 
 
 class _Usage(Exception):

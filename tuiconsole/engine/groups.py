@@ -540,6 +540,7 @@ class SplitPlan:
     origin: list[tuple[int, float]]
     # The groups the split made (last in new_groups) and the names of their sources.
     source_names: tuple[str, ...] = ()
+    new_lr: float = 0.0  # lr= of the command, if any
 
     @property
     def n_new(self) -> int:
@@ -601,6 +602,8 @@ def plan_split(
     taken = [n for n in new_names if n in names]
     if taken:
         raise CommandError(f"a group named {taken[0]!r} already exists")
+    for (cand, *_), new_name in zip(made, new_names, strict=True):
+        _refuse_path_clash(model, new_name, cand["params"])
     new_groups: list[dict[str, Any]] = []
     origin: list[tuple[int, float]] = []
     for i, g in enumerate(groups):
@@ -614,7 +617,22 @@ def plan_split(
         new_groups.append(cand)
         origin.append((source, scale))
         sources.append("+".join(names[i] for i in merged))
-    return SplitPlan(new_groups, origin, tuple(sources))
+    lr_item = next((float(v) for k, v in items if k == "lr" and isinstance(v, float)), 0.0)
+    return SplitPlan(new_groups, origin, tuple(sources), lr_item)
+
+
+def _refuse_path_clash(model: nn.Module, name: str, params: Sequence[torch.Tensor]) -> None:
+    """A group name wins over a module path as a target: refuse one that would hide
+    another module's or parameter's path (``blocks.2`` for part of ``blocks``)."""
+    try:
+        under = module_params(model, name)
+    except CommandError:
+        return
+    if {id(p) for p in under if p.requires_grad} != {id(p) for p in params}:
+        raise CommandError(
+            f"{name!r} is also the path of another module or parameter; a group of that "
+            "name would hide it from lr/set/decay: choose another NAME"
+        )
 
 
 def _same_values(
@@ -633,7 +651,10 @@ def _same_values(
                 continue
             x, y = values[ia], values[ib]
             if is_lr and isinstance(x, int | float) and isinstance(y, int | float):
-                if not math.isclose(x * scales[0], y * scales[1], rel_tol=1e-12):
+                if not all(map(math.isfinite, scales)):
+                    if scales[0] != scales[1]:
+                        return False
+                elif not math.isclose(x * scales[0], y * scales[1], rel_tol=1e-12):
                     return False
             elif not _equal(x, y):
                 return False
@@ -663,11 +684,14 @@ def _with_items(
                 raise CommandError(f"lr must be a number, got {value!r}")
             check_lr(value, name)
             optclass.check_lr_range(value, group["params"], name)
-            scale = value / float(group["lr"])
+            old = float(group["lr"])
+            # from an lr of 0 (a warm-up's first step) the derived values are set
+            scale = value / old if old > 0 else math.inf
             group["lr"] = value
             for k in SCHED_LR_KEYS:
                 if isinstance(group.get(k), int | float):
-                    group[k] = check_derived(group[k] * scale, k, name)
+                    moved = group[k] * scale if old > 0 else value
+                    group[k] = check_derived(moved, k, name)
         else:
             check_not_cycled(scheduler, key, value, group.get(key))
             group[key] = check_hparam(key, value, group.get(key), name)
@@ -687,7 +711,10 @@ def apply_split(optimizer: torch.optim.Optimizer, scheduler: Any, plan: SplitPla
                 if old >= len(values):
                     break
                 v = values[old]
-                remapped.append(v * scale if is_lr and isinstance(v, int | float) else v)
+                if is_lr and isinstance(v, int | float):
+                    # scale inf: the split set the lr from 0 (see _with_items)
+                    v = v * scale if math.isfinite(scale) else plan.new_lr
+                remapped.append(v)
             else:
                 setattr(sched, attr, remapped)
 
@@ -829,6 +856,9 @@ def reattach_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None
     """Point the scheduler (and any it wraps) at the new optimizer, keeping its step count."""
     for sched in scheduler_chain(scheduler):
         sched.optimizer = optimizer
+        if getattr(sched, "cycle_momentum", False) and hasattr(sched, "use_beta1"):
+            # OneCycleLR / CyclicLR decided at construction which key they cycle
+            sched.use_beta1 = "betas" in optimizer.defaults
     if scheduler is not None:
         _track_step(optimizer)
 
@@ -863,11 +893,26 @@ def rescale_after_rebuild(
     Without this the next ``scheduler.step()`` of a base_lrs-driven schedule
     (LambdaLR, OneCycleLR, CyclicLR...) silently puts the old lrs back.
     """
+    new_lrs = {}
     for i, (group, old) in enumerate(zip(optimizer.param_groups, old_lrs, strict=True)):
-        new = float(group["lr"])
-        if new != old:
+        if float(group["lr"]) != old:
+            new_lrs[i] = float(group["lr"])
             group["lr"] = old
-            _scale_group_lr(optimizer, scheduler, i, new)
+    writes = _plan_lrs(optimizer, scheduler, new_lrs)  # checks all before writing any
+    _commit_lrs(optimizer, writes, new_lrs)
+
+
+def check_rebuild_scheduler(scheduler: Any, cls: type) -> None:
+    """A scheduler that cycles momentum / beta1 needs one of them in the new class."""
+    cycler = momentum_cycler(scheduler)
+    if cycler is None:
+        return
+    takes = optclass.constructor_params(cls)
+    if "betas" not in takes and "momentum" not in takes:
+        raise CommandError(
+            f"{cycler} cycles momentum / beta1 every step and {cls.__name__} has neither; "
+            "rebuild to a class with momentum or betas"
+        )
 
 
 # --------------------------------------------------------------------------- scheduler view
@@ -878,12 +923,20 @@ class _ShadowOptimizer:
     the groups' values without their parameters, so nothing real is touched."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.param_groups = [{**g, "params": []} for g in optimizer.param_groups]
+        self.param_groups = [
+            {k: _detached(v) for k, v in g.items() if k != "params"} | {"params": []}
+            for g in optimizer.param_groups
+        ]
         self.defaults = dict(optimizer.defaults)
         self.state: dict[Any, Any] = {}
 
     def step(self) -> None:  # pragma: no cover - schedulers only wrap it
         pass
+
+
+def _detached(v: Any) -> Any:
+    """A group value the copy may change without touching the real one (tensor lrs)."""
+    return v.detach().clone() if isinstance(v, torch.Tensor) else v
 
 
 def next_lrs(scheduler: Any, optimizer: torch.optim.Optimizer) -> tuple[float | None, ...]:
@@ -901,6 +954,16 @@ def next_lrs(scheduler: Any, optimizer: torch.optim.Optimizer) -> tuple[float | 
     for g in optimizer.param_groups:
         for p in g["params"]:
             memo[id(p)] = p
+    for sched in scheduler_chain(scheduler):
+        # functions (lr_lambdas) and what they are bound to are not the schedule's
+        # state: copying them could copy a model or a dataset at every snapshot
+        for value in vars(sched).values():
+            for v in value if isinstance(value, list | tuple) else (value,):
+                if callable(v) or isinstance(v, nn.Module | torch.Tensor):
+                    memo[id(v)] = v
+                    owner = getattr(v, "__self__", None)
+                    if owner is not None:
+                        memo[id(owner)] = owner
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

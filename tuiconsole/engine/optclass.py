@@ -129,8 +129,12 @@ def carry_plan(source: Any, target: type) -> tuple[list[str], list[str], list[st
     for k, v in present.items():
         if carries(source, target, k, v):
             continue
-        (unfit if k in takes and carries(source, target, k) else dropped).append(k)
-    kept = set(present) - set(dropped) - set(unfit)
+        if k not in takes and not takes_any_key(target):
+            dropped.append(k)
+        elif carries(source, target, k):
+            unfit.append(k)
+        # else: a key the old class sets for itself; the target's default is listed
+    kept = {k for k, v in present.items() if carries(source, target, k, v)}
     defaulted = [k for k in takes if k not in kept]
     return dropped, unfit, defaulted
 
@@ -182,11 +186,18 @@ def _kinds(params: Iterable[torch.Tensor]) -> list[tuple[torch.dtype, torch.devi
     return seen
 
 
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an optimizer's scalar arithmetic uses for DTYPE parameters: half and
+    bfloat16 updates compute in float32 (torch's opmath type)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_lr_range(lr: float, params: Iterable[torch.Tensor], where: str) -> None:
-    """An lr the parameters' dtype can hold: past it, step() overflows or rounds it to 0."""
-    for dtype, _, _ in _kinds(params):
-        if not dtype.is_floating_point:
+    """An lr the update arithmetic can hold: past it, step() overflows or rounds it to 0."""
+    for kind, _, _ in _kinds(params):
+        if not kind.is_floating_point:
             continue
+        dtype = _opmath(kind)
         info = torch.finfo(dtype)
         if lr > info.max or lr < info.tiny:
             raise CommandError(
@@ -198,7 +209,7 @@ def check_lr_range(lr: float, params: Iterable[torch.Tensor], where: str) -> Non
 def check_range(group: Mapping[str, Any], where: str) -> None:
     """Every number in the group fits the dtype of its parameters (float32: 3.4e38)."""
     limit = min(
-        (torch.finfo(d).max for d, _, _ in _kinds(group["params"]) if d.is_floating_point),
+        (torch.finfo(_opmath(d)).max for d, _, _ in _kinds(group["params"]) if d.is_floating_point),
         default=None,
     )
     if limit is None:

@@ -302,7 +302,7 @@ class Trainer:
         self._snap_seq = 0
         self._structure_version = 0
         self._modules_cache: tuple[int, tuple[Any, ...]] | None = None
-        self._sizes_cache: tuple[tuple[int, int, int], list[tuple[int, int]]] | None = None
+        self._sizes_cache: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
         self._sched_cache: tuple[tuple[Any, ...], SchedulerView | None] | None = None
         self._snapshot_wanted = True
         self._last_publish = 0.0
@@ -331,6 +331,7 @@ class Trainer:
         self._resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
         self._closed = False
         self._undo: _Undo | None = None
+        self._state_version = 0  # bumped when optimizer state may have grown (sizes cache)
         if self.config.nan not in NAN_MODES:
             raise TuiconsoleError(f"--nan must be one of {', '.join(NAN_MODES)}")
         if self.config.nan_check not in NAN_CHECKS:
@@ -510,7 +511,12 @@ class Trainer:
         if self._thread.is_alive() and self.unfinished is None:
             grace = stop_grace() if timeout is None else timeout
             self.submit("stop", source="close")
-            if self._released.wait(grace):
+            released = self._released.wait(grace)
+            while not released and self._finishing and self._thread.is_alive():
+                # writing the final checkpoint (a big model takes a while): not stuck;
+                # a second Ctrl+C still exits at once
+                released = self._released.wait(grace)
+            if released:
                 self._thread.join(grace)  # it ends right after its end record
             else:
                 self.abandon(grace)
@@ -919,7 +925,11 @@ class Trainer:
                     lists.append((sched, attr, list(value)))
         self._undo = _Undo(
             optimizer=opt,
-            groups=[{**g, "params": list(g["params"])} for g in opt.param_groups],
+            groups=[
+                {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in g.items()}
+                | {"params": list(g["params"])}
+                for g in opt.param_groups
+            ],
             sched_lists=lists,
             had_state={id(p) for p in opt.state},
             group_origin=list(self.group_origin),
@@ -943,12 +953,22 @@ class Trainer:
             if [t._version for t in watched] != versions:
                 raise  # it changed something: an ordinary failure (ERROR, no checkpoint)
             error = f"{type(exc).__name__}: {_one_line(str(exc), 300)}"
+        finally:
+            self._state_version += 1  # the first step after a change may add state
+        del watched
+        if opt is not undo.optimizer:
+            opt.state.clear()  # a rebuilt optimizer's partial state: free it before re-stepping
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        del opt
         self._restore_undo(undo)
+        self.optimizer.step()  # the step the run would have taken without the command(s)
         text = "; ".join(undo.commands)
         message = (
             f"undone `{text}`: the next optimizer.step() failed before changing any "
             f"parameter ({error}); the optimizer is as it was before, training goes on"
         )
+        self._append_log("command", message, ok=False, source="engine")
         if self.journal is not None:
             self.journal.write(
                 {
@@ -960,8 +980,6 @@ class Trainer:
                     "groups": G.groups_record(self.optimizer),
                 }
             )
-        self._append_log("command", message, ok=False, source="engine")
-        self.optimizer.step()  # the step the run would have taken without the command(s)
 
     def _restore_undo(self, undo: _Undo) -> None:
         opt = undo.optimizer
@@ -1314,11 +1332,12 @@ class Trainer:
             for key, value in cmd.items:
                 G.check_not_cycled(sched, key, value, opt.param_groups[0].get(key))
             old_lrs = [float(g["lr"]) for g in opt.param_groups]
+            G.check_rebuild_scheduler(sched, G.optimizer_class(cmd.cls, opt))
             rebuilt = G.build_optimizer(opt, cmd.cls, cmd.items, self.model)
             new_opt = rebuilt.optimizer
             had_state = len(opt.state)
+            G.rescale_after_rebuild(new_opt, sched, old_lrs)  # may refuse: nothing attached yet
             G.reattach_scheduler(sched, new_opt)
-            G.rescale_after_rebuild(new_opt, sched, old_lrs)
             self.optimizer = new_opt
             self.state_reset = [self.step] * len(new_opt.param_groups)
             self._structure_version += 1
@@ -1505,7 +1524,7 @@ class Trainer:
     def _state_sizes(self) -> list[tuple[int, int]]:
         """Per group, the optimizer state it holds; recounted only when the state grew."""
         opt = self.optimizer
-        key = (id(opt), self._structure_version, len(opt.state))
+        key = (id(opt), self._structure_version, len(opt.state), self._state_version)
         if self._sizes_cache is None or self._sizes_cache[0] != key:
             self._sizes_cache = (key, G.state_sizes(opt))
         return self._sizes_cache[1]
