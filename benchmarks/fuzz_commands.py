@@ -49,10 +49,7 @@ def main() -> None:
                     break
             t.close()
     dt = time.perf_counter() - t0
-    print(
-        f"{tried} lines tried, {accepted} accepted, {lost} run(s) lost "
-        f"({runs} runs, {dt:.0f} s)"
-    )
+    print(f"{tried} lines tried, {accepted} accepted, {lost} run(s) lost ({runs} runs, {dt:.0f} s)")
 
 
 if __name__ == "__main__":
