@@ -159,23 +159,28 @@ def run(
     use_console = not headless and sys.stdout.isatty() and sys.stdin.isatty()
     if not headless and not use_console:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
-    from tuiconsole.session import hold_stop_signals
+    from tuiconsole.session import hold_stop_signals, release_stop_signals
 
     hold_stop_signals()  # until the front-end's StopOnSignals is in: none is lost
-    session.start()
-    server = (
-        _start_server(session, script, config.run_dir, decay_factor, quiet=use_console)
-        if listen
-        else None
-    )
     try:
-        if use_console:
-            code = _run_console(session, script, decay_factor, refresh_hz, server)
-        else:
-            code = _run_headless(session)
+        session.start()
+        server = (
+            _start_server(session, script, config.run_dir, decay_factor, quiet=use_console)
+            if listen
+            else None
+        )
+        try:
+            if use_console:
+                code = _run_console(session, script, decay_factor, refresh_hz, server)
+            else:
+                code = _run_headless(session)
+        finally:
+            if server is not None:
+                server.close("the run has ended")
     finally:
-        if server is not None:
-            server.close("the run has ended")
+        # on every way out (a run dir it cannot write in ends before the handlers are
+        # in): a blocked mask would outlive the run in-process and pass to every child
+        release_stop_signals()
     _leave_script_threads(code)
     raise typer.Exit(code)
 

@@ -104,6 +104,12 @@ def hold_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
 
 
+def release_stop_signals() -> None:
+    """Undo :func:`hold_stop_signals` (idempotent): pending signals are delivered now."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
+
+
 class StopOnSignals:
     """Ctrl+C, SIGTERM and SIGHUP (the terminal or SSH connection went away) stop
     the run cleanly: the trainer stops at the next step boundary, writes a final

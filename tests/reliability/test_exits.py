@@ -5,13 +5,16 @@ the CLI and real signals; each wait is a deadline, not a sleep."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.reliability.helpers import cli_env, jsonl, write_script
+import pytest
+
+from tests.reliability.helpers import ROOT, cli_env, jsonl, write_script
 
 MODEL = """
 import pathlib, threading, time, torch
@@ -130,3 +133,21 @@ def test_ctrl_c_while_the_script_loads_prints_one_line(tmp_path):
     assert code == 130, (out, err)
     assert err == f"tuiconsole: {script}: interrupted while loading the script; nothing written\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_cannot_start_leaves_no_signal_blocked(tmp_path, monkeypatch):
+    """Stop signals are held while the trainer starts. A start that failed (a run dir
+    of another user) left them blocked in the process, and every child it started
+    after that (in a test session: every CLI run) could no longer be stopped."""
+    from tuiconsole import cli
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 4242, 4242)
+    script = ROOT / "tests" / "e2e" / "scripts" / "tiny.py"
+    argv = ["tuiconsole", "run", str(script), "--headless", "--no-listen"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--run-dir", str(foreign)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
