@@ -231,3 +231,29 @@ def training_step(model, batch, criterion):
     x, t = batch
     return criterion(model(x), t)
 """
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    """Wait for a CLI run: (exit code, stdout, stderr); a hang kills it and fails."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the run hung (killed after {timeout} s):\n{out}\n{err}") from None
+    return proc.returncode, out, err
+
+
+def hf_grouping_spec() -> TrainingSpec:
+    """``loader_spec("adam")`` under the Hugging Face grouping: AdamW with every
+    weight in one group (weight_decay=0.01) and every bias in another (0.0)."""
+    spec = loader_spec("adam")
+    named = list(spec.model.named_parameters())
+    spec.optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if n.endswith("weight")], "weight_decay": 0.01},
+            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
+    return spec

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import ROOT, cli_env, jsonl, write_script
+from tests.reliability.helpers import ROOT, cli_env, finish, jsonl, write_script
 
 MODEL = """
 import pathlib, threading, time, torch
@@ -48,16 +48,6 @@ def wait_for_path(path: Path, proc: subprocess.Popen, timeout: float = 60) -> No
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"did not exit within {timeout} s: {out}\n{err}") from None
-    return proc.returncode, out, err
 
 
 def test_sigterm_while_a_step_is_stuck_in_the_loader_exits_with_the_journal_flushed(tmp_path):

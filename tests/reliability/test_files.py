@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability.helpers import ROOT, cli_env, jsonl, loader_spec, sync_trainer
+from tests.reliability.helpers import ROOT, cli_env, finish, jsonl, loader_spec, sync_trainer
 from tests.unit.models import make_spec
 from tuiconsole.cli import main
 from tuiconsole.engine.checkpoint import (
@@ -104,16 +104,6 @@ def wait_for_header(proc: subprocess.Popen, journal: Path) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"no journal header in {journal}: {proc.poll()}")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"the run hung (killed after {timeout} s):\n{out}\n{err}") from None
-    return proc.returncode, out, err
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.reliability.helpers import loader_spec, sync_trainer
+from tests.reliability.helpers import hf_grouping_spec, loader_spec, sync_trainer
 from tuiconsole.engine import commands as C
 from tuiconsole.engine.snapshot import RunState
 
@@ -84,15 +84,7 @@ def test_split_with_lr_from_an_lr_of_zero(tmp_path):
 
 
 def test_a_split_name_that_would_hide_another_module_is_refused(tmp_path):
-    spec = loader_spec("adam")
-    named = list(spec.model.named_parameters())
-    spec.optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if n.endswith("weight")], "weight_decay": 0.01},
-            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
-        ]
-    )
-    t = sync_trainer(spec, tmp_path / "run")
+    t = sync_trainer(hf_grouping_spec(), tmp_path / "run")
     # 'blk' and 'blk.2' would be fine; 'features' would name only the weights of the
     # module features, so `lr features ...` would no longer reach its biases
     r = t.apply_now("split features features")

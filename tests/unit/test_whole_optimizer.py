@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tests.reliability.helpers import loader_spec, sync_trainer
+from tests.reliability.helpers import hf_grouping_spec, loader_spec, sync_trainer
 from tuiconsole.engine import groups as G
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.script import TrainingSpec
@@ -83,16 +83,7 @@ def test_groups_spanning_the_whole_model_are_named_by_what_sets_them_apart():
 
 def test_split_of_a_decay_no_decay_grouping_keeps_each_weight_decay(tmp_path):
     """The Hugging Face grouping: `split` used to give biases the weights' decay."""
-    spec = loader_spec("adam")
-    named = list(spec.model.named_parameters())
-    spec.optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if n.endswith("weight")], "weight_decay": 0.01},
-            {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
-        ],
-        lr=1e-3,
-    )
-    t = sync_trainer(spec, tmp_path / "run")
+    t = sync_trainer(hf_grouping_spec(), tmp_path / "run")
     t.step_now(2)
     state = {id(p): s["exp_avg"] for p, s in t.optimizer.state.items()}
     r = t.apply_now("split blk0 features.0 lr=0.002")
