@@ -186,30 +186,38 @@ def run(
 
 
 def _leave_script_threads(code: int) -> None:
-    """Exit now if the script left a non-daemon thread running: Python would wait
-    for it at exit, and a run that has ended would never return the prompt."""
+    """Exit now, without the interpreter's finalization, if any other thread is left.
+
+    A non-daemon thread the script started would keep the process alive (a run
+    that has ended would never return the prompt). A daemon thread still inside
+    torch code (the loop thread after a stop grace, a loader's thread) is killed
+    by finalization mid-call, which aborts the process ("terminate called
+    without an active exception", exit -6). The run's files are closed and
+    flushed by now, so leaving at once loses nothing.
+    """
+    import logging
     import os
     import threading
 
-    alive = [
-        t
-        for t in threading.enumerate()
-        if t is not threading.main_thread() and not t.daemon and t.is_alive()
-    ]
-    if not alive:
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if not others:
         return
-    names = ", ".join(repr(t.name) for t in alive)
-    many = len(alive) > 1
+    alive = [t for t in others if not t.daemon]
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-        print(
-            f"tuiconsole: the run has ended, but the script's thread{'s' if many else ''} "
-            f"{names} {'are' if many else 'is'} still running; exiting without waiting "
-            f"for {'them' if many else 'it'}",
-            file=sys.stderr,
-            flush=True,
-        )
-    os._exit(code)  # the journal and metrics are closed; only that thread is left
+        if alive:
+            names = ", ".join(repr(t.name) for t in alive)
+            many = len(alive) > 1
+            print(
+                f"tuiconsole: the run has ended, but the script's thread{'s' if many else ''} "
+                f"{names} {'are' if many else 'is'} still running; exiting without waiting "
+                f"for {'them' if many else 'it'}",
+                file=sys.stderr,
+                flush=True,
+            )
+        sys.stderr.flush()
+    logging.shutdown()  # the run dir's remote.log
+    os._exit(code)  # the journal and metrics are closed; only those threads are left
 
 
 def _nan_mode(nan: NanMode | None, attachable: bool) -> str:

@@ -148,6 +148,8 @@ def test_long_garbage_in_the_log_does_not_stop_new_attaches(served) -> None:
     for _ in range(300):
         assert not served.local.submit(garbage, source="stdin").result(5).ok
     client = served.attach(timeout=20)
+    # the log comes in the frames after the first snapshot: wait for it, not for a frame
+    wait_until(lambda: client.snapshot().log, 10, "the log on the new client")
     snap = client.snapshot()
     assert snap.log and max(len(e.text) for e in snap.log) <= T.LOG_TEXT_CHARS
     assert any("characters, cut" in e.text for e in snap.log)
