@@ -287,7 +287,10 @@ class Trainer:
         self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self._stop_source: str | None = None  # who asked first to stop
         self._finishing = False  # in _finish_up (final checkpoint, end record)
-        self._thread = threading.Thread(target=self._run, name="tuiconsole-trainer", daemon=True)
+        # The loop runs once: in a thread of its own (start) or in the caller's (run).
+        self._launched = False
+        self._looping = False  # inside the loop (set before it begins, cleared as it returns)
+        self._loop_ended = threading.Event()
         self._losses = LossTracker()
         self._lr_history = LrHistory()
         self._evals: deque[EvalPoint] = deque(maxlen=200)
@@ -417,13 +420,31 @@ class Trainer:
     def start(self) -> Trainer:
         """Open the run dir here, in the caller's thread (a run dir that is read-only,
         full or another user's is a TuiconsoleError before any training), then train."""
+        self._launch()
+        threading.Thread(target=self._run, name="tuiconsole-trainer", daemon=True).start()
+        return self
+
+    def run(self) -> Snapshot:
+        """Train in the calling thread (a process's main thread) until the run ends.
+
+        Front-ends in other threads (a socket server, a printer) use
+        :meth:`submit` and :meth:`latest_snapshot` as with :meth:`start`. The
+        run dir is opened first, so one that can't be written is a
+        TuiconsoleError before any training. Returns the final snapshot.
+        """
+        self._launch()
+        self._run()
+        return self._snapshot
+
+    def _launch(self) -> None:
+        if self._launched:
+            raise RuntimeError("a trainer runs its loop once")
         try:
             self._open_run_files()
         except BaseException:
             self._close_files()
             raise
-        self._thread.start()
-        return self
+        self._launched = self._looping = True
 
     def prepare(self) -> Trainer:
         """Set the run up (device, run files, resume, due replay commands) without a thread.
@@ -431,7 +452,7 @@ class Trainer:
         For tests and tools that drive a trainer synchronously with
         :meth:`apply_now`; a trainer that was prepared can not be started.
         """
-        if self._thread.ident is not None:
+        if self._launched:
             raise RuntimeError("prepare() is for a trainer that is not started")
         if self.state == RunState.STARTING:
             self._setup()
@@ -446,7 +467,7 @@ class Trainer:
         sent with :meth:`submit`. Only for a trainer that was never started: the
         loop thread must stay the only writer of the model and optimizer.
         """
-        if self._thread.ident is not None:
+        if self._launched:
             raise RuntimeError("apply_now() is for a trainer that is not started; use submit()")
         self.prepare()
         try:
@@ -467,7 +488,7 @@ class Trainer:
             fut.set_result(C.CommandResult(False, str(exc), text))
             self._append_log("command", f"{text}: {exc}", ok=False, source=source)
             return fut
-        if not self._thread.is_alive() and self._thread.ident is not None:
+        if self._launched and not self._looping:
             fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
             return fut
         if isinstance(cmd, C.Stop) and self._stop_source is None:
@@ -483,7 +504,7 @@ class Trainer:
         :meth:`apply_now`. Stops early when the run finishes, fails, is stopped
         or NaN-pauses. Returns the step reached.
         """
-        if self._thread.ident is not None:
+        if self._launched:
             raise RuntimeError("step_now() is for a trainer that is not started")
         self.prepare()
         for _ in range(n):
@@ -508,25 +529,25 @@ class Trainer:
     def close(self, timeout: float | None = None) -> None:
         """Stop the run and wait for its end record, at most ``timeout`` seconds
         (default :func:`stop_grace`); then give up on the step in flight (abandon)."""
-        if self._thread.is_alive() and self.unfinished is None:
+        if self._looping and self.unfinished is None:
             grace = stop_grace() if timeout is None else timeout
             self.submit("stop", source="close")
             released = self._released.wait(grace)
-            while not released and self._finishing and self._thread.is_alive():
+            while not released and self._finishing and self._looping:
                 # writing the final checkpoint (a big model takes a while): not stuck;
                 # a second Ctrl+C still exits at once
                 released = self._released.wait(grace)
             if released:
-                self._thread.join(grace)  # it ends right after its end record
+                self._loop_ended.wait(grace)  # it ends right after its end record
             else:
                 self.abandon(grace)
-        elif self._thread.ident is None and self.state != RunState.STARTING and not self._closed:
+        elif not self._launched and self.state != RunState.STARTING and not self._closed:
             self._finish_up()  # a prepared, synchronously driven trainer ends the same way
         self._close_files()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._looping
 
     def abandon(self, waited: float) -> None:
         """End the run's files without the loop thread, which is stuck in a step.
@@ -600,10 +621,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        # OpenMP thread settings are per thread: without this, the loop thread runs
+        # OpenMP thread settings are per thread: without this, a loop thread runs
         # with the default count, not the one the script (or caller) chose, which
         # on small models costs ~6% (benchmarks/overhead.py).
-        torch.set_num_threads(self._num_threads)
+        if torch.get_num_threads() != self._num_threads:
+            torch.set_num_threads(self._num_threads)
         try:
             self._setup()
             while True:
@@ -614,12 +636,19 @@ class Trainer:
                     self._idle()
         except _Stop:
             pass
+        except KeyboardInterrupt:  # in the main thread with no stop handler: a stop
+            self._stop_source = self._stop_source or "KeyboardInterrupt"
+            self._append_log("info", f"interrupted at step {self.step}; stopping")
         except StorageError as exc:  # the journal or metrics could not be written
             self._fail(exc, None, "data", step=self.step)
         except BaseException as exc:  # pragma: no cover - last-resort guard
             self._fail(exc, None)
         finally:
-            self._finish_up()
+            try:
+                self._finish_up()
+            finally:
+                self._looping = False
+                self._loop_ended.set()
 
     def _setup(self) -> None:
         self.model.to(self.device)
