@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
 from tuiconsole.errors import TuiconsoleError
 
 if TYPE_CHECKING:
+    from tuiconsole.remote.detach import OwnerLink
+    from tuiconsole.remote.registry import RunInfo
     from tuiconsole.remote.server import RemoteServer
-    from tuiconsole.session import LocalSession, Session, StopOnSignals
+    from tuiconsole.session import LocalSession, Session
 
 app = typer.Typer(
     add_completion=False,
@@ -108,30 +111,47 @@ def run(
     ] = 300.0,
     detached_child: Annotated[bool, typer.Option(hidden=True)] = False,
     run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
+    owner_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Train SCRIPT in a background thread and open the console (or --headless)."""
+    """Train SCRIPT and open the console on it (or --headless).
+
+    The console runs in this process and imports no torch; SCRIPT loads and trains
+    in the main thread of a training process beside it, which serves the run on a
+    private Unix socket: the console is a client of it, as `tuiconsole attach` is.
+    """
+    run_dir = run_dir or default_run_dir(script)
+    options: dict[str, object] = {
+        "max_steps": max_steps,
+        "epochs": epochs,
+        "device": device,
+        "seed": seed,
+        "replay": replay,
+        "log_every": log_every,
+        "decay_factor": decay_factor,
+        "paused": paused,
+        "resume": resume,
+        "linger": linger,
+    }
     if detach and not detached_child:
-        _start_detached(
-            script,
-            run_dir or default_run_dir(script),
-            max_steps=max_steps,
-            epochs=epochs,
-            device=device,
-            seed=seed,
-            replay=replay,
-            log_every=log_every,
-            decay_factor=decay_factor,
-            paused=paused,
-            resume=resume,
-            nan=nan.value if nan is not None else None,
-            linger=linger,
-        )
+        # nobody watches a background run's stdin; one attaches to resume it
+        _start_detached(script, run_dir, **options, nan=nan.value if nan else "pause")
         return
+    use_console = not detached_child and not headless and sys.stdout.isatty() and sys.stdin.isatty()
+    if use_console:
+        args = _child_args(**options, nan=nan.value if nan else "pause")  # a terminal: pause
+        raise typer.Exit(_run_console(script, run_dir, args, decay_factor, refresh_hz))
+    if not headless and not detached_child:
+        print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
+    owner = None
+    if owner_fd is not None:
+        from tuiconsole.remote.detach import OwnerLink
+
+        owner = OwnerLink(owner_fd).start()  # first: a console gone while loading ends us
     from tuiconsole.engine.trainer import DEFAULT_LOG_EVERY, DEFAULT_LOG_MIN_INTERVAL, RunConfig
     from tuiconsole.session import LocalSession
 
     config = RunConfig(
-        run_dir=run_dir or default_run_dir(script),
+        run_dir=run_dir,
         max_steps=max_steps,
         epochs=epochs,
         device=device,
@@ -153,27 +173,16 @@ def run(
         )
         raise typer.Exit(130) from None
     if detached_child:
-        code = _serve_detached(session, script, config.run_dir, run_id, decay_factor, linger)
+        code = _serve_child(session, script, run_dir, run_id, decay_factor, linger, owner)
         _leave_script_threads(code)
         raise typer.Exit(code)
-    use_console = not headless and sys.stdout.isatty() and sys.stdin.isatty()
-    if not headless and not use_console:
-        print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
     from tuiconsole.session import hold_stop_signals, release_stop_signals
 
     hold_stop_signals()  # until the front-end's StopOnSignals is in: none is lost
     try:
-        session.start()
-        server = (
-            _start_server(session, script, config.run_dir, decay_factor, quiet=use_console)
-            if listen
-            else None
-        )
+        server = _start_server(session, script, run_dir, decay_factor) if listen else None
         try:
-            if use_console:
-                code = _run_console(session, script, decay_factor, refresh_hz, server)
-            else:
-                code = _run_headless(session)
+            code = _run_headless(session)
         finally:
             if server is not None:
                 server.close("the run has ended")
@@ -228,11 +237,8 @@ def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
     return "pause" if interactive or attachable else "stop"
 
 
-def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
-    """The parent of `run --detach`: start the background process, report, return."""
-    from tuiconsole.remote.detach import spawn_detached
-    from tuiconsole.remote.registry import new_run_id
-
+def _child_args(**options: object) -> list[str]:
+    """The training process's command-line options (see remote/launch.py)."""
     args: list[str] = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
@@ -242,7 +248,15 @@ def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
             args.append(flag)
         else:
             args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
-    info = spawn_detached(script.resolve(), run_dir.resolve(), new_run_id(), args)
+    return args
+
+
+def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
+    """The parent of `run --detach`: start the background process, report, return."""
+    from tuiconsole.remote.detach import spawn_detached
+    from tuiconsole.remote.registry import new_run_id
+
+    info = spawn_detached(script.resolve(), run_dir.resolve(), new_run_id(), _child_args(**options))
     print(info.id)
     print(
         f"tuiconsole: run {info.id} started in the background (pid {info.pid}); "
@@ -252,9 +266,9 @@ def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
 
 
 def _start_server(
-    session: LocalSession, script: Path, run_dir: Path | None, decay_factor: float, quiet: bool
+    session: LocalSession, script: Path, run_dir: Path | None, decay_factor: float
 ) -> RemoteServer | None:
-    """Make a foreground run attachable; a failure here never stops the run."""
+    """Make a headless run attachable; a failure here never stops the run."""
     from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
     from tuiconsole.remote.registry import new_run_id
     from tuiconsole.remote.server import RemoteServer, setup_log_file
@@ -270,34 +284,33 @@ def _start_server(
     except (OSError, TuiconsoleError) as exc:
         print(f"tuiconsole: not attachable from other terminals: {exc}", file=sys.stderr)
         return None
-    if not quiet:
-        print(
-            f"tuiconsole: attach from another terminal: tuiconsole attach {info.id}",
-            file=sys.stderr,
-        )
+    print(f"tuiconsole: attach from another terminal: tuiconsole attach {info.id}", file=sys.stderr)
     return server
 
 
-def _serve_detached(
+def _serve_child(
     session: LocalSession,
     script: Path,
-    run_dir: Path | None,
+    run_dir: Path,
     run_id: str | None,
     decay_factor: float,
     linger: float,
+    owner: OwnerLink | None,
 ) -> int:
-    """The background process of `run --detach`: train and serve until done (+ linger)."""
+    """The training process (remote/launch.py): train in this thread, serve, linger."""
+    import os
+
     from tuiconsole.remote.detach import (
         LOG_NAME,
         StopRequest,
         ignore_hangup,
         make_info,
-        serve_until_done,
+        serve_training,
     )
+    from tuiconsole.remote.launch import OWNER_TOKEN_ENV
     from tuiconsole.remote.registry import new_run_id
     from tuiconsole.remote.server import RemoteServer, setup_log_file
 
-    assert run_dir is not None
     ignore_hangup()
     stop = StopRequest(session).install()
     setup_log_file(None)  # stderr is the run's log file here
@@ -305,35 +318,41 @@ def _serve_detached(
         run_id or new_run_id(),
         script.resolve(),
         run_dir,
-        detached=True,
+        detached=owner is None,
         decay_factor=decay_factor,
         log=run_dir.resolve() / LOG_NAME,
     )
-    server = RemoteServer(session, info).start()  # first: if it can't listen, don't train
-    try:
-        session.start()  # a run dir it cannot write in: one line, exit 2
-    except BaseException:
-        server.close("the run could not start")
-        raise
+    token = os.environ.pop(OWNER_TOKEN_ENV, None)  # not for the script's own children
+    server = RemoteServer(session, info, owner_token=token if owner else None).start()
+    if owner is not None:
+        owner.adopt(session, server)
     print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
-    return serve_until_done(session, server, linger=linger, stop=stop, out=sys.stdout)
+    return serve_training(session, server, linger=linger, stop=stop, owner=owner, out=sys.stdout)
 
 
-def _run_headless(session: Session) -> int:
-    from tuiconsole.headless import run_headless
+def _run_headless(session: LocalSession) -> int:
+    """Train in this (the main) thread; the printer and stdin reader run beside it."""
+    from tuiconsole.headless import HeadlessPrinter, run_headless
     from tuiconsole.session import StopOnSignals
 
     stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin
-    with StopOnSignals(session) as stops:
-        try:
-            code = run_headless(session, stdin=stdin)
-        except KeyboardInterrupt:  # only if it beat the handler; still stop cleanly
-            session.close()
-            return 130
+    printer = HeadlessPrinter(session)
+
+    def abandoned(stops: StopOnSignals) -> None:
+        # this thread's stop gave up on a step stuck in the main thread: leave now
+        import logging
+        import os
+
+        code = _signal_exit(stops, printer.finish())
+        logging.shutdown()
+        os._exit(code)
+
+    with StopOnSignals(session, on_abandoned=abandoned) as stops:
+        code = run_headless(session, stdin=stdin, train=session.run, printer=printer)
     return _signal_exit(stops, code)
 
 
-def _signal_exit(stops: StopOnSignals, code: int) -> int:
+def _signal_exit(stops: _Stops, code: int) -> int:
     """Exit code after a front-end returned: 128+N if a signal stopped the run."""
     if stops.exit_code is None or code == 1:  # a training error wins: look at that
         return code
@@ -348,28 +367,90 @@ def _signal_exit(stops: StopOnSignals, code: int) -> int:
     return stops.exit_code
 
 
+class _Stops(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def unfinished(self) -> str | None: ...
+
+
+class ConsoleSignals:
+    """SIGINT, SIGTERM and SIGHUP of the console process (the run trains elsewhere).
+
+    The handler only remembers the signal and asks the app to leave (Textual then
+    restores the terminal); the stop itself goes to the run after the app is gone,
+    with the signal as its source. A second SIGINT leaves at once: the training
+    process, whose owner pipe closes with us, still stops cleanly.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+    unfinished: str | None = None  # the training process reports its own stuck step
+
+    def __init__(self, leave: Callable[[int], None]) -> None:
+        self.leave = leave
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> ConsoleSignals:
+        import signal
+
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import os
+        import signal
+
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                os.write(2, b"tuiconsole: second Ctrl+C, leaving now (the run stops itself)\n")
+                os._exit(128 + signum)
+            return
+        self.signum = signum
+        self.leave(signum)
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+
 def _run_console(
-    session: LocalSession,
-    script: Path,
-    decay_factor: float,
-    refresh_hz: float,
-    server: RemoteServer | None = None,
+    script: Path, run_dir: Path, args: list[str], decay_factor: float, refresh_hz: float
 ) -> int:
+    """The console in this process, the run in a training process it starts beside it."""
     import asyncio
 
-    from tuiconsole.engine.snapshot import RunState
     from tuiconsole.headless import final_line
-    from tuiconsole.remote import DETACH_RESULT
-    from tuiconsole.session import StopOnSignals
+    from tuiconsole.remote.launch import LaunchSession, TrainingProcess, exit_code
+    from tuiconsole.remote.registry import new_run_id
+    from tuiconsole.session import DETACHED
     from tuiconsole.ui.app import ConsoleApp
 
-    detached = False
+    if refresh_hz <= 0:
+        raise TuiconsoleError("--refresh-hz must be > 0")
+    training = TrainingProcess.start(
+        script.resolve(), run_dir.resolve(), new_run_id(), args, owner=True
+    )
+    session = LaunchSession(training, script=str(script), rate=refresh_hz)
     console = ConsoleApp(
-        session,
-        refresh_hz=refresh_hz,
-        decay_factor=decay_factor,
-        script_name=script.name,
-        can_detach=server is not None,
+        session, refresh_hz=refresh_hz, decay_factor=decay_factor, script_name=script.name
     )
 
     def leave_console(signum: int) -> None:
@@ -382,26 +463,44 @@ def _run_console(
             return
         loop.call_soon_threadsafe(console.exit, None, 128 + signum)
 
-    stops = StopOnSignals(session, leave_console)
+    signals = ConsoleSignals(leave_console)
     try:
-        with stops:
+        with signals:
             result = console.run()
-        detached = result == DETACH_RESULT and server is not None and stops.signum is None
-    finally:
-        if not detached:
-            session.close()
-    if detached:
-        from tuiconsole.remote.detach import continue_in_background
-
-        assert server is not None
-        return continue_in_background(session, server)
+    except BaseException:
+        session.finish()
+        raise
+    if result == DETACHED and signals.signum is None and not session.disconnected:
+        session.detach()
+        with contextlib.suppress(OSError):
+            print(
+                f"detached: run {training.run_id} goes on in the background "
+                f"(pid {training.pid}).\n"
+                f"  attach:  tuiconsole attach {training.run_id}\n"
+                f"  output:  {training.log_path}\n"
+                "You can close this terminal: the run has none. Stop it with "
+                f"`tuiconsole attach {training.run_id}` then `:stop`, or `kill {training.pid}` "
+                "(both write a final checkpoint).",
+                flush=True,
+            )
+        return 0
+    if signals.signum is not None:
+        session.submit("stop", source=f"signal:{signals.name}")
+    code = session.finish()
+    if session.start_failed is not None:
+        training.forget_failed_start()
+        print(f"tuiconsole: {session.start_failed}", file=sys.stderr)
+        return exit_code(session.start_code) if session.start_code else 1
     snap = session.snapshot()
-    # The console is gone: say how the run ended, as a headless run does.
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        if session.disconnected and not snap.status.state.is_terminal:
+            print(f"tuiconsole: {session.disconnect_reason}", file=sys.stderr, flush=True)
+            return exit_code(code) if code else 1
+        # The console is gone: say how the run ended, as a headless run does.
         print(final_line(snap), flush=True)
         if snap.status.checkpoint:
             print(f"last checkpoint: {snap.status.checkpoint}", flush=True)
-    return _signal_exit(stops, 1 if snap.status.state == RunState.ERROR else 0)
+    return _signal_exit(signals, 1 if snap.status.state.value == "ERROR" else 0)
 
 
 @app.command("ls")
@@ -440,15 +539,36 @@ def attach(
     """Open the console on a running job. Quitting only detaches; `stop` ends the run."""
     from tuiconsole.remote.attach import attach as attach_run
 
+    use_console = not headless and sys.stdin.isatty() and sys.stdout.isatty()
     raise typer.Exit(
         attach_run(
             run,
-            headless=headless,
+            console=_attach_console(refresh_hz, decay_factor) if use_console else None,
             refresh_hz=refresh_hz,
-            decay_factor=decay_factor,
             stdin=None if sys.stdin is None or sys.stdin.closed else sys.stdin,
         )
     )
+
+
+def _attach_console(
+    refresh_hz: float, decay_factor: float | None
+) -> Callable[[Session, RunInfo], object] | None:
+    """The console for `attach`, or None (stream the log) where it can't be imported."""
+    try:
+        from tuiconsole.ui.app import ConsoleApp
+    except ImportError as exc:
+        print(f"tuiconsole: no console ({exc}); streaming the log", file=sys.stderr)
+        return None
+
+    def open_console(session: Session, info: RunInfo) -> object:
+        return ConsoleApp(
+            session,
+            refresh_hz=refresh_hz,
+            decay_factor=decay_factor if decay_factor is not None else info.decay_factor,
+            script_name=Path(info.script).name,
+        ).run()
+
+    return open_console
 
 
 def main() -> None:

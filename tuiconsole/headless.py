@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from tuiconsole.engine.snapshot import LogEntry, RunState, Snapshot
@@ -48,6 +49,12 @@ class HeadlessPrinter:
         self.out = out
         self._last_seq = 0
 
+    def finish(self) -> int:
+        """The last log lines and the final line; the exit code (0 ok, 1 error)."""
+        snap = self.print_new()
+        _say(final_line(snap), self.out)
+        return 1 if snap.status.state == RunState.ERROR else 0
+
     def print_new(self) -> Snapshot:
         snap = self.session.snapshot()
         for entry in snap.log:
@@ -62,20 +69,40 @@ def run_headless(
     *,
     stdin: TextIO | None = None,
     out: TextIO = sys.stdout,
+    train: Callable[[], object] | None = None,
+    printer: HeadlessPrinter | None = None,
 ) -> int:
-    """Print progress until the run ends. Returns the process exit code (0 ok, 1 error)."""
-    printer = HeadlessPrinter(session, out)
+    """Print progress until the run ends. Returns the process exit code (0 ok, 1 error).
+
+    ``train``: the training loop, run in this thread (the process's main thread)
+    while the printer runs in a thread beside it; without it, the run trains
+    elsewhere and this thread prints.
+    """
+    printer = printer or HeadlessPrinter(session, out)
     if stdin is not None:
         threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
-    try:
+
+    def print_until_done() -> None:
         printer.print_new()
         while not session.wait(POLL_SECONDS):
             printer.print_new()
+        if train is not None:  # a finished run's loop idles until asked to stop
+            session.close()
+
+    beside = None
+    try:
+        if train is None:
+            print_until_done()
+        else:
+            beside = threading.Thread(target=print_until_done, name="tuiconsole-print")
+            beside.daemon = True
+            beside.start()
+            train()
     finally:
         session.close()  # stop (if still running), final checkpoint, files flushed
-    snap = printer.print_new()
-    _say(final_line(snap), out)
-    return 1 if snap.status.state == RunState.ERROR else 0
+        if beside is not None:
+            beside.join(POLL_SECONDS * 5)
+    return printer.finish()
 
 
 def final_line(snap: Snapshot) -> str:

@@ -1,8 +1,11 @@
 """The one seam between a run and its front-ends.
 
-A front-end (the Textual console, the headless printer, a remote client) only
-ever calls :meth:`Session.snapshot` and :meth:`Session.submit`. It never holds
-the model or the optimizer: the trainer thread owns them.
+A front-end (the Textual console, the headless printer, ``attach``) uses only
+what :class:`Session` lists. It never holds the model or the optimizer: the
+thread that trains owns them. Three sessions implement it: LocalSession (the
+run in this process: the headless front-end, tests, the library),
+RemoteSession (``attach``: a run in another process, over its socket) and
+LaunchSession (the console of ``tuiconsole run``: the run it started).
 """
 
 from __future__ import annotations
@@ -23,7 +26,29 @@ if TYPE_CHECKING:
     from tuiconsole.engine.trainer import RunConfig, Trainer
 
 
+# What ConsoleApp.run() returns when the user detaches (ctrl+d): its caller then
+# calls Session.detach() (the run goes on without this front-end).
+DETACHED = "detach"
+
+
 class Session(Protocol):
+    owns_run: bool
+    """Leaving this front-end stops the run (a console on the run it started);
+    False for ``attach``, where quitting only detaches."""
+
+    can_detach: bool
+    """The run can go on without this front-end (:meth:`detach`)."""
+
+    @property
+    def disconnected(self) -> bool:
+        """The run is out of reach (its process died, the connection was lost)."""
+        ...
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        """Why it is, in a line a user reads (how it died, at which step, what is on disk)."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """The newest snapshot. Never blocks on the trainer; may be ~1 frame old."""
         ...
@@ -41,12 +66,21 @@ class Session(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop the run cleanly (journal flushed) and release resources."""
+        """Leave: stop the run cleanly if this front-end owns it (journal flushed)."""
+        ...
+
+    def detach(self) -> None:
+        """Leave the run going (only where :attr:`can_detach`)."""
         ...
 
 
 class LocalSession:
-    """A session around a trainer thread in this process."""
+    """A session around a trainer in this process (its own thread, or this one)."""
+
+    owns_run = True
+    can_detach = False
+    disconnected = False  # nothing between it and its run can break
+    disconnect_reason: str | None = None
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -67,8 +101,18 @@ class LocalSession:
         return cls(Trainer(spec, config))
 
     def start(self) -> LocalSession:
+        """Train in a thread of this process (tests, the library API)."""
         self.trainer.start()
         return self
+
+    def run(self) -> None:
+        """Train in the calling thread (a training process's main thread) until the end."""
+        self.trainer.run()
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run stopped without its last step (a stuck step was abandoned)."""
+        return self.trainer.unfinished
 
     def snapshot(self) -> Snapshot:
         return self.trainer.latest_snapshot()
@@ -82,6 +126,9 @@ class LocalSession:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until training ends (finished, stopped or error)."""
         return self.trainer.wait_done(timeout)
+
+    def detach(self) -> None:
+        raise RuntimeError("a run in this process cannot go on without it")
 
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -128,9 +175,17 @@ class StopOnSignals:
     without that step (:meth:`Trainer.abandon`), so the process can exit.
     """
 
-    def __init__(self, session: Session, on_signal: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        on_signal: Callable[[int], None] | None = None,
+        on_abandoned: Callable[[StopOnSignals], None] | None = None,
+    ) -> None:
+        """``on_abandoned``: called (from the watcher thread) once a stuck step was
+        given up on, for a front-end whose main thread is the one stuck in it."""
         self.session = session
         self.on_signal = on_signal
+        self.on_abandoned = on_abandoned
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._fired = threading.Event()
@@ -161,11 +216,13 @@ class StopOnSignals:
         self._fired.wait()
         if not self._leaving:
             self.session.close()  # waits for the stop; gives up on a stuck step
+            if self.unfinished is not None and self.on_abandoned is not None:
+                self.on_abandoned(self)
 
     @property
     def unfinished(self) -> str | None:
         """Why the run stopped without its last step (a stuck step was abandoned)."""
-        return getattr(getattr(self.session, "trainer", None), "unfinished", None)
+        return getattr(self.session, "unfinished", None)
 
     @property
     def name(self) -> str:

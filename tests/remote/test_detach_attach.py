@@ -7,15 +7,18 @@ leave it running; tests that end a run start their own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,15 +65,6 @@ class Fleet:
         self.broken = self.popen(
             ["run", str(script), "--detach", "--run-dir", str(root / "broken")], self.broken_env
         )
-        self.fgd_env = self.new_env()
-        self.fg_detached = subprocess.Popen(
-            [sys.executable, "-c", FOREGROUND_DETACH, str(TINY), str(root / "fgd")],
-            env=self.fgd_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
         self.fg_env = self.new_env()
         self.foreground = self.popen(
             ["run", str(TINY), "--headless", "--run-dir", str(root / "fg")], self.fg_env
@@ -98,7 +92,7 @@ class Fleet:
         return self
 
     def close(self) -> None:
-        for proc in (self.broken, self.foreground, self.fg_detached):
+        for proc in (self.broken, self.foreground):
             with contextlib.suppress(OSError):
                 proc.kill()
             with contextlib.suppress(Exception):
@@ -108,29 +102,6 @@ class Fleet:
         kill_matching(str(self.root))
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
-
-
-# What `tuiconsole run` does when the user detaches its console (the console's
-# detach key ends the app with DETACH_RESULT; here that step is skipped).
-FOREGROUND_DETACH = """
-import signal, sys
-from pathlib import Path
-from tuiconsole.remote.detach import continue_in_background, make_info
-from tuiconsole.remote.registry import new_run_id
-from tuiconsole.remote.server import RemoteServer
-from tuiconsole.session import LocalSession
-
-script, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
-session = LocalSession.from_script(script, run_dir=run_dir).start()
-info = make_info(new_run_id(), script, run_dir, detached=False, decay_factor=0.1)
-server = RemoteServer(session, info).start()
-
-def textual_leftover(*_):  # Textual leaves a SIGCONT handler behind that needs its dead app
-    raise RuntimeError("no running event loop")
-
-signal.signal(signal.SIGCONT, textual_leftover)
-sys.exit(continue_in_background(session, server, linger=0))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -390,30 +361,6 @@ def test_a_broken_script_fails_detach_with_its_message(fleet) -> None:
     assert list(Path(fleet.broken_env[ENV_DIR]).iterdir()) == []
 
 
-def test_a_detached_foreground_run_goes_on_without_its_terminal(fleet) -> None:
-    proc, rt = fleet.fg_detached, Path(fleet.fgd_env[ENV_DIR])
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert first.startswith("detached: run "), first
-    run_id = first.split()[2]
-    rest = [proc.stdout.readline() for _ in range(3)]
-    assert f"tuiconsole attach {run_id}" in rest[0] and "close this terminal" in rest[2]
-    proc.send_signal(signal.SIGHUP)  # the terminal went away (the kernel adds a SIGCONT)
-    proc.send_signal(signal.SIGCONT)
-    client = RemoteSession(rt / f"{run_id}.sock")
-    info = read_info(rt / f"{run_id}.json")
-    assert info is not None and info.detached  # `ls` lists it as a background run now
-    step = client.snapshot().status.step
-    wait_until(lambda: client.snapshot().status.step > step, 20, "training to go on")
-    assert proc.poll() is None
-    assert client.submit("stop").result(RESULT_TIMEOUT).ok
-    client.close()
-    assert proc.wait(30) == 0
-    log = (fleet.root / "fgd" / "tuiconsole.log").read_text()  # output moved off the tty
-    assert "stop: stopped at step" in log
-    assert list(rt.iterdir()) == []
-
-
 def test_a_foreground_run_is_attachable_too(fleet) -> None:
     proc, rt = fleet.foreground, Path(fleet.fg_env[ENV_DIR])
     assert proc.stderr is not None
@@ -432,16 +379,16 @@ def test_a_foreground_run_is_attachable_too(fleet) -> None:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
-def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> None:
-    """In an interactive shell (a real pty, bash with job control) the detached run
-    becomes a *running* background job: the prompt comes back and training goes on."""
+def test_ctrl_d_detaches_the_console_and_the_run_outlives_its_terminal(tmp_path) -> None:
+    """`tuiconsole run` in an interactive shell (a real pty, bash with job control):
+    ctrl+d ends the console, the prompt comes back at once (no job is left behind),
+    and training goes on in its own process, through the terminal's hangup."""
     import pty
 
     rt = tempfile.mkdtemp(prefix="tcrt-", dir="/tmp")
-    child = tmp_path / "fg.py"
-    child.write_text(FOREGROUND_DETACH)
     env = {**os.environ, ENV_DIR: rt, "PYTHONUNBUFFERED": "1", "PS1": "PROMPT$ "}
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     shell = subprocess.Popen(
         ["bash", "--norc", "--noprofile", "-i"],
         stdin=slave,
@@ -452,6 +399,7 @@ def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> No
     )
     os.close(slave)
     output = bytearray()
+    run_dir = tmp_path / "run"
 
     def read_until(text: bytes, since: int = 0, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -461,31 +409,48 @@ def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> No
             if ready:
                 output.extend(os.read(master, 65536))
 
+    closed = False
     try:
         read_until(b"PROMPT$ ")
-        os.write(master, f"{sys.executable} {child} {TINY} {tmp_path / 'run'}\n".encode())
-        read_until(b"Your prompt is back")
-        read_until(b"PROMPT$ ", since=output.index(b"Your prompt is back"))  # shell is back
-        (sock,) = Path(rt).glob("*.sock")
-        client = RemoteSession(sock)
+        cmd = f"{sys.executable} -m tuiconsole run {TINY} --run-dir {run_dir}\n"
+        os.write(master, cmd.encode())
+        read_until(b"RUNNING")
+        os.write(master, b"\x04")  # ctrl+d
+        read_until(b"detached: run ")
+        mark = output.index(b"detached: run ")
+        read_until(b"PROMPT$ ", since=mark)  # the shell is back: the console process exited
+        run_id = bytes(output[mark:]).split()[2].decode()
+        info = read_info(Path(rt) / f"{run_id}.json")
+        assert info is not None and info.detached  # `ls` lists it as a background run now
+        del output[:]
+        os.write(master, b"jobs; echo JOBS-DONE\n")
+        read_until(b"JOBS-DONE\r\n")
+        assert b"Running" not in output and b"Stopped" not in output, bytes(output)
+        os.close(master)  # the terminal goes away (SSH closed)
+        closed = True
+        shell.wait(10)
+        client = RemoteSession(Path(rt) / f"{run_id}.sock")
         step = client.snapshot().status.step
         wait_until(lambda: client.snapshot().status.step > step + 5, 20, "training to go on")
-        del output[:]
-        os.write(master, b"jobs\n")
-        read_until(b"Running")  # a running background job, not a stopped one
         assert client.submit("stop").result(RESULT_TIMEOUT).ok
         client.close()
         wait_until(lambda: not list(Path(rt).iterdir()), 30, "the run to end and clean up")
+        log = (run_dir / "tuiconsole.log").read_text()  # its output never was the tty's
+        assert "stop: stopped at step" in log
+        journal = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+        assert journal[-1]["type"] == "end" and journal[-1]["checkpoint"]
     finally:
-        for path in Path(rt).glob("*.json"):  # a run left by a failure: it ignores SIGHUP
+        for path in Path(rt).glob("*.json"):  # a run left by a failure: it has no terminal
             info = read_info(path)
             if info is not None:
                 kill_pid(info.pid, hard=True)
-        with contextlib.suppress(OSError):
-            os.write(master, b"exit\n")
+        if not closed:
+            with contextlib.suppress(OSError):
+                os.write(master, b"exit\n")
         with contextlib.suppress(subprocess.TimeoutExpired):
             shell.wait(10)
         if shell.poll() is None:
             shell.kill()
-        os.close(master)
+        if not closed:
+            os.close(master)
         shutil.rmtree(rt, ignore_errors=True)

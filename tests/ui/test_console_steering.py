@@ -619,7 +619,7 @@ async def test_stop_on_the_command_line_asks_then_keeps_the_final_view(paused_ru
 
 
 async def test_attached_console_q_only_detaches(paused_run) -> None:
-    paused_run.is_remote = True  # what a RemoteSession says; the run here is real
+    paused_run.owns_run = False  # what a RemoteSession says; the run here is real
     app = ConsoleApp(paused_run)
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
@@ -632,14 +632,14 @@ async def test_attached_console_q_only_detaches(paused_run) -> None:
 
 
 async def test_ctrl_d_detaches_a_served_run(paused_run) -> None:
-    from tuiconsole.remote import DETACH_RESULT
+    from tuiconsole.session import DETACHED
 
     app = ConsoleApp(paused_run, can_detach=True)
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
         await pilot.press("ctrl+d")
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
-    assert app.return_value == DETACH_RESULT
+    assert app.return_value == DETACHED
     assert paused_run.texts == [] and paused_run.trainer.alive
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 
 class RunState(StrEnum):
+    LOADING = "LOADING"  # the console's view while the training process loads the script
     STARTING = "STARTING"
     RUNNING = "RUNNING"
     PAUSED = "PAUSED"

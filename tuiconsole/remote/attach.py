@@ -1,8 +1,9 @@
 """`tuiconsole attach` and `tuiconsole ls`: front-ends over a RemoteSession.
 
-The console is the same ConsoleApp a local run gets; it only sees a Session.
-Without a terminal (or with --headless) the run's log is streamed as text and
-stdin lines are sent as commands. Either way, leaving only detaches.
+The console is the same ConsoleApp `tuiconsole run` shows (the CLI passes it
+in); it only sees a Session. Without a terminal (or with --headless) the run's
+log is streamed as text and stdin lines are sent as commands. Either way,
+leaving only detaches.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -25,16 +27,17 @@ POLL = 0.2
 def attach(
     query: str | None,
     *,
-    headless: bool = False,
+    console: Callable[[RemoteSession, RunInfo], object] | None = None,
     refresh_hz: float = 10.0,
-    decay_factor: float | None = None,
     stdin: TextIO | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Attach to a run (id, id prefix, run dir, socket path; None: the newest).
 
-    A socket path is for a socket forwarded from another host
-    (``ssh -L /tmp/run.sock:/tmp/tuiconsole-<uid>/<id>.sock host``). Returns the exit code.
+    ``console(session, info)`` runs a console on it (the CLI picks it); without
+    one the log is streamed as text. A socket path is for a socket forwarded
+    from another host (``ssh -L /tmp/run.sock:/tmp/tuiconsole-<uid>/<id>.sock
+    host``). Returns the exit code.
     """
     if query and _is_socket(query):
         session = RemoteSession(query, rate=refresh_hz)
@@ -42,18 +45,9 @@ def attach(
     else:
         info = resolve_run(query)
         session = RemoteSession(info, rate=refresh_hz)
-    use_console = not headless and sys.stdin.isatty() and sys.stdout.isatty()
-    app_cls = None
-    if use_console:
-        app_cls = _console_class()
     try:
-        if app_cls is not None:
-            app_cls(
-                session,
-                refresh_hz=refresh_hz,
-                decay_factor=decay_factor if decay_factor is not None else info.decay_factor,
-                script_name=Path(info.script).name,
-            ).run()
+        if console is not None:
+            console(session, info)
         else:
             stream(session, stdin=stdin, out=out)
     except KeyboardInterrupt:
@@ -70,16 +64,6 @@ def _is_socket(path: str) -> bool:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:
         return False
-
-
-def _console_class() -> type | None:
-    """ConsoleApp, or None (stream the log instead) where the console isn't installed."""
-    try:
-        from tuiconsole.ui.app import ConsoleApp
-    except ImportError as exc:
-        print(f"tuiconsole: no console ({exc}); streaming the log", file=sys.stderr)
-        return None
-    return ConsoleApp
 
 
 def _goodbye(session: RemoteSession, info: RunInfo) -> str:

@@ -39,7 +39,8 @@ class AttachError(TuiconsoleError):
 class RemoteSession:
     """A session whose run lives in another process (see the module docstring)."""
 
-    is_remote = True  # quitting the console detaches; it never stops the run
+    owns_run = False  # quitting the console detaches; it never stops the run
+    can_detach = True
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class RemoteSession:
         rate: float = 10.0,
         timeout: float = CONNECT_TIMEOUT,
         lite: bool = False,
+        owner_token: str | None = None,
     ) -> None:
         """Connect, say hello and wait for the first (full) snapshot.
 
@@ -69,7 +71,7 @@ class RemoteSession:
         self._assembler = P.SnapshotAssembler()
         self._sock = self._connect(timeout)
         try:
-            self._handshake(rate, lite, timeout)
+            self._handshake(rate, lite, timeout, owner_token)
         except BaseException:
             self._sock.close()
             raise
@@ -148,10 +150,13 @@ class RemoteSession:
             raise AttachError(f"cannot connect to {self.socket_path}: {exc}") from None
         return sock
 
-    def _handshake(self, rate: float, lite: bool, timeout: float) -> None:
+    def _handshake(self, rate: float, lite: bool, timeout: float, owner: str | None) -> None:
         # Refused at once? Then the send may fail, but the error frame is still readable.
+        hello: dict[str, Any] = {"pid": os.getpid(), "rate": float(rate), "lite": lite}
+        if owner:
+            hello["owner"] = owner
         with contextlib.suppress(OSError):
-            self._send(P.message("hello", pid=os.getpid(), rate=float(rate), lite=lite))
+            self._send(P.message("hello", **hello))
         try:
             welcome = P.read_message(self._sock)
             if welcome["type"] == "error":

@@ -5,9 +5,9 @@
 serves the run on its socket and ignores SIGHUP. The parent waits until that
 process serves (so a script error is reported here, exit 2) and returns.
 
-A foreground run can be detached too: :func:`continue_in_background` moves its
-output to the log file, gives the shell its prompt back and keeps the process
-serving after the console quits.
+``tuiconsole run SCRIPT`` starts the same process with an owner (remote/launch.py):
+detaching its console only tells that process to go on; the console process exits
+and the shell's prompt comes back as after any command.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from tuiconsole.errors import TuiconsoleError
-from tuiconsole.remote.registry import RunInfo, read_info, runtime_dir, socket_path, write_info
+from tuiconsole.remote.registry import RunInfo, runtime_dir, socket_path, write_info
 
 if TYPE_CHECKING:
     from tuiconsole.remote.server import RemoteServer
@@ -46,72 +44,30 @@ def spawn_detached(
     *,
     timeout: float = READY_TIMEOUT,
 ) -> RunInfo:
-    """Start ``tuiconsole run SCRIPT --detached-child ...`` in the background; wait until it serves.
+    """Start the training process of ``run --detach`` (no owner); wait until it serves.
 
     Raises TuiconsoleError with the child's own message if it exits first
     (a script contract error, say).
     """
-    from tuiconsole.engine.rundir import open_private, prepare_run_dir
+    from tuiconsole.remote.launch import TrainingProcess
 
-    prepare_run_dir(run_dir)  # 0700, the user's own: the log holds what the script prints
-    log_path = run_dir / LOG_NAME
-    info_path = socket_path(run_id).with_suffix(".json")
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuiconsole",
-        "run",
-        str(script),
-        "--detached-child",
-        "--run-id",
-        run_id,
-        "--run-dir",
-        str(run_dir),
-        *options,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with os.fdopen(open_private(log_path, "the run log", os.O_WRONLY | os.O_APPEND), "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # no controlling terminal: a hangup can't reach it
-            close_fds=True,
-            env=env,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = read_info(info_path) if info_path.exists() else None
-        if info is not None and info.pid == proc.pid:
-            return info
-        code = proc.poll()
-        if code is not None:
-            raise TuiconsoleError(_failure(log_path, code))
-        time.sleep(0.05)
-    return RunInfo(
-        id=run_id,
-        pid=proc.pid,
-        script=str(script),
-        run_dir=str(run_dir),
-        started=time.time(),
-        socket=str(socket_path(run_id)),
-        detached=True,
-        log=str(log_path),
-    )
-
-
-def _failure(log_path: Path, code: int) -> str:
-    """The child's one-line error (it prints `tuiconsole: ...`), else the log's tail."""
+    training = TrainingProcess.start(script, run_dir, run_id, options, owner=False)
     try:
-        lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    for line in reversed(lines[-50:]):
-        if line.startswith("tuiconsole: "):
-            return line.removeprefix("tuiconsole: ")
-    tail = " | ".join(lines[-3:]) or "no output"
-    return f"the background run exited with code {code}: {tail} (log: {log_path})"
+        return training.wait_serving(timeout)
+    except TuiconsoleError:
+        if training.poll() is not None:
+            raise
+        # still loading after `timeout`: it goes on; report what it will be
+        return RunInfo(
+            id=run_id,
+            pid=training.pid,
+            script=str(script),
+            run_dir=str(run_dir),
+            started=time.time(),
+            socket=str(socket_path(run_id)),
+            detached=True,
+            log=str(training.log_path),
+        )
 
 
 def make_info(
@@ -137,27 +93,43 @@ def make_info(
 
 
 class StopRequest:
-    """SIGTERM/SIGINT in a background run: stop training cleanly, then exit at once.
+    """SIGTERM/SIGINT in a training process with no terminal: stop cleanly, then exit.
 
-    The run gets a ``stop`` command journaled as ``signal:SIGTERM`` (like a
-    foreground run); the process does not linger for attached clients.
+    The run gets a ``stop`` command journaled as ``signal:SIGTERM`` (as a
+    console's stop is); the process does not linger for attached clients. A
+    step that never ends (a loader blocked forever) can't reach the boundary: a
+    watcher waits the stop grace period, ends the run's files without that step
+    and leaves the process (the main thread is the one that is stuck).
     """
 
-    def __init__(self, session: Session | None = None) -> None:
+    def __init__(self, session: LocalSession | None = None) -> None:
         self.session = session
         self.event = threading.Event()
+        self.signum: int | None = None
 
     def install(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
+        threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set():
             return
+        self.signum = signum
         self.event.set()
         if self.session is not None:  # submit only parses and queues: safe in a handler
             self.session.submit("stop", source=f"signal:{signal.Signals(signum).name}")
+
+    def _watch(self) -> None:
+        self.event.wait()
+        if self.session is None:
+            return
+        self.session.close()  # waits for the stop; gives up on a stuck step
+        if self.session.unfinished is not None:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"stopped: {self.session.unfinished}; journal flushed", flush=True)
+            os._exit(128 + (self.signum or signal.SIGTERM))
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -168,150 +140,134 @@ def ignore_hangup() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def release_terminal_signals() -> None:
-    """Drop the job-control handlers a console left behind.
+class OwnerLink:
+    """The training process's end of the owner pipe (see remote/launch.py).
 
-    Textual installs SIGTSTP/SIGCONT handlers and does not remove them when the
-    app exits; the SIGCONT that comes with a closing terminal would then call
-    into a dead app and crash the process that is still training.
+    A thread reads it: ``detach`` marks the run detached (``ls`` shows it as a
+    background run from then on); the pipe closing without it means the
+    console is gone (it quit, crashed, was killed, or its terminal hung up):
+    the run stops cleanly with its final checkpoint, source ``console``. Gone
+    while the script still loads, the process leaves as a Ctrl+C would.
     """
-    for name in ("SIGTSTP", "SIGCONT", "SIGWINCH", "SIGTTIN", "SIGTTOU"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(sig, signal.SIG_DFL)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.detached = False
+        self.gone = threading.Event()
+        self._session: Session | None = None
+        self._server: RemoteServer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> OwnerLink:
+        threading.Thread(target=self._read, name="tuiconsole-owner", daemon=True).start()
+        return self
+
+    @property
+    def attached(self) -> bool:
+        """The console that started the run is still there, watching it."""
+        return not self.detached and not self.gone.is_set()
+
+    def adopt(self, session: Session, server: RemoteServer) -> None:
+        """The run is loaded and served: from now on a gone console stops it."""
+        with self._lock:
+            self._session, self._server = session, server
+            gone = self.gone.is_set() and not self.detached
+        if gone:
+            session.submit("stop", source="console")
+
+    def _read(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = os.read(self.fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                break
+            buf += data
+            if b"detach" in buf and not self.detached:
+                self._detach()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with self._lock:
+            self.gone.set()
+            session = self._session
+        if self.detached:
+            return
+        if session is None:  # still loading the script: leave as Ctrl+C would
+            os.kill(os.getpid(), signal.SIGINT)
+        else:
+            session.submit("stop", source="console")
+
+    def _detach(self) -> None:
+        with self._lock:
+            self.detached = True
+            server = self._server
+        if server is not None:
+            info = server.info = replace(server.info, detached=True)
+            with contextlib.suppress(OSError):
+                write_info(info)  # `ls` now shows it as a background run
 
 
-def serve_until_done(
+def serve_training(
     session: LocalSession,
     server: RemoteServer,
     *,
     linger: float,
     stop: StopRequest,
+    owner: OwnerLink | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Keep the run served until it ends, then while clients watch or ``linger`` s pass.
+    """Train in this (the main) thread while the server serves; then linger.
 
-    A run that finished or failed stays attachable for ``linger`` seconds after
-    the last client left (to look at the result); a stopped one leaves as soon
-    as nobody is attached; SIGTERM/SIGINT leave at once.
-
-    Prints the run's log lines to ``out`` (the log file). Returns the exit code:
-    0, or 1 if training raised.
+    Once the run ended it stays attachable: while the console that started it
+    watches, or (detached) for ``linger`` seconds after the last client left,
+    to look at the result; a stopped run leaves as soon as nobody is attached;
+    SIGTERM/SIGINT leave at once. Prints the run's log lines to ``out`` (the
+    log file) from a thread. Returns the exit code: 0, 1 if training raised,
+    128 + N if signal N stopped it.
     """
     from tuiconsole.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(session, out) if out is not None else None
-    try:
-        while not stop.is_set() and not session.wait(PRINT_EVERY):
-            if printer is not None:
-                printer.print_new()
+
+    def print_log() -> None:
+        while printer is not None and not session.wait(PRINT_EVERY):
+            printer.print_new()
+
+    def linger_then_leave() -> None:
+        # A finished (or failed) run's loop idles, still serving eval, checkpoint...:
+        # this thread decides when it is time to go, then stops it.
+        session.wait()
         ended = time.monotonic()
-        if session.snapshot().status.state.value == "STOPPED":
-            linger = 0.0  # stopped on purpose: leave once nobody watches
+        wait = 0.0 if session.snapshot().status.state.value == "STOPPED" else linger
         while not stop.is_set():
             if printer is not None:
                 printer.print_new()
+            if owner is not None and owner.attached:
+                owner.gone.wait(0.2)  # the console shows the end until its user quits
+                continue
             quiet = time.monotonic() - max(ended, server.last_client_left)
-            if server.clients == 0 and quiet >= linger:
+            if server.clients == 0 and quiet >= wait:
                 break
             stop.event.wait(0.2)
+        session.close()
+
+    threading.Thread(target=print_log, name="tuiconsole-log", daemon=True).start()
+    leaving = threading.Thread(target=linger_then_leave, name="tuiconsole-linger", daemon=True)
+    leaving.start()
+    try:
+        session.run()
+        while leaving.is_alive():  # in steps: a signal handler must get to run here
+            leaving.join(0.2)
     finally:
         session.close()
         server.close("the run has ended" if session.wait(0) else "the run's process is exiting")
     snap = printer.print_new() if printer is not None else session.snapshot()
     if out is not None:
         print(f"{snap.status.state.value.lower()} at step {snap.status.step}", file=out, flush=True)
-    return 1 if snap.status.state.value == "ERROR" else 0
-
-
-def redirect_stdio(log_path: Path) -> None:
-    """Point fds 0/1/2 away from the terminal (so a closed terminal can't break writes)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(devnull, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(devnull)
-    os.close(log_fd)
-
-
-def continue_in_background(
-    session: LocalSession, server: RemoteServer, *, linger: float = DEFAULT_LINGER
-) -> int:
-    """The console of a foreground run detached: keep training, serve, survive hangups.
-
-    No longer needs the terminal: closing it or losing SSH does not stop the run. When
-    it is an interactive shell's foreground job, the shell gets its prompt back (as after
-    ctrl+z and ``bg``); otherwise the process simply goes on. Attach from anywhere.
-    """
-    log_path = Path(server.info.run_dir) / LOG_NAME
-    info = server.info = replace(server.info, detached=True, log=str(log_path))
-    with contextlib.suppress(OSError):
-        write_info(info)  # `ls` now shows it as a background run
-    release_terminal_signals()  # signals first: the terminal may close as soon as we say so
-    ignore_hangup()
-    stop = StopRequest(session).install()
-    to_background = owns_the_terminal()
-    how_to_stop = (
-        "Your prompt is back (the shell may say 'Stopped': the run resumes at once). Stop "
-        f"it with `tuiconsole attach {info.id}` then `:stop`, or `kill {os.getpid()}` (both "
-        "write a final checkpoint)."
-        if to_background
-        else "You can close this terminal: the run ignores the hangup (Ctrl+C here stops it)."
-    )
-    with contextlib.suppress(OSError):
-        print(
-            f"detached: run {info.id} goes on in the background (pid {os.getpid()}).\n"
-            f"  attach:  tuiconsole attach {info.id}\n"
-            f"  output:  {log_path}\n{how_to_stop}",
-            flush=True,
-        )
-    redirect_stdio(log_path)
-    if to_background:
-        hand_back_the_prompt()
-    return serve_until_done(session, server, linger=linger, stop=stop, out=sys.stdout)
-
-
-CONT_AFTER_S = 0.3  # how long the job stays stopped: the shell must see the stop first
-_CONT_HELPER = (
-    "import os, signal, sys, time; time.sleep(float(sys.argv[1])); "
-    "os.killpg(int(sys.argv[2]), signal.SIGCONT)"
-)
-
-
-def owns_the_terminal() -> bool:
-    """Is this process group the foreground job of the terminal on stdin?"""
-    try:
-        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        return False
-
-
-def hand_back_the_prompt() -> None:
-    """Turn this foreground job into a running background job, as ctrl+z then ``bg`` do.
-
-    A shell waits for its foreground job until the job exits or stops. So a helper in a
-    session of its own waits CONT_AFTER_S and sends SIGCONT to this process group (our
-    DataLoader workers included), and the group stops itself with SIGTSTP: the shell
-    sees the stop and prints its prompt, the SIGCONT resumes the run, and the shell
-    counts the job as running in the background. Where nobody does job control (the
-    process group is orphaned), the kernel discards the SIGTSTP and nothing stops.
-    If the helper cannot start, nothing is stopped (the job stays in the foreground).
-    """
-    pgid = os.getpgrp()
-    try:
-        helper = subprocess.Popen(
-            [sys.executable, "-c", _CONT_HELPER, str(CONT_AFTER_S), str(pgid)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # not in our group: it must not stop with it
-        )
-    except OSError:
-        return  # never stop without someone to continue us
-    threading.Thread(target=helper.wait, name="tuiconsole-cont", daemon=True).start()
-    os.killpg(pgid, signal.SIGTSTP)
+    if snap.status.state.value == "ERROR":
+        return 1
+    return 128 + stop.signum if stop.signum is not None else 0

@@ -23,6 +23,7 @@ stop training):
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import queue
@@ -59,6 +60,7 @@ MIN_RATE, MAX_RATE, DEFAULT_RATE = 0.2, 30.0, 10.0
 TICK = 0.02
 HOUSEKEEPING_SECONDS = 30.0  # touch (and if gone, re-create) socket and info file
 SOURCE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+OWNER_SOURCE_CHARS = SOURCE_CHARS | {":"}  # `signal:SIGTERM`
 
 
 # ---------------------------------------------------------------------- credentials
@@ -119,6 +121,7 @@ class _Client:
     last_structure: int | None = None
     last_log_seq: int = 0
     in_flight: int = 0
+    owner: bool = False  # the console that started this run (it holds the owner token)
     events: int = selectors.EVENT_READ  # what the selector watches for it
 
     @property
@@ -133,8 +136,19 @@ class RemoteServer:
     ``clients`` is the number of attached clients, for lingering decisions.
     """
 
-    def __init__(self, session: Session, info: RunInfo, *, uid: int | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        info: RunInfo,
+        *,
+        uid: int | None = None,
+        owner_token: str | None = None,
+    ) -> None:
+        """``owner_token``: the secret the console that started this run says in its
+        hello; its commands keep their own source (``ui``, ``signal:SIGTERM``), as
+        they did when the console ran in the training process."""
         self.session = session
+        self.owner_token = owner_token
         self.info = info
         self.uid = os.getuid() if uid is None else uid
         self.path = Path(info.socket)
@@ -393,6 +407,9 @@ class RemoteServer:
             return
         client.hello = True
         client.lite = bool(msg.get("lite"))
+        token = msg.get("owner")
+        if self.owner_token and isinstance(token, str):
+            client.owner = hmac.compare_digest(token.encode(), self.owner_token.encode())
         if not client.lite:
             self._attached += 1
         client.interval = 1.0 / _rate(msg.get("rate"))
@@ -414,7 +431,10 @@ class RemoteServer:
             return
         source = client.name
         extra = msg.get("source")
-        if isinstance(extra, str) and extra not in ("", "ui") and set(extra) <= SOURCE_CHARS:
+        if client.owner:
+            owned = isinstance(extra, str) and bool(extra) and set(extra) <= OWNER_SOURCE_CHARS
+            source = str(extra)[:40] if owned else "ui"
+        elif isinstance(extra, str) and extra not in ("", "ui") and set(extra) <= SOURCE_CHARS:
             source = f"{client.name}:{extra[:32]}"
         client.in_flight += 1
         key = client.key
@@ -444,7 +464,24 @@ class RemoteServer:
             if client is None:
                 continue  # the client left before its answer came
             client.in_flight = max(0, client.in_flight - 1)
+            self._push_snapshot(client)
             self._queue(client, P.message("result", id=msg_id, result=P.result_to_dict(result)))
+
+    def _push_snapshot(self, client: _Client) -> None:
+        """The frame showing a command's effect, ahead of its result, not at the next tick.
+
+        The trainer publishes before it resolves the command's future, so the
+        client's view already shows the change when its future resolves: a key
+        press is visible without waiting for the client's next frame.
+        """
+        if not client.hello or client.lite or client.has_snapshot_queued:
+            return
+        try:
+            snap = self.session.snapshot()
+        except Exception:  # a broken session: the result still goes out
+            return
+        if snap.seq != client.last_seq:
+            self._queue(client, self._snapshot_frame(client, snap), is_snapshot=True)
 
     # ------------------------------------------------------------------ writing
 

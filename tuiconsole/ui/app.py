@@ -30,8 +30,7 @@ from textual.widgets import DataTable, Footer
 
 from tuiconsole.engine.commands import CommandResult
 from tuiconsole.engine.snapshot import RunState, Snapshot
-from tuiconsole.remote import DETACH_RESULT
-from tuiconsole.session import Session
+from tuiconsole.session import DETACHED, Session
 from tuiconsole.ui.completion import Vocabulary
 from tuiconsole.ui.fmt import fmt_count
 from tuiconsole.ui.palette import ConsoleCommands, PaletteEntry
@@ -75,7 +74,7 @@ class CommandDone(Message):
         self.then = then
 
 
-class ConsoleApp(App[None]):
+class ConsoleApp(App[str | None]):
     """The console. ``ConsoleApp(session).run()``; the caller closes the session afterwards."""
 
     CSS_PATH = "console.tcss"
@@ -189,11 +188,12 @@ class ConsoleApp(App[None]):
         refresh_hz: float = 10.0,
         decay_factor: float = 0.1,
         script_name: str = "",
-        can_detach: bool = False,
+        can_detach: bool | None = None,
     ) -> None:
-        """``can_detach``: the caller serves this run and keeps it going when ``run()``
-        returns ``DETACH_RESULT`` (ctrl+d). A remote (attached) session can always detach,
-        and there ``q`` only detaches: stopping a remote run is the explicit ``:stop``."""
+        """``can_detach`` (default: the session's): ctrl+d ends ``run()`` with
+        ``DETACHED`` and the caller keeps the run going. Where the session does not
+        own its run (``attach``), ``q`` only detaches: stopping it is the explicit
+        ``:stop``."""
         super().__init__()
         if refresh_hz <= 0:
             raise ValueError("refresh_hz must be > 0")
@@ -201,8 +201,8 @@ class ConsoleApp(App[None]):
         self.refresh_hz = refresh_hz
         self.decay_factor = decay_factor
         self.script_name = script_name
-        self.is_remote = bool(getattr(session, "is_remote", False))
-        self.can_detach = can_detach or self.is_remote
+        self.owns_run = session.owns_run
+        self.can_detach = session.can_detach if can_detach is None else can_detach
         self.snap: Snapshot | None = None
         self.frames = 0  # snapshots applied (tests and the benchmark read it)
         self._idle_polls = 0
@@ -289,6 +289,9 @@ class ConsoleApp(App[None]):
         lost = self._connection_lost()
         if lost != self._lost:
             self._lost, force = lost, True
+            if lost and (self.snap is None or self.snap.status.state == RunState.LOADING):
+                self.exit()  # the run never came up: its caller says why, in the terminal
+                return
         try:
             snap = self.session.snapshot()
         except Exception as exc:  # a remote session that went away: show it, don't crash
@@ -296,7 +299,12 @@ class ConsoleApp(App[None]):
             self._failed = True
             return
         self._failed = False
-        if snap is not None and (force or self.snap is None or snap.seq != self.snap.seq):
+        if snap is not None and (
+            force
+            or self.snap is None
+            or snap.seq != self.snap.seq
+            or snap.status.state != self.snap.status.state  # LOADING -> the run
+        ):
             changed = self.apply_snapshot(snap)
         elif self._slow_pending and self.snap is not None:
             changed = self._show_slow_parts(self.snap, time.monotonic())
@@ -308,10 +316,10 @@ class ConsoleApp(App[None]):
             self._idle_polls += 1
 
     def _connection_lost(self) -> str | None:
-        """Why a remote session lost its run, or None (always None for a local run)."""
-        if not getattr(self.session, "disconnected", False):
+        """Why the session lost its run, or None (always None for a local run)."""
+        if not self.session.disconnected:
             return None
-        return str(getattr(self.session, "disconnect_reason", "") or "connection lost")
+        return self.session.disconnect_reason or "connection lost"
 
     def wake(self) -> None:
         """Back to the full refresh rate (a key was pressed or a command sent)."""
@@ -329,6 +337,9 @@ class ConsoleApp(App[None]):
         table, tree) follow at most every SLOW_PARTS_S while the run trains (the group
         table and tree at every snapshot for ACTIVE_S after a key or a command).
         """
+        was = self.snap.status.state if self.snap is not None else None
+        if was == RunState.LOADING and snap.status.state != RunState.LOADING:
+            self.run_log.last_seq = 0  # the run's own log begins: its seqs start at 1
         self.snap = snap
         self.frames += 1
         status = snap.status
@@ -656,7 +667,7 @@ class ConsoleApp(App[None]):
             self.screen.dismiss(True)
             return
         state = self.state
-        if self.is_remote:
+        if not self.owns_run:
             title, body, yes = (
                 "Detach?",
                 "The run keeps training; `tuiconsole attach` returns.",
@@ -684,7 +695,7 @@ class ConsoleApp(App[None]):
         if not confirmed or self._quitting:
             return
         self._quitting = True
-        if self.is_remote:
+        if not self.owns_run:
             self.exit()  # an attached console only detaches; the run goes on
         else:
             self.run_worker(self._stop_and_exit(), exclusive=True, group="quit")
@@ -703,12 +714,8 @@ class ConsoleApp(App[None]):
     def action_detach(self) -> None:
         """Leave the run training in the background (a local run the CLI serves, or an
         attached one); the CLI or `attach` does the rest after ``run()`` returns."""
-        if not self.can_detach:
-            return
-        if self.is_remote:
-            self.exit()
-        else:
-            self.exit(DETACH_RESULT)
+        if self.can_detach:
+            self.exit(DETACHED)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "detach":

@@ -28,6 +28,7 @@ def group_color(index: int) -> str:
 
 
 STATE_STYLES: dict[RunState, str] = {
+    RunState.LOADING: "bold #000000 on #87d7ff",
     RunState.STARTING: "bold",
     RunState.RUNNING: "bold #000000 on #5fd75f",
     RunState.PAUSED: "bold #000000 on #ffd75f",
