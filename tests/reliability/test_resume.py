@@ -162,6 +162,7 @@ def test_split_groups_keep_their_own_schedule_function_after_resume(tmp_path):
     assert_same_run(a, b)
 
 
+@pytest.mark.subprocess
 def test_headless_resume_cli_is_bit_for_bit(tmp_path):
     """tuiconsole run --max-steps 100, then --resume to 200 == one run to 200 (subprocesses)."""
     script = write_script(
@@ -325,6 +326,7 @@ def test_relative_checkpoint_path_goes_into_the_run_dir(tmp_path):
     t.close()
 
 
+@pytest.mark.subprocess
 def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
     """`--resume` into the run dir appends a second session to journal.jsonl. The
     replay used to re-apply the first session's commands and its stop too (the lr

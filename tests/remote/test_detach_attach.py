@@ -27,6 +27,8 @@ from tuiconsole.remote import protocol as P
 from tuiconsole.remote.client import RemoteSession
 from tuiconsole.remote.registry import ENV_DIR, read_info
 
+pytestmark = pytest.mark.subprocess
+
 RESULT_TIMEOUT = 20.0
 
 # A second client in its own process: applies argv[2] (if any), prints what it sees.
@@ -432,6 +434,7 @@ def test_a_foreground_run_is_attachable_too(fleet) -> None:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
+@pytest.mark.pty
 def test_detaching_a_shells_foreground_job_gives_the_prompt_back(tmp_path) -> None:
     """In an interactive shell (a real pty, bash with job control) the detached run
     becomes a *running* background job: the prompt comes back and training goes on."""

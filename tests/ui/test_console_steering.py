@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from textual.command import CommandList
 
@@ -19,6 +20,8 @@ from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen
 from tuiconsole.ui.screens.split_name import SplitNameScreen
+
+pytestmark = pytest.mark.slow  # a real trainer thread under each console
 
 SIZE = (120, 40)
 
