@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -351,8 +352,13 @@ def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
     assert [h.get("resumed_step") for h in headers] == [None, 40]
     journal = str(run / "journal.jsonl")
 
-    out = tui("--replay", journal, "--resume", str(ck40), "--max-steps", "80",
-              "--run-dir", str(tmp_path / "r2"))  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:  # the two replays are independent: side by side
+        second_replay = pool.submit(tui, "--replay", journal, "--resume", str(ck40),
+                                    "--max-steps", "80", "--run-dir", str(tmp_path / "r2"))  # fmt: skip
+        first_replay = pool.submit(tui, "--replay", journal, "--max-steps", "40",
+                                   "--run-dir", str(tmp_path / "r1"))  # fmt: skip
+        out = second_replay.result()
+        first_replay.result()
     assert "(session 2, journal line 6)" in out
     assert "finished at step 80" in out  # not "stopped": the closing stop is not replayed
     assert_same_checkpoint(run / "checkpoint-step80.pt", tmp_path / "r2" / "checkpoint-step80.pt")
@@ -360,8 +366,6 @@ def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
         "lr"
     ]
     assert lr == 0.02 * 0.5 / 2  # halved twice, not three times
-
-    tui("--replay", journal, "--max-steps", "40", "--run-dir", str(tmp_path / "r1"))
     assert_same_checkpoint(ck40, tmp_path / "r1" / "checkpoint-step40.pt")
 
 
