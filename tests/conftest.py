@@ -21,7 +21,16 @@ torch.set_num_threads(1)
 
 # Audit events raised whenever this interpreter starts another program.
 _PROCESS_EVENTS = frozenset(
-    {"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn", "os.exec", "pty.spawn"}
+    (
+        "subprocess.Popen",
+        "os.system",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.exec",
+        "os.fork",
+        "os.forkpty",
+        "pty.spawn",
+    )
 )
 _unmarked: list[str] = []  # the node id of the running test, while it may not start processes
 
