@@ -202,13 +202,24 @@ def cli_popen(*args: str, **kw: Any) -> subprocess.Popen:
     )
 
 
-def wait_for_file_line(path: Path, needle: str, timeout: float = 60) -> None:
+def wait_until(predicate, what: str, timeout: float = 60) -> None:
+    """Poll ``predicate()`` until it holds; after ``timeout`` s fail naming ``what``.
+
+    For a condition in another process (a file, its output): the generous timeout
+    costs nothing when the condition comes, as a fixed sleep would every time."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} never appeared in {path}")
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_for_file_line(path: Path, needle: str, timeout: float = 60) -> None:
+    wait_until(
+        lambda: path.exists() and needle in path.read_text(errors="replace"),
+        f"{needle!r} in {path}",
+        timeout,
+    )
 
 
 SLOW_SCRIPT = """

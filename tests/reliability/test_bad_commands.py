@@ -195,6 +195,7 @@ def test_bad_commands_through_the_running_trainer(tmp_path):
         t.close()
 
 
+@pytest.mark.subprocess
 def test_headless_stdin_bad_lines(tmp_path):
     """Garbage on stdin: an error line each, the run goes on, exit 0, journal consistent."""
     from tests.reliability.helpers import ROOT

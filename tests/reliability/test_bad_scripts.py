@@ -109,6 +109,7 @@ def test_generator_loader_used_up_after_one_epoch(tmp_path):
     assert "use a list or a DataLoader" in t.error.message
 
 
+@pytest.mark.subprocess
 def test_headless_wrong_shape_exits_1_with_the_step(tmp_path):
     script = write_script(tmp_path, GOOD + "\ntrain_loader = [(torch.randn(16, 5), y[:16])]\n")
     r = cli("run", str(script), "--headless", "--run-dir", str(tmp_path / "r"))

@@ -38,6 +38,8 @@ from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.script import TrainingSpec
 
+pytestmark = pytest.mark.slow  # 1,000 random sequences
+
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 

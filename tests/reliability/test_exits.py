@@ -50,6 +50,7 @@ def wait_for_path(path: Path, proc: subprocess.Popen, timeout: float = 60) -> No
         time.sleep(0.02)
 
 
+@pytest.mark.subprocess
 def test_sigterm_while_a_step_is_stuck_in_the_loader_exits_with_the_journal_flushed(tmp_path):
     """Two SIGTERMs used to be ignored and the process hung until kill -9."""
     script = write_script(
@@ -85,6 +86,7 @@ train_loader = Loader()
     assert end["unfinished"] == {"step": 6, "phase": "data"}
 
 
+@pytest.mark.subprocess
 def test_a_thread_the_script_leaves_running_does_not_keep_the_process_alive(tmp_path):
     """Python waits for non-daemon threads at exit: the finished run used to hang."""
     script = write_script(
@@ -106,6 +108,7 @@ threading.Thread(target=threading.Event().wait, name="script-worker").start()
     assert end["type"] == "end" and json.dumps(end)
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_while_the_script_loads_prints_one_line(tmp_path):
     """Typer turned it into "Aborted!" with exit 1."""
     script = write_script(

@@ -285,6 +285,7 @@ def test_cpu_finite_check_reads_the_value():
     assert not _finite_on_cpu(torch.tensor([1.0, float("inf")]))[0]
 
 
+@pytest.mark.subprocess
 def test_headless_nan_stop_and_default_in_batch_mode(tmp_path):
     """Not a terminal on stdin: the default becomes stop (nobody could resume); exit 1."""
     body = """
@@ -339,6 +340,7 @@ def test_exit_inside_a_step_still_writes_the_last_good_checkpoint(tmp_path, exc,
     t.close()
 
 
+@pytest.mark.subprocess
 def test_sys_exit_in_a_step_of_a_cli_run_writes_the_checkpoint(tmp_path):
     script = write_script(
         tmp_path,

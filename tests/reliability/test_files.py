@@ -116,6 +116,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- full disk
 
 
+@pytest.mark.subprocess
 def test_a_disk_full_mid_run_ends_it_cleanly_with_one_line(small_disk):
     """The journal's ENOSPC used to be raised again in the failure and finish
     paths: the trainer thread died, the run never ended, only kill -9 worked."""
@@ -139,6 +140,7 @@ def test_a_disk_full_mid_run_ends_it_cleanly_with_one_line(small_disk):
     assert temp_files(run_dir) == []
 
 
+@pytest.mark.subprocess
 def test_sigterm_on_a_full_disk_still_stops_and_says_disk_full(small_disk):
     run_dir = small_disk / "run"
     proc = popen_run("--paused", "--run-dir", str(run_dir))
@@ -159,6 +161,7 @@ def test_sigterm_on_a_full_disk_still_stops_and_says_disk_full(small_disk):
     assert jsonl(run_dir / "journal.jsonl")[-1]["type"] == "end"
 
 
+@pytest.mark.subprocess  # small_disk mounts a tmpfs
 def test_a_failed_torch_save_says_disk_full_and_leaves_no_temp_file(tmp_path, small_disk):
     t = sync_trainer(make_spec(), tmp_path / "run")
     t.step_now(3)
@@ -174,6 +177,7 @@ def test_a_failed_torch_save_says_disk_full_and_leaves_no_temp_file(tmp_path, sm
     t.close()
 
 
+@pytest.mark.subprocess
 def test_a_read_only_run_dir_says_so(tmp_path, monkeypatch, capsys):
     disk = tmp_path / "ro"
     disk.mkdir()

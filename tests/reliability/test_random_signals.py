@@ -23,7 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.helpers import SLOW_SCRIPT, cli_env
+
+pytestmark = pytest.mark.subprocess
 
 EXPECTED_CODES = {0, 130, 143}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -162,6 +163,7 @@ def test_split_groups_keep_their_own_schedule_function_after_resume(tmp_path):
     assert_same_run(a, b)
 
 
+@pytest.mark.subprocess
 def test_headless_resume_cli_is_bit_for_bit(tmp_path):
     """tuiconsole run --max-steps 100, then --resume to 200 == one run to 200 (subprocesses)."""
     script = write_script(
@@ -325,6 +327,7 @@ def test_relative_checkpoint_path_goes_into_the_run_dir(tmp_path):
     t.close()
 
 
+@pytest.mark.subprocess
 def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
     """`--resume` into the run dir appends a second session to journal.jsonl. The
     replay used to re-apply the first session's commands and its stop too (the lr
@@ -349,8 +352,13 @@ def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
     assert [h.get("resumed_step") for h in headers] == [None, 40]
     journal = str(run / "journal.jsonl")
 
-    out = tui("--replay", journal, "--resume", str(ck40), "--max-steps", "80",
-              "--run-dir", str(tmp_path / "r2"))  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:  # the two replays are independent: side by side
+        second_replay = pool.submit(tui, "--replay", journal, "--resume", str(ck40),
+                                    "--max-steps", "80", "--run-dir", str(tmp_path / "r2"))  # fmt: skip
+        first_replay = pool.submit(tui, "--replay", journal, "--max-steps", "40",
+                                   "--run-dir", str(tmp_path / "r1"))  # fmt: skip
+        out = second_replay.result()
+        first_replay.result()
     assert "(session 2, journal line 6)" in out
     assert "finished at step 80" in out  # not "stopped": the closing stop is not replayed
     assert_same_checkpoint(run / "checkpoint-step80.pt", tmp_path / "r2" / "checkpoint-step80.pt")
@@ -358,8 +366,6 @@ def test_resume_into_the_same_run_dir_replays_each_session_exactly(tmp_path):
         "lr"
     ]
     assert lr == 0.02 * 0.5 / 2  # halved twice, not three times
-
-    tui("--replay", journal, "--max-steps", "40", "--run-dir", str(tmp_path / "r1"))
     assert_same_checkpoint(ck40, tmp_path / "r1" / "checkpoint-step40.pt")
 
 

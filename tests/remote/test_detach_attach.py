@@ -30,6 +30,8 @@ from tuiconsole.remote import protocol as P
 from tuiconsole.remote.client import RemoteSession
 from tuiconsole.remote.registry import ENV_DIR, read_info
 
+pytestmark = pytest.mark.subprocess
+
 RESULT_TIMEOUT = 20.0
 
 # A second client in its own process: applies argv[2] (if any), prints what it sees.
@@ -379,6 +381,7 @@ def test_a_foreground_run_is_attachable_too(fleet) -> None:
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
+@pytest.mark.pty
 def test_ctrl_d_detaches_the_console_and_the_run_outlives_its_terminal(tmp_path) -> None:
     """`tuiconsole run` in an interactive shell (a real pty, bash with job control):
     ctrl+d ends the console, the prompt comes back at once (no job is left behind),

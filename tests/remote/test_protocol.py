@@ -148,6 +148,7 @@ def test_results_round_trip() -> None:
     assert P.result_from_dict(json.loads(json.dumps(P.result_to_dict(r)))) == r
 
 
+@pytest.mark.subprocess
 def test_client_side_modules_do_not_import_torch() -> None:
     code = (
         "import sys; import tuiconsole.remote.client, tuiconsole.remote.registry, "

@@ -86,6 +86,7 @@ def test_info_file_is_private_and_round_trips(runtime_env) -> None:
     assert R.read_info(info.info_path) == info
 
 
+@pytest.mark.subprocess
 def test_stale_runs_are_cleaned_live_ones_kept(runtime_env) -> None:
     d = R.runtime_dir()
     dead = _info(d, "dead00", _dead_pid())
@@ -106,6 +107,7 @@ def test_stale_runs_are_cleaned_live_ones_kept(runtime_env) -> None:
     assert left == ["live00.json", "live00.sock"]
 
 
+@pytest.mark.subprocess
 def test_a_killed_run_is_cleaned_by_ls_and_attach(runtime_env) -> None:
     """A real process that served a socket, then died by SIGKILL (no chance to clean up)."""
     d = R.runtime_dir()

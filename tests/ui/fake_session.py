@@ -1,15 +1,26 @@
-"""A hand-made, frozen session for pinned screenshot tests only.
+"""A frozen session for pinned screenshot tests only.
 
 Behaviour tests use the real engine; this exists so the SVG snapshots are
-byte-stable (no elapsed time, no steps/s jitter) and fast.
+byte-stable (no elapsed time, no steps/s jitter) and fast. The model tree, the
+charts and the status numbers are made up, but what the run says is not: the
+log, the evals, the groups' lrs and the error come from a real small Trainer
+driven synchronously through the same steering as the pictures show (see
+``engine_run``), so a change to the engine's log kinds or texts shows up here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import torch
+from torch import nn
+
+from tests.ui.real_run import make_data, make_model
 from tuiconsole.engine.commands import CommandResult, parse
 from tuiconsole.engine.snapshot import (
     EvalPoint,
@@ -22,7 +33,110 @@ from tuiconsole.engine.snapshot import (
     Series,
     Snapshot,
 )
+from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.errors import CommandError
+from tuiconsole.script import TrainingSpec, seed_everything
+
+RUN_DIR = "runs/vgg-20250101-000000"
+T0 = 1_735_689_600.0  # 2025-01-01 00:00 UTC
+
+
+class _RunsOutOfMemory(nn.Module):
+    """The real tiny net, whose forward raises a real ``torch.OutOfMemoryError`` once
+    ``oom`` is set: the errored picture's error is the engine's own handling of one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = make_model()
+        self.features, self.classifier = net.features, net.classifier
+        self.oom = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.oom:
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                "of 7.79 GiB of which 1.25 GiB is free."
+            )
+        return self.classifier(self.features(x))
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What a real trainer said, normalised: a paused view and, one step on, an errored one."""
+
+    paused_log: tuple[LogEntry, ...]
+    error_log: tuple[LogEntry, ...]
+    evals: tuple[EvalPoint, ...]
+    lrs: dict[str, float]
+    error: RunError
+
+
+def _normalised(log: tuple[LogEntry, ...], run_dir: Path) -> tuple[LogEntry, ...]:
+    """Only what differs between two runs is replaced: the wall-clock time of each entry
+    (made one every 0.04 s of steps) and the temporary run dir in paths (RUN_DIR)."""
+    return tuple(
+        replace(e, time=T0 + e.step * 0.04, text=e.text.replace(str(run_dir), RUN_DIR)) for e in log
+    )
+
+
+@functools.cache
+def engine_run() -> EngineRun:
+    """Steer a real tiny features/classifier run the way the pictures' story goes: eval at
+    500, decay the classifier at 800, eval at 1000, checkpoint at 1050, a refused command at
+    1100, pause at 1200; then one more step runs out of memory. Deterministic (seeded, CPU,
+    one thread); about a second, once per process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seed_everything(0)
+    model = _RunsOutOfMemory()
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model.features.parameters(), "lr": 0.001},
+            {"params": model.classifier.parameters()},
+        ],
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0005,
+    )
+    data = make_data()
+    spec = TrainingSpec(
+        model=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        train_loader=data,
+        eval_loader=data[:4],
+        epochs=1000,
+        path=Path("vgg.py"),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        trainer = Trainer(spec, RunConfig(run_dir=run_dir, log_every=0)).prepare()
+        try:
+            for step, command in [
+                (500, "eval"),
+                (800, "decay 0.1 classifier"),
+                (1000, "eval"),
+                (1050, "checkpoint"),
+                (1100, "lr nosuch 1e-3"),
+                (1200, "pause"),
+            ]:
+                assert trainer.step_now(step - trainer.step) == step
+                trainer.apply_now(command, source="ui")
+            paused = trainer.latest_snapshot()
+            model.oom = True
+            trainer.step_now(1)
+            errored = trainer.latest_snapshot()
+        finally:
+            trainer.close()
+            torch.set_num_threads(threads)
+    assert paused.status.state == RunState.PAUSED and errored.status.error is not None
+    return EngineRun(
+        paused_log=_normalised(paused.log, run_dir),
+        error_log=_normalised(errored.log, run_dir),
+        evals=paused.evals,
+        lrs={g.name: g.lr for g in paused.groups},
+        error=errored.status.error,
+    )
 
 
 def _vgg_modules() -> tuple[ModuleNode, ...]:
@@ -88,8 +202,11 @@ def _vgg_modules() -> tuple[ModuleNode, ...]:
     return tuple(mods)
 
 
-def frozen_snapshot(state: RunState = RunState.PAUSED, error: RunError | None = None) -> Snapshot:
-    """A paused VGG run at step 1200 with fixed numbers everywhere."""
+def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
+    """A VGG run at step 1200 with fixed numbers everywhere (paused unless ``state`` says
+    otherwise); ERROR is the same run one step on, with the engine's own error and log."""
+    run = engine_run()
+    error = run.error if state == RunState.ERROR else None
     steps = tuple(range(700, 1200, 10))
     recent = tuple(1.2 * math.exp(-s / 900) + 0.05 * math.sin(s / 7) + 0.2 for s in steps)
     hsteps = tuple(range(0, 1200, 25))
@@ -102,7 +219,7 @@ def frozen_snapshot(state: RunState = RunState.PAUSED, error: RunError | None = 
         steps_per_sec=0.0 if state != RunState.RUNNING else 41.5,
         elapsed=83.0,
         device="cpu",
-        last_eval=EvalPoint(1000, 0.6123, 0.812),
+        last_eval=run.evals[-1],
         error=error,
         epochs=20,
     )
@@ -110,7 +227,7 @@ def frozen_snapshot(state: RunState = RunState.PAUSED, error: RunError | None = 
         GroupView(
             0,
             "features",
-            0.001,
+            run.lrs["features"],
             (("momentum", 0.9), ("dampening", 0.0), ("weight_decay", 0.0005), ("nesterov", False)),
             12,
             23808,
@@ -119,27 +236,12 @@ def frozen_snapshot(state: RunState = RunState.PAUSED, error: RunError | None = 
         GroupView(
             1,
             "classifier",
-            0.01,
+            run.lrs["classifier"],
             (("momentum", 0.9), ("dampening", 0.0), ("weight_decay", 0.0005), ("nesterov", False)),
             4,
             132490,
             tuple([0.01] * 20 + [0.001] * 10),
         ),
-    )
-    log = (
-        LogEntry(1, 0, 0.0, "info", "started SmallVGG · SGD · 2 groups · cpu", source="run"),
-        LogEntry(2, 500, 20.0, "eval", "eval loss 1.2040 acc 55.1%", source="run"),
-        LogEntry(
-            3,
-            800,
-            31.0,
-            "command",
-            "decay 0.1 classifier → classifier lr 0.01 → 0.001 (state kept)",
-            source="ui",
-        ),
-        LogEntry(4, 1000, 40.0, "eval", "eval loss 0.6123 acc 81.2%", source="run"),
-        LogEntry(5, 1100, 44.0, "error", "lr features -1: lr must be > 0", ok=False, source="ui"),
-        LogEntry(6, 1200, 48.0, "command", "pause → paused at step 1200", source="ui"),
     )
     return Snapshot(
         seq=100,
@@ -151,9 +253,9 @@ def frozen_snapshot(state: RunState = RunState.PAUSED, error: RunError | None = 
         loss_history=Series(hsteps, history),
         loss_min=min(recent),
         loss_last=recent[-1],
-        evals=(EvalPoint(500, 1.204, 0.551), EvalPoint(1000, 0.6123, 0.812)),
-        log=log,
-        run_dir="runs/vgg-20250101-000000",
+        evals=run.evals,
+        log=run.error_log if state == RunState.ERROR else run.paused_log,
+        run_dir=RUN_DIR,
         optimizer="SGD",
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from textual.command import CommandList
 
@@ -19,6 +20,8 @@ from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen
 from tuiconsole.ui.screens.split_name import SplitNameScreen
+
+pytestmark = pytest.mark.slow  # a real trainer thread under each console
 
 SIZE = (120, 40)
 
@@ -66,6 +69,21 @@ async def steps(pilot, app: ConsoleApp, session: RecordingSession, n: int) -> No
         )
 
 
+async def later_frames(pilot, app: ConsoleApp, n: int = 3) -> None:
+    """Wait until the console has shown ``n`` snapshots newer than the one on screen.
+
+    The positive event before a check that something did *not* happen: the trainer's
+    loop builds a fresh snapshot for each of the console's polls while it is paused or
+    has ended, so n newer ones shown means both loops went round n times since.
+    """
+    seq0 = app.snap.seq
+    await until_shown(pilot, app, lambda s: s.seq >= seq0 + n, f"{n} newer snapshots shown")
+
+
+def notified(app: ConsoleApp, text: str) -> bool:
+    return any(text in str(n.message) for n in app._notifications)
+
+
 def lrs(session: RecordingSession) -> list[float]:
     return [g["lr"] for g in session.optimizer.param_groups]
 
@@ -109,7 +127,7 @@ async def test_space_pauses_and_n_steps_exactly_one(run_factory) -> None:
         assert (await session.settle())[-1].ok
         await until_shown(pilot, app, lambda s: s.status.state == RunState.PAUSED, "PAUSED")
         paused_at = session.trainer.step
-        await pilot.pause(0.4)
+        await later_frames(pilot, app, 4)
         assert session.trainer.step == paused_at, "the step count advanced while paused"
         assert f"step {paused_at}" in app.status_bar.text.plain
         assert "PAUSED" in app.status_bar.text.plain
@@ -122,7 +140,7 @@ async def test_space_pauses_and_n_steps_exactly_one(run_factory) -> None:
             lambda s: s.status.step == paused_at + 1 and s.status.state == RunState.PAUSED,
             "one step",
         )
-        await pilot.pause(0.3)
+        await later_frames(pilot, app, 3)
         assert session.trainer.step == paused_at + 1, "n must advance exactly one step"
         assert f"step {paused_at + 1}" in app.status_bar.text.plain
 
@@ -137,11 +155,12 @@ async def test_n_while_running_only_explains(run_factory) -> None:
     session = run_factory(paused=False)
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
-        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING, "RUNNING")
         await pilot.press("n")
-        await pilot.pause(0.1)
+        await wait_until(
+            pilot, lambda: notified(app, "press space to pause"), what="the explanation"
+        )
         assert session.texts == []
-        assert any("press space to pause" in str(n.message) for n in app._notifications)
 
 
 async def test_v_evaluates_and_shows_the_eval(paused_run) -> None:
@@ -151,7 +170,9 @@ async def test_v_evaluates_and_shows_the_eval(paused_run) -> None:
         await pilot.press("v")
         assert (await paused_run.settle())[-1].ok
         await until_shown(pilot, app, lambda s: len(s.evals) == 1, "the eval")
-        await pilot.pause(0.2)
+        await wait_until(
+            pilot, lambda: "eval at step 0: loss" in log_text(app), what="the eval's log line"
+        )
         assert "eval @0: loss" in app.status_bar.text.plain
         assert "eval at step 0: loss" in log_text(app)
 
@@ -160,7 +181,7 @@ async def test_modal_does_not_block_training_or_refresh(run_factory) -> None:
     session = run_factory(paused=False)
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
-        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING, "RUNNING")
         await select_group(pilot, app, "features")
         await pilot.press("e")
         await pilot.pause()
@@ -200,8 +221,10 @@ async def test_e_on_group_row_sets_exactly_that_groups_lr(paused_run) -> None:
         assert lrs(paused_run) == [0.01, 1e-3]
         assert_state_kept(paused_run.optimizer, before)
 
-        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 1e-3)
-        await pilot.pause(0.1)
+        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 1e-3, "the lr")
+        await wait_until(
+            pilot, lambda: "lr classifier 0.001:" in log_text(app), what="the lr's log line"
+        )
         assert cell(app, "classifier", "lr") == "1e-3"
         assert cell(app, "features", "lr") == "0.01"
         assert "lr classifier 0.001: lr classifier 0.1->0.001" in log_text(app)
@@ -224,9 +247,12 @@ async def test_enter_on_tree_node_scales_lr_relatively(paused_run) -> None:
         await pilot.press(*"/10", "enter")
         assert (await paused_run.settle())[-1].ok
         assert lrs(paused_run) == [0.01 * 0.5 / 10, 0.1]
-        await until_shown(pilot, app, lambda s: s.group("features").lr == 0.0005)
-        await pilot.pause(0.1)
-        assert "■features 5e-4" in app.layer_tree.label_of("features")
+        await until_shown(pilot, app, lambda s: s.group("features").lr == 0.0005, "the lr")
+        await wait_until(
+            pilot,
+            lambda: "■features 5e-4" in app.layer_tree.label_of("features"),
+            what="the new lr in the tree",
+        )
 
 
 async def test_bad_lr_shows_inline_error_and_changes_nothing(paused_run) -> None:
@@ -269,8 +295,10 @@ async def test_d_decays_selected_group_and_D_all_keeping_state(paused_run) -> No
         assert (await paused_run.settle())[-1].ok
         assert lrs(paused_run) == [0.01 * 0.1 * 0.1, 0.1 * 0.1]
         assert_state_kept(paused_run.optimizer, before)
-        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 0.1 * 0.1)
-        await pilot.pause(0.1)
+        await until_shown(pilot, app, lambda s: s.group("classifier").lr == 0.1 * 0.1, "the lr")
+        await wait_until(
+            pilot, lambda: "decay 0.1 all:" in log_text(app), what="the decay's log line"
+        )
         assert "decay 0.1 all: lr features" in log_text(app)
         assert "momentum/Adam state kept" in log_text(app)
 
@@ -322,8 +350,12 @@ async def test_m_and_s_split_marked_modules_keeping_momentum(paused_run) -> None
         assert groups[2]["lr"] == 0.1 and groups[2]["momentum"] == 0.9
         assert_state_kept(paused_run.optimizer, before)
 
-        await until_shown(pilot, app, lambda s: s.group("fc") is not None)
-        await pilot.pause(0.1)
+        await until_shown(pilot, app, lambda s: s.group("fc") is not None, "the new group")
+        await wait_until(
+            pilot,
+            lambda: "■fc 0.1" in app.layer_tree.label_of("classifier.0"),
+            what="the new group in the tree",
+        )
         assert cell(app, "fc", "lr") == "0.1"
         assert "■fc 0.1" in app.layer_tree.label_of("classifier.0")
         assert app.layer_tree.marked == set()
@@ -397,8 +429,8 @@ async def test_R_confirm_rebuilds_and_drops_state(paused_run) -> None:
         assert len(new.state) == 0
         assert [g["lr"] for g in new.param_groups] == [0.002, 0.002]
         assert [g["name"] for g in new.param_groups] == ["features", "classifier"]
-        await until_shown(pilot, app, lambda s: s.optimizer == "Adam")
-        await pilot.pause(0.1)
+        await until_shown(pilot, app, lambda s: s.optimizer == "Adam", "the new optimizer")
+        await wait_until(pilot, lambda: "dropped" in log_text(app), what="the rebuild's log line")
         assert "Adam" in app.status_bar.text.plain
         assert "state of" in log_text(app) and "dropped" in log_text(app)
         assert cell(app, "features", "mom") == "0.9,0.999"
@@ -534,7 +566,7 @@ async def test_q_asks_then_stops_training_cleanly(run_factory) -> None:
     session = run_factory(paused=False)
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
-        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING)
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.RUNNING, "RUNNING")
         await pilot.press("q")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmScreen)
@@ -571,14 +603,12 @@ async def test_finished_run_keeps_final_state_and_refuses_steering(run_factory) 
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
         await until_shown(pilot, app, lambda s: s.status.state == RunState.FINISHED, "FINISHED")
-        await pilot.pause(0.2)
         assert "FINISHED" in app.status_bar.text.plain
         assert "step 5/5" in app.status_bar.text.plain
         await pilot.press("space", "d")
-        await pilot.pause(0.1)
+        await wait_until(pilot, lambda: notified(app, "the run has ended"), what="the refusal")
         assert session.texts == []
-        assert any("the run has ended" in str(n.message) for n in app._notifications)
-        await pilot.pause(0.5)
+        await later_frames(pilot, app, 3)
         assert "FINISHED" in app.status_bar.text.plain
 
 
@@ -589,12 +619,13 @@ async def test_error_shows_type_message_and_step(run_factory) -> None:
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
         await until_shown(pilot, app, lambda s: s.status.state == RunState.ERROR, "ERROR")
-        await pilot.pause(0.2)
+        await wait_until(
+            pilot, lambda: "training raised RuntimeError" in log_text(app), what="the error line"
+        )
         text = app.status_bar.text.plain
         assert "ERROR" in text
         assert "RuntimeError at step 4: boom: activations went sideways" in text
-        assert "training raised RuntimeError" in log_text(app)
-        await pilot.pause(0.5)
+        await later_frames(pilot, app, 3)
         assert "RuntimeError at step 4" in app.status_bar.text.plain
 
 
@@ -613,8 +644,12 @@ async def test_stop_on_the_command_line_asks_then_keeps_the_final_view(paused_ru
         await pilot.press("y")
         assert (await paused_run.settle())[-1].ok
         await until_shown(pilot, app, lambda s: s.status.state == RunState.STOPPED, "STOPPED")
-        await pilot.pause(0.2)
+        # The loop has ended (no newer snapshots will come): a key answered after it is
+        # the positive event that proves the console stayed open.
+        await pilot.press("space")
+        await wait_until(pilot, lambda: notified(app, "the run has ended"), what="the refusal")
         assert app.is_running, "stopping the run must not close the console"
+        assert paused_run.texts == ["stop"]
         assert "STOPPED" in app.status_bar.text.plain
 
 
@@ -649,7 +684,9 @@ async def test_lost_connection_is_shown_not_a_crash(paused_run) -> None:
         await open_app(pilot, app)
         # What a RemoteSession reports when its socket closes (the run itself is real).
         paused_run.disconnected, paused_run.disconnect_reason = True, "the run's socket closed"
-        await wait_until(pilot, lambda: "the run's socket closed" in screen_text(app))
+        await wait_until(
+            pilot, lambda: "the run's socket closed" in screen_text(app), what="the lost state"
+        )
         assert "DISCONNECTED" in screen_text(app)
         assert app.is_running
 
@@ -665,7 +702,9 @@ async def test_c_writes_a_checkpoint(paused_run) -> None:
         assert paused_run.texts[-1] == "checkpoint"
         path = Path(result.message.rsplit("written to ", 1)[1])
         assert path.is_file() and path.stat().st_size > 0
-        await wait_until(pilot, lambda: f"written to {path}" in log_text(app))
+        await wait_until(
+            pilot, lambda: f"written to {path}" in log_text(app), what="the checkpoint line"
+        )
 
 
 async def test_an_lr_wider_than_its_column_is_shown_whole(paused_run) -> None:
@@ -677,6 +716,8 @@ async def test_an_lr_wider_than_its_column_is_shown_whole(paused_run) -> None:
         await pilot.press("colon", *"lr classifier 9.92e-5", "enter")
         assert (await paused_run.settle())[-1].ok
         await until_shown(pilot, app, lambda s: s.groups[1].lr == 9.92e-5, "the new lr")
-        await pilot.pause(0.1)
-        row = next(line for line in screen_text(app).splitlines() if "■ classifier" in line)
-        assert "9.92e-5" in row, row
+
+        def row() -> str:
+            return next(ln for ln in screen_text(app).splitlines() if "■ classifier" in ln)
+
+        await wait_until(pilot, lambda: "9.92e-5" in row(), what="the whole lr in the table")

@@ -1,7 +1,8 @@
 """Pinned screenshots (pytest-textual-snapshot) of the console at 80x24 and 160x50.
 
-These use the frozen FakeSession (a paused VGG run at step 1200 with fixed numbers),
-so the SVGs are byte-stable. Behaviour is tested against the real engine elsewhere.
+These use the frozen FakeSession (a paused VGG run at step 1200 with fixed numbers; its
+log, evals and error come from a real small trainer), so the SVGs are byte-stable.
+Behaviour is tested against the real engine elsewhere.
 Regenerate after an intended change with ``pytest tests/ui --snapshot-update``
 and look at the diff report before committing.
 """
@@ -12,7 +13,7 @@ import pytest
 from textual.widgets import Input
 
 from tests.ui.fake_session import FakeSession, frozen_snapshot
-from tuiconsole.engine.snapshot import RunError, RunState
+from tuiconsole.engine.snapshot import RunState
 from tuiconsole.ui.app import ConsoleApp
 
 SIZES = [(80, 24), (160, 50)]
@@ -63,7 +64,6 @@ def test_rebuild_modal(snap_compare) -> None:
 
 
 def test_errored_run(snap_compare) -> None:
-    snap = frozen_snapshot(
-        RunState.ERROR, RunError("RuntimeError", "CUDA out of memory (tried 2.0 GiB)", 1201)
-    )
+    snap = frozen_snapshot(RunState.ERROR)  # the engine's own out-of-memory error, step 1201
+    assert snap.status.error.type == "OutOfMemoryError" and snap.status.error.step == 1201
     assert snap_compare(make_app(snap), terminal_size=(80, 24))

@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 
 def test_importing_the_console_does_not_import_torch() -> None:
     code = "import sys, tuiconsole.ui.app, tuiconsole.ui.palette;print('torch' in sys.modules)"
