@@ -41,7 +41,7 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from tuiconsole.engine import snapshot as S
 from tuiconsole.engine.commands import CommandResult
@@ -181,6 +181,7 @@ def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
 
 
 Converter = Callable[[Any], Any]
+T = TypeVar("T")
 _CONVERTERS: dict[Any, Converter] = {}
 
 
@@ -236,18 +237,21 @@ def _dataclass_converter(cls: type) -> Converter:
     return convert
 
 
-def from_jsonable(cls: type, data: Any) -> Any:
+def from_jsonable(cls: type[T], data: Any) -> T:
     """Rebuild a frozen dataclass (and everything it holds) from its JSON form."""
     try:
-        return _converter(cls)(data)
+        # The converter is built from cls's own annotations: what it returns is a cls.
+        value: T = _converter(cls)(data)
     except ProtocolError:
         raise
     except (TypeError, ValueError, KeyError) as exc:
         raise ProtocolError(f"bad {cls.__name__}: {exc}") from None
+    return value
 
 
 def snapshot_to_dict(snap: S.Snapshot) -> dict[str, Any]:
-    return to_jsonable(snap)
+    out: dict[str, Any] = to_jsonable(snap)  # a dataclass: always an object
+    return out
 
 
 def snapshot_from_dict(data: dict[str, Any]) -> S.Snapshot:

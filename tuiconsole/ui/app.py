@@ -78,7 +78,7 @@ class ConsoleApp(App[str | None]):
     """The console. ``ConsoleApp(session).run()``; the caller closes the session afterwards."""
 
     CSS_PATH = "console.tcss"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (110, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # App declares its type
     TITLE = "tuiconsole"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     # The footer shows these (show=True) and the `?` screen lists them all: the one table.
@@ -724,6 +724,11 @@ class ConsoleApp(App[str | None]):
 
     def confirm_stop(self) -> None:
         """``stop`` typed on the command line or picked in the palette: ask first."""
+
+        def stop_if(yes: bool | None) -> None:
+            if yes:
+                self.send("stop")
+
         self.push_screen(
             ConfirmScreen(
                 "Stop the run?",
@@ -731,7 +736,7 @@ class ConsoleApp(App[str | None]):
                 "Stop",
                 "Cancel",
             ),
-            lambda yes: self.send("stop") if yes else None,
+            stop_if,
         )
 
 

@@ -7,7 +7,7 @@ paths), so they are tested without an app.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tuiconsole.engine.commands import COMMAND_NAMES
@@ -91,6 +91,6 @@ def complete(line: str, vocab: Vocabulary) -> Completion:
     return Completion(prefix + max(common, word, key=len), matches)
 
 
-def _order(pool: list[str]):
+def _order(pool: list[str]) -> Callable[[str], int]:
     rank = {c: i for i, c in enumerate(pool)}
     return lambda c: rank.get(c, len(rank))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
@@ -28,7 +28,7 @@ class KeyRow:
     action: str = ""
 
 
-def key_rows(app: App[object], active: dict[str, ActiveBinding]) -> list[KeyRow]:
+def key_rows(app: App[Any], active: dict[str, ActiveBinding]) -> list[KeyRow]:
     """One row per (where, action), in the app's BINDINGS order; keys bound to the same
     action are merged ("e, ⏎") and the first binding's tooltip describes the row."""
     order = {b.id: i for i, b in enumerate(type(app).BINDINGS) if isinstance(b, Binding)}

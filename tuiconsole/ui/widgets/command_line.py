@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -30,7 +30,7 @@ class CommandInput(Input):
         Binding("escape", "close", "Close", show=False, id="cmdline.close"),
     ]
 
-    def __init__(self, vocabulary: Callable[[], Vocabulary], **kwargs) -> None:
+    def __init__(self, vocabulary: Callable[[], Vocabulary], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.vocabulary = vocabulary
         self.history: list[str] = []

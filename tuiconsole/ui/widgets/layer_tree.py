@@ -72,7 +72,7 @@ class LayerTree(Tree[str], inherit_bindings=False):
     def label_of(self, path: str) -> str:
         """The plain text of a loaded node's label ("" if not loaded yet)."""
         node = self._loaded.get(path)
-        return node.label.plain if node is not None else ""
+        return str(node.label) if node is not None else ""
 
     def module(self, path: str) -> ModuleNode | None:
         return self._modules.get(path)
