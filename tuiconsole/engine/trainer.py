@@ -52,7 +52,7 @@ from tuiconsole.engine.config import (
 from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_state, to_device
 from tuiconsole.engine.evaluate import eval_text, evaluate
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
-from tuiconsole.engine.metrics import LossTracker, LrHistory
+from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.rundir import StorageError, checked_target, prepare_run_dir
 from tuiconsole.engine.runstate import RunControl
 from tuiconsole.engine.snapshot import (
@@ -62,16 +62,12 @@ from tuiconsole.engine.snapshot import (
     RunError,
     RunState,
     RunStatus,
-    SchedulerView,
     Snapshot,
 )
+from tuiconsole.engine.views import LOG_TEXT_CHARS, RunLog, Views
 from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import TrainingSpec
 
-LOG_KEEP = 500
-# A log entry's text is cut to this: every new client gets the whole log, and a few
-# hundred entries of command-line garbage must not make that frame too big to send.
-LOG_TEXT_CHARS = 2000
 # Commands applied at one step boundary, at most; the rest wait for the next one, so a
 # flood of commands cannot starve training. An expensive command (eval: the whole
 # eval_loader; checkpoint: a torch.save) uses the whole boundary. The boundary also
@@ -133,24 +129,14 @@ class Trainer:
         self._loop_ended = threading.Event()
         self._closed = False
         self._losses = LossTracker()
-        self._lr_history = LrHistory()
         self._evals: deque[EvalPoint] = deque(maxlen=200)
-        self._log: deque[LogEntry] = deque(maxlen=LOG_KEEP)
-        # submit() logs parse errors from the caller's thread: seq numbers must stay unique
-        self._log_lock = threading.Lock()
-        self._log_seq = 0
+        self._runlog = RunLog()
+        self._views = Views()
         self._num_threads = torch.get_num_threads()
         self._on_cpu = self.device.type == "cpu"
-        self._snap_seq = 0
-        self._structure_version = 0
-        self._state_version = 0  # bumped when optimizer state may have grown (sizes cache)
-        self._modules_cache: tuple[int, tuple[Any, ...]] | None = None
-        self._sizes_cache: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
-        self._sched_cache: tuple[tuple[Any, ...], SchedulerView | None] | None = None
         self._snapshot_wanted = True
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
-        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=20)
         self._t0 = time.monotonic()
         self._resumed: Restored | None = None
         self._replay: deque[tuple[J.JournalEntry, C.Command]] = deque()
@@ -179,7 +165,7 @@ class Trainer:
         o = self._ops
         o.optimizer, o.group_origin, o.state_reset = r.optimizer, r.group_origin, r.state_reset
         self.step, self.epoch = r.step, r.epoch
-        self._structure_version += 1
+        self._views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
         if not r.has_digest:
@@ -690,10 +676,10 @@ class Trainer:
         try:
             error = ops.guarded_step(self._ops, undo, self.device)
         finally:
-            self._state_version += 1  # the first step after a change may add state
+            self._views.state_version += 1  # the first step after a change may add state
         if error is None:
             return
-        self._structure_version += 1
+        self._views.structure_version += 1
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
         if self.journal is not None:
             self.journal.write(
@@ -973,7 +959,7 @@ class Trainer:
         if ops.is_op(cmd):
             result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
             if result.structure_changed:
-                self._structure_version += 1
+                self._views.structure_version += 1
             return result.message
         control = self._CONTROL.get(type(cmd))
         if control is None:  # pragma: no cover - every command type has a handler
@@ -1035,48 +1021,22 @@ class Trainer:
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
-        if len(text) > LOG_TEXT_CHARS:
-            text = f"{text[: LOG_TEXT_CHARS - 40]}… ({len(text):,} characters, cut)"
-        with self._log_lock:
-            self._log_seq += 1
-            self._log.append(
-                LogEntry(self._log_seq, self.step, time.time(), kind, text, ok, source)
-            )
+        self._runlog.append(self.step, kind, text, ok, source)
         self._snapshot_wanted = True
 
     def _log_tail(self) -> tuple[LogEntry, ...]:
-        with self._log_lock:
-            return tuple(self._log)
-
-    def _modules(self) -> tuple[Any, ...]:
-        if self._modules_cache is None or self._modules_cache[0] != self._structure_version:
-            self._modules_cache = (
-                self._structure_version,
-                G.module_table(self.model, self.optimizer),
-            )
-        return self._modules_cache[1]
-
-    def _steps_per_sec(self, now: float) -> float:
-        self._rate_samples.append((now, self.step))
-        while len(self._rate_samples) > 2 and now - self._rate_samples[0][0] > 3.0:
-            self._rate_samples.popleft()
-        (t0, s0), (t1, s1) = self._rate_samples[0], self._rate_samples[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+        return self._runlog.tail()
 
     def _build_snapshot(self) -> Snapshot:
         now = time.monotonic()
         self._flush_losses()
-        opt = self.optimizer
-        lr_hist = self._lr_history.sample(
-            [(str(g.get("name")), float(g["lr"])) for g in opt.param_groups]
-        )
-        self._snap_seq += 1
+        views, o = self._views, self._ops
         status = RunStatus(
             script=self.spec.name,
             state=self.state,
             epoch=self.epoch_shown,
             step=self.step,
-            steps_per_sec=self._steps_per_sec(now),
+            steps_per_sec=views.steps_per_sec(now, self.step),
             elapsed=now - self._t0,
             device=str(self.device),
             last_eval=self._evals[-1] if self._evals else None,
@@ -1087,11 +1047,11 @@ class Trainer:
             checkpoint=self.last_checkpoint,
         )
         return Snapshot(
-            seq=self._snap_seq,
+            seq=views.next_seq(),
             status=status,
-            groups=G.group_views(opt, lr_hist, self.state_reset, self._state_sizes()),
-            modules=self._modules(),
-            structure_version=self._structure_version,
+            groups=views.groups(o),
+            modules=views.modules(o),
+            structure_version=views.structure_version,
             loss_recent=self._losses.recent_series(),
             loss_history=self._losses.history.series(),
             loss_min=self._losses.min,
@@ -1099,33 +1059,9 @@ class Trainer:
             evals=tuple(self._evals),
             log=self._log_tail(),
             run_dir=str(self.run_dir or ""),
-            optimizer=type(opt).__name__,
-            scheduler=self._scheduler_view(),
+            optimizer=type(o.optimizer).__name__,
+            scheduler=views.scheduler(o, self.step, self.epoch, self.spec.scheduler_interval),
         )
-
-    def _state_sizes(self) -> list[tuple[int, int]]:
-        """Per group, the optimizer state it holds; recounted only when the state grew."""
-        opt = self.optimizer
-        key = (id(opt), self._structure_version, len(opt.state), self._state_version)
-        if self._sizes_cache is None or self._sizes_cache[0] != key:
-            self._sizes_cache = (key, G.state_sizes(opt))
-        return self._sizes_cache[1]
-
-    def _scheduler_view(self) -> SchedulerView | None:
-        """The scheduler and the lrs its next step sets; recomputed when those can change."""
-        if self.scheduler is None:
-            return None
-        opt = self.optimizer
-        key = (
-            self.step,
-            self.epoch,
-            self._structure_version,
-            tuple(float(g["lr"]) for g in opt.param_groups),
-        )
-        if self._sched_cache is None or self._sched_cache[0] != key:
-            view = G.scheduler_view(self.scheduler, opt, self.spec.scheduler_interval)
-            self._sched_cache = (key, view)
-        return self._sched_cache[1]
 
     def _publish(self) -> None:
         self._snapshot_wanted = False
