@@ -89,6 +89,15 @@ def hint(exc: BaseException, batch: Any, criterion: Any) -> str:
     return one_line(str(exc)) or type(exc).__name__
 
 
+def unfinished(step: int, waited: float, where: str, finishing: bool) -> str:
+    """What a stop that gave up after ``waited`` seconds leaves undone: the step in
+    flight (stuck ``where``), or the final checkpoint (``finishing``)."""
+    if finishing:
+        return f"the final checkpoint did not finish within {waited:g} s"
+    stuck = f" (stuck {where})" if where else ""
+    return f"step {step + 1} did not finish within {waited:g} s{stuck}"
+
+
 def last_good_checkpoint(phase: str | None, step: int, last_checkpoint: str) -> str | None:
     """Whether a failed step leaves the weights of the last good step to checkpoint.
 

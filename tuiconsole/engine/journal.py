@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tuiconsole.engine.rundir import StorageError, open_private, storage_error
+from tuiconsole.engine.rundir import StorageError, open_private, prepare_run_dir, storage_error
 from tuiconsole.errors import TuiconsoleError
 
 JOURNAL_VERSION = 1
@@ -261,6 +261,55 @@ class MetricsWriter(JsonlWriter):
         super().__init__(path, fsync=False)
 
 
+class RunFiles:
+    """A run dir's journal.jsonl and metrics.jsonl: where every record above goes.
+
+    Made without a run dir (a trainer that keeps no files) it writes nothing.
+    The run dir is prepared first (0700, the user's own, stale temp files removed).
+    """
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.journal: Journal | None = None
+        self.metrics: MetricsWriter | None = None
+        if run_dir is None:
+            return
+        prepare_run_dir(run_dir)
+        try:
+            self.journal = Journal(run_dir / "journal.jsonl")
+            self.metrics = MetricsWriter(run_dir / "metrics.jsonl")
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, record: Record) -> None:
+        """A journal record, fsynced; a failed write raises StorageError (once)."""
+        if self.journal is not None:
+            self.journal.write(record)
+
+    def write_quietly(self, record: Record) -> StorageError | None:
+        """A journal record on a failure/finish path: a storage error is returned, not
+        raised, so the run still ends (and stop/SIGTERM still work)."""
+        try:
+            self.write(record)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def metric(self, record: Record) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    @property
+    def journal_whole(self) -> bool | None:
+        """None without a journal; False once a write to it failed."""
+        return None if self.journal is None else self.journal.failed is None
+
+    def close(self) -> None:
+        for f in (self.journal, self.metrics):
+            if f is not None:
+                f.close()
+
+
 # --------------------------------------------------------------------------- reader
 
 
@@ -431,3 +480,35 @@ def load_replay(
             shown = e.cmd if len(e.cmd) <= 80 else f"{e.cmd[:80]}…"  # one readable line
             raise TuiconsoleError(f"{path}:{e.line}: cannot replay {shown!r}: {exc}") from None
     return session, out
+
+
+def replay_notes(
+    session: JournalSession, count: int, path: Path, script_sha256: str | None
+) -> list[tuple[str, bool]]:
+    """What a replay says as it starts (text, ok): what it replays, what it leaves out,
+    and whether the script changed since the journal was written."""
+    which = f" (session {session.number}, journal line {session.line})"
+    notes = [
+        (
+            f"replaying {count} command(s) from {path}" + (which if session.number > 1 else ""),
+            True,
+        )
+    ]
+    if session.after_error:
+        notes.append(
+            (
+                f"not replayed: {len(session.after_error)} command(s) journaled after "
+                "the run's error (the run had ended)",
+                True,
+            )
+        )
+    sha = session.header.get("sha256")
+    if sha and script_sha256 and sha != script_sha256:
+        notes.append(
+            (
+                "warning: the script changed since the journal was written "
+                "(sha256 differs); the replay may not match",
+                False,
+            )
+        )
+    return notes

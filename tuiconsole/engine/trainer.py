@@ -53,7 +53,7 @@ from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_s
 from tuiconsole.engine.evaluate import eval_text, evaluate
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.metrics import LossTracker
-from tuiconsole.engine.rundir import StorageError, checked_target, prepare_run_dir
+from tuiconsole.engine.rundir import StorageError, checked_target
 from tuiconsole.engine.runstate import RunControl
 from tuiconsole.engine.snapshot import (
     EvalPoint,
@@ -103,8 +103,7 @@ class Trainer:
         self.last_checkpoint = ""
         self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self.run_dir = self.config.run_dir
-        self.journal: J.Journal | None = None
-        self.metrics: J.MetricsWriter | None = None
+        self._files = J.RunFiles()  # none until the run starts (prepare, start, run)
         self._control = RunControl(self.config.start_paused)
         self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
         self._undo: ops.Undo | None = None
@@ -177,6 +176,10 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ what tests and tools read
+
+    @property
+    def journal(self) -> J.Journal | None:
+        return self._files.journal
 
     @property
     def state(self) -> RunState:
@@ -361,19 +364,14 @@ class Trainer:
         with self._abandon_lock:
             if self._released.is_set() or self.unfinished is not None:
                 return
+            step, finishing = self.step, self._finishing
             where = "in eval" if self.state == RunState.EVALUATING else self._where.stuck()
-            step = self.step
-            if self._finishing:  # the loop reached its end: a slow final checkpoint
-                self.unfinished = f"the final checkpoint did not finish within {waited:g} s"
-            else:
-                self.unfinished = f"step {step + 1} did not finish within {waited:g} s" + (
-                    f" (stuck {where})" if where else ""
-                )
+            self.unfinished = faults.unfinished(step, waited, where, finishing)
             self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
             # a full disk already said so (StorageError); the process leaves either way
             with contextlib.suppress(TuiconsoleError):
-                if self.journal is not None and self.journal.failed is None:
-                    self.journal.write(
+                if self._files.journal_whole:
+                    self._files.write(
                         J.command_record(
                             step=step,
                             source=self._stop_source or "close",
@@ -383,15 +381,14 @@ class Trainer:
                             groups=G.groups_record(self.optimizer),
                         )
                     )
-                    self.journal.write(
+                    phase = "final checkpoint" if finishing else self._where.phase
+                    self._files.write(
                         J.end_record(
                             step=step,
                             state=RunState.STOPPED.value,
                             checkpoint=None,
-                            unfinished_step=None if self._finishing else step + 1,
-                            unfinished_phase="final checkpoint"
-                            if self._finishing
-                            else self._where.phase,
+                            unfinished_step=None if finishing else step + 1,
+                            unfinished_phase=phase,
                         )
                     )
             self._close_files()
@@ -445,44 +442,21 @@ class Trainer:
         self._open_run_files()
         if self._resumed is not None:
             self._restore_position(self._resumed)
-        if self.config.replay is not None:
-            self._replay_notes()
+        if self._replay_session is not None and self.config.replay is not None:
+            notes = J.replay_notes(
+                self._replay_session, len(self._replay), self.config.replay, self.spec.sha256
+            )
+            for text, ok in notes:
+                self._append_log("info", text, ok=ok)
         self._t0 = time.monotonic()
         self._control.begin()
         self._publish()
 
-    def _replay_notes(self) -> None:
-        session = self._replay_session
-        assert session is not None
-        which = f" (session {session.number}, journal line {session.line})"
-        self._append_log(
-            "info",
-            f"replaying {len(self._replay)} command(s) from {self.config.replay}"
-            + (which if session.number > 1 else ""),
-        )
-        if session.after_error:
-            self._append_log(
-                "info",
-                f"not replayed: {len(session.after_error)} command(s) journaled after "
-                "the run's error (the run had ended)",
-            )
-        sha = session.header.get("sha256")
-        if sha and self.spec.sha256 and sha != self.spec.sha256:
-            self._append_log(
-                "info",
-                "warning: the script changed since the journal was written "
-                "(sha256 differs); the replay may not match",
-                ok=False,
-            )
-
     def _open_run_files(self) -> None:
-        """The run dir (0700, the user's own, stale temp files removed) and its files."""
-        if self.run_dir is None or self.journal is not None:
+        if self.run_dir is None or self._files.journal is not None:
             return
-        prepare_run_dir(self.run_dir)
-        self.journal = J.Journal(self.run_dir / "journal.jsonl")
-        self.metrics = J.MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.journal.write(self._header())
+        self._files = J.RunFiles(self.run_dir)
+        self._files.write(self._header())
 
     def _header(self) -> J.Record:
         resumed = self.config.resume if self._resumed is not None else None
@@ -681,15 +655,14 @@ class Trainer:
             return
         self._views.structure_version += 1
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
-        if self.journal is not None:
-            self.journal.write(
-                J.undo_record(
-                    step=self.step + 1,
-                    commands=undo.commands,
-                    error=error,
-                    groups=G.groups_record(self.optimizer),
-                )
+        self._files.write(
+            J.undo_record(
+                step=self.step + 1,
+                commands=undo.commands,
+                error=error,
+                groups=G.groups_record(self.optimizer),
             )
+        )
 
     # ------------------------------------------------------------------ failures and the end
 
@@ -704,19 +677,17 @@ class Trainer:
                 self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
             return
         self.nan_event = event
-        if self.journal is not None:
-            self.journal.write(
-                J.nan_record(
-                    step=step,
-                    loss=value,
-                    action=mode,
-                    skipped=skipped,
-                    detected_at=event.detected_at,
-                    lrs=dict(lrs),
-                )
+        self._files.write(
+            J.nan_record(
+                step=step,
+                loss=value,
+                action=mode,
+                skipped=skipped,
+                detected_at=event.detected_at,
+                lrs=dict(lrs),
             )
-        if self.metrics is not None:
-            self.metrics.write(J.nan_metrics(step=step, loss=value))
+        )
+        self._files.metric(J.nan_metrics(step=step, loss=value))
         if mode == "stop":
             self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
             return
@@ -762,18 +733,11 @@ class Trainer:
         self._publish()
 
     def _kept(self) -> str:
-        journal = self.journal
-        whole = None if journal is None else journal.failed is None
-        return faults.kept(whole, self.step, self.last_checkpoint)
+        return faults.kept(self._files.journal_whole, self.step, self.last_checkpoint)
 
     def _write_quietly(self, record: J.Record) -> None:
-        """A journal record on a failure/finish path: a storage error here is only
-        logged, so the run still ends (and stop/SIGTERM still work)."""
-        if self.journal is None:
-            return
-        try:
-            self.journal.write(record)
-        except StorageError as exc:
+        """On a failure/finish path a storage error is only logged: the run still ends."""
+        if (exc := self._files.write_quietly(record)) is not None:
             self._append_log("error", str(exc), ok=False)
 
     def _error_checkpoint(self, phase: str | None) -> str | None:
@@ -867,9 +831,7 @@ class Trainer:
 
     def _close_files(self) -> None:
         self._closed = True
-        for f in (self.journal, self.metrics):
-            if f is not None:
-                f.close()
+        self._files.close()
 
     # ------------------------------------------------------------------ metrics
 
@@ -890,12 +852,11 @@ class Trainer:
             return
         lr = {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups}
         mean = sum(v for _, v in values) / len(values) if values else loss
-        if self.metrics is not None:
-            self.metrics.write(
-                J.train_metrics(
-                    step=self.step, epoch=self.epoch_shown, loss=loss, loss_mean=mean, lr=lr
-                )
+        self._files.metric(
+            J.train_metrics(
+                step=self.step, epoch=self.epoch_shown, loss=loss, loss_mean=mean, lr=lr
             )
+        )
         now = time.monotonic()
         if values and (force or now - self._metrics_logged_at >= self.config.log_min_interval):
             self._metrics_logged_at = now
@@ -937,17 +898,16 @@ class Trainer:
         return result
 
     def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
-        if self.journal is not None:
-            self.journal.write(
-                J.command_record(
-                    step=self.step,
-                    source=source,
-                    cmd=cmd.text,
-                    ok=result.ok,
-                    result=result.message,
-                    groups=G.groups_record(self.optimizer),
-                )
+        self._files.write(
+            J.command_record(
+                step=self.step,
+                source=source,
+                cmd=cmd.text,
+                ok=result.ok,
+                result=result.message,
+                groups=G.groups_record(self.optimizer),
             )
+        )
         self._append_log("command", f"{cmd.text}: {result.message}", ok=result.ok, source=source)
         # Publish before the caller's future resolves: once submit() has answered,
         # snapshot() shows the command's effect (a key press is visible at once,
@@ -988,10 +948,9 @@ class Trainer:
                 self.model, self.criterion, loader, self.device, self.step, self.spec.training_step
             )
         self._evals.append(point)
-        if self.metrics is not None:
-            self.metrics.write(
-                J.eval_metrics(step=point.step, loss=point.loss, accuracy=point.accuracy)
-            )
+        self._files.metric(
+            J.eval_metrics(step=point.step, loss=point.loss, accuracy=point.accuracy)
+        )
         return eval_text(point)  # logged once, as the eval command's result
 
     def _checkpoint(self, cmd: C.Checkpoint) -> str:
