@@ -41,8 +41,8 @@ def test_journal_header_and_command_lines(drive):
 
 
 def test_metrics_file_has_loss_and_lr_per_group(tmp_path):
-    t = Trainer(make_spec(), RunConfig(run_dir=tmp_path, max_steps=40, log_every=10)).start()
-    assert t.wait_done(30)
+    t = Trainer(make_spec(), RunConfig(run_dir=tmp_path, max_steps=40, log_every=10))
+    assert t.step_now(41) == 40 and t.state == RunState.FINISHED
     t.close()
     recs = lines(tmp_path / "metrics.jsonl")
     train = [r for r in recs if r["type"] == "train"]
