@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuiconsole.engine.rundir import StorageError, open_private, prepare_run_dir, storage_error
+from tuiconsole.engine.snapshot import NanEvent
 from tuiconsole.errors import TuiconsoleError
 
 JOURNAL_VERSION = 1
@@ -108,25 +109,18 @@ def undo_record(*, step: int, commands: Sequence[str], error: str, groups: list[
     }
 
 
-def nan_record(
-    *,
-    step: int,
-    loss: float,
-    action: str,
-    skipped: bool,
-    detected_at: int,
-    lrs: Mapping[str, float],
-) -> Record:
-    """A non-finite loss: the step, its value (as repr: JSON has no NaN) and what was done."""
+def nan_record(event: NanEvent, action: str) -> Record:
+    """A non-finite loss: the step, its value (as repr: JSON has no NaN), what was done
+    (``--nan``), and the lrs it happened at."""
     return {
         "type": NAN,
-        "step": step,
+        "step": event.step,
         "time": time.time(),
-        "loss": repr(loss),
+        "loss": repr(event.loss),
         "action": action,
-        "skipped": skipped,
-        "detected_at": detected_at,
-        "lrs": dict(lrs),
+        "skipped": event.skipped,
+        "detected_at": event.detected_at,
+        "lrs": dict(event.lrs),
     }
 
 

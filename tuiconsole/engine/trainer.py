@@ -677,16 +677,7 @@ class Trainer:
                 self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
             return
         self.nan_event = event
-        self._files.write(
-            J.nan_record(
-                step=step,
-                loss=value,
-                action=mode,
-                skipped=skipped,
-                detected_at=event.detected_at,
-                lrs=dict(lrs),
-            )
-        )
+        self._files.write(J.nan_record(event, mode))
         self._files.metric(J.nan_metrics(step=step, loss=value))
         if mode == "stop":
             self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
