@@ -80,7 +80,7 @@ def test_guarded_step_undoes_what_the_step_refused_and_takes_the_step():
     _, undo = ops.apply(C.parse("set all momentum=0.99"), o, 0, None)
     train_step(o)
     error = ops.guarded_step(o, undo, torch.device("cpu"))
-    assert error == "ValueError: Picky refuses momentum"
+    assert error == "ValueError: Picky refuses momentum" and undo.restored
     assert o.optimizer is opt and [g["momentum"] for g in opt.param_groups] == [0.9, 0.9]
     for a, b in zip(o.model.parameters(), ref.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -92,6 +92,6 @@ def test_guarded_step_passes_a_good_step_through():
     _, undo = ops.apply(C.parse("lr all 0.1"), o, 0, None)
     before = [p.detach().clone() for p in o.model.parameters()]
     train_step(o)
-    assert ops.guarded_step(o, undo, torch.device("cpu")) is None
+    assert ops.guarded_step(o, undo, torch.device("cpu")) is None and not undo.restored
     assert o.optimizer.param_groups[0]["lr"] == 0.1
     assert any(not torch.equal(a, b) for a, b in zip(before, o.model.parameters(), strict=True))

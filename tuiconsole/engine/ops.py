@@ -173,6 +173,7 @@ class Undo:
     group_origin: list[int]
     state_reset: list[int | None]
     commands: list[str] = field(default_factory=list)
+    restored: bool = False  # put back (the groups changed shape again)
 
     @classmethod
     def capture(cls, o: Optimization) -> Undo:
@@ -207,6 +208,7 @@ class Undo:
         o.optimizer = opt
         o.group_origin = self.group_origin
         o.state_reset = self.state_reset
+        self.restored = True
 
 
 def apply(cmd: C.Command, o: Optimization, step: int, undo: Undo | None) -> tuple[OpResult, Undo]:

@@ -651,9 +651,10 @@ class Trainer:
             error = ops.guarded_step(self._ops, undo, self.device)
         finally:
             self._views.state_version += 1  # the first step after a change may add state
+            if undo.restored:  # even if the step taken after it failed too
+                self._views.structure_version += 1
         if error is None:
             return
-        self._views.structure_version += 1
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
         self._files.write(
             J.undo_record(
