@@ -160,7 +160,6 @@ def run(
         log_min_interval=0.0 if log_every else DEFAULT_LOG_MIN_INTERVAL,
         replay=replay,
         start_paused=paused,
-        decay_factor=decay_factor,
         resume=resume,
         nan=_nan_mode(nan, attachable=detached_child),
     )

@@ -20,7 +20,7 @@ from tests.reliability.helpers import (
     sync_trainer,
     weights,
 )
-from tests.unit.models import Driver
+from tests.unit.models import ThreadDriver
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.errors import TuiconsoleError
@@ -182,7 +182,7 @@ def test_momentum_edit_a_cycling_scheduler_would_undo_is_refused(text, fragment)
 def test_bad_commands_through_the_running_trainer(tmp_path):
     """The threaded path (submit -> Future) gives the same results."""
     t = Trainer(frozen_spec(), RunConfig(run_dir=tmp_path, start_paused=True)).start()
-    d = Driver(t)
+    d = ThreadDriver(t)
     try:
         d.steps(2)
         before = state_of(t)

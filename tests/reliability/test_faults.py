@@ -241,7 +241,7 @@ def test_replay_of_a_nan_paused_run_resumes_where_the_user_did(tmp_path):
 @pytest.mark.parametrize("check, per_step", [("step", 1), ("flush", 0)])
 def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
     """Neither mode calls a syncing method per step; "step" checks each loss on the host."""
-    from tuiconsole.engine import trainer as trainer_mod
+    from tuiconsole.engine import faults
 
     names = ("item", "cpu", "tolist", "__float__", "__bool__", "numpy", "__int__", "is_nonzero")
     counts = dict.fromkeys(names, 0)
@@ -254,13 +254,13 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     checks = []
-    real_read = trainer_mod._host_scalar
+    real_read = faults.host_scalar
 
     def counted_read(loss):
         checks.append(loss)
         return real_read(loss)
 
-    monkeypatch.setattr(trainer_mod, "_host_scalar", counted_read)
+    monkeypatch.setattr(faults, "host_scalar", counted_read)
     t = Trainer(make_spec(), RunConfig(max_steps=300, log_every=0, nan_check=check))
     t._snapshot_wanted = False
     t.prepare()
@@ -272,7 +272,8 @@ def test_nan_checks_add_no_per_step_host_sync(monkeypatch, check, per_step):
 
 
 def test_cpu_finite_check_reads_the_value():
-    from tuiconsole.engine.trainer import _finite_on_cpu, _host_scalar
+    from tuiconsole.engine.faults import finite_on_cpu as _finite_on_cpu
+    from tuiconsole.engine.faults import host_scalar as _host_scalar
 
     assert _host_scalar(torch.tensor(0.1, dtype=torch.float32)) == torch.tensor(0.1).item()
     assert _host_scalar(torch.tensor([2.5], dtype=torch.float64)) == 2.5

@@ -22,7 +22,7 @@ from tests.reliability.helpers import (
     weights,
     write_script,
 )
-from tests.unit.models import Driver, wait_for
+from tests.unit.models import ThreadDriver, wait_for
 from tuiconsole.cli import main
 from tuiconsole.engine.checkpoint import load_checkpoint, rng_state
 from tuiconsole.engine.snapshot import RunState
@@ -128,7 +128,7 @@ def test_resume_recreates_the_epoch_order_whatever_shuffles_it(tmp_path, shuffle
 def test_checkpoint_command_on_the_running_trainer(tmp_path):
     """The real thing: `checkpoint` sent to the loop thread while it trains."""
     t = Trainer(loader_spec("sgd", "step"), RunConfig(run_dir=tmp_path / "a", start_paused=True))
-    d = Driver(t.start())
+    d = ThreadDriver(t.start())
     try:
         d.steps(40)
         assert d.cmd("split fc1 classifier.0 lr=0.03").ok

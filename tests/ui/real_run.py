@@ -166,7 +166,7 @@ async def until_shown(pilot, app, cond, what: str = "view") -> None:
 
 def paused_idle(session: RecordingSession) -> bool:
     t = session.trainer
-    return t.state == RunState.PAUSED and t._step_budget == 0
+    return t.state == RunState.PAUSED  # a `step N` still running is STEPPING
 
 
 def screen_text(app) -> str:

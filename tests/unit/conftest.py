@@ -1,4 +1,4 @@
-"""Fixtures: a paused trainer over a real small torch model."""
+"""Fixtures: a paused trainer over a real small torch model, driven synchronously."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def drive(tmp_path: Path):
 
     def make(spec: TrainingSpec | None = None, **config) -> Driver:
         cfg = RunConfig(run_dir=tmp_path / f"run{len(trainers)}", start_paused=True, **config)
-        t = Trainer(spec or make_spec(), cfg).start()
-        trainers.append(t)
-        return Driver(t)
+        d = Driver(Trainer(spec or make_spec(), cfg))
+        trainers.append(d.trainer)
+        return d
 
     yield make
     for t in trainers:

@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import Trainer
 from tuiconsole.script import TrainingSpec, seed_everything
 
@@ -81,7 +82,31 @@ def wait_for(cond, timeout: float = 20.0) -> None:
 
 
 class Driver:
-    """A paused trainer driven from the test thread; reads happen only while paused."""
+    """A paused trainer driven synchronously from the test: each command and step runs
+    in the test's thread through the loop's own path (apply_now / step_now)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer.prepare()
+
+    def cmd(self, text: str):
+        return self.trainer.apply_now(text, source="test")
+
+    def steps(self, n: int) -> None:
+        """`step n` as a user sends it, then the n steps it allows."""
+        target = self.trainer.step + n
+        assert self.cmd(f"step {n}").ok
+        assert self.trainer.state == RunState.STEPPING
+        self.trainer.step_now(n)
+        assert self.trainer.step == target and self.trainer.state == RunState.PAUSED
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.trainer.optimizer
+
+
+class ThreadDriver:
+    """A paused trainer whose loop runs in its thread, driven with submit(); for the tests
+    of that path. Reads happen only while it is paused at a boundary."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -90,9 +115,10 @@ class Driver:
         return self.trainer.submit(text, source="test").result(timeout=20)
 
     def steps(self, n: int) -> None:
-        target = self.trainer.step + n
+        t = self.trainer
+        target = t.step + n
         assert self.cmd(f"step {n}").ok
-        wait_for(lambda: self.trainer.step >= target and self.trainer._step_budget == 0)
+        wait_for(lambda: t.step >= target and t.state == RunState.PAUSED)
         # a no-op command round-trip guarantees the loop is idle at a boundary
         self.cmd("pause")
 

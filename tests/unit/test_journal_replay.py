@@ -9,6 +9,7 @@ import torch
 
 from tests.unit.models import make_spec
 from tuiconsole.engine.journal import read_journal
+from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 
 
@@ -40,8 +41,8 @@ def test_journal_header_and_command_lines(drive):
 
 
 def test_metrics_file_has_loss_and_lr_per_group(tmp_path):
-    t = Trainer(make_spec(), RunConfig(run_dir=tmp_path, max_steps=40, log_every=10)).start()
-    assert t.wait_done(30)
+    t = Trainer(make_spec(), RunConfig(run_dir=tmp_path, max_steps=40, log_every=10))
+    assert t.step_now(41) == 40 and t.state == RunState.FINISHED
     t.close()
     recs = lines(tmp_path / "metrics.jsonl")
     train = [r for r in recs if r["type"] == "train"]
@@ -67,6 +68,7 @@ def test_replay_is_bit_for_bit(drive, tmp_path):
     d.steps(11)
     d.cmd("lr fc1 *2")
     d.steps(3)
+    assert d.cmd("stop").ok
     original = d.trainer
     original.close()
     final_loss = original._losses.last
@@ -75,10 +77,11 @@ def test_replay_is_bit_for_bit(drive, tmp_path):
     replay = Trainer(
         make_spec(),
         RunConfig(run_dir=tmp_path / "replay", replay=original.run_dir / "journal.jsonl"),
-    ).start()
-    assert replay.wait_done(60)
+    ).prepare()
+    replay.step_now(1000)  # the journaled stop ends it at step 40
     replay.close()
     assert replay.step == original.step == 40
+    assert replay.state == RunState.STOPPED
     assert bits(replay._losses.last) == bits(final_loss)
     for k, v in replay.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
@@ -87,4 +90,4 @@ def test_replay_is_bit_for_bit(drive, tmp_path):
     # the replayed commands are themselves journaled, tagged as replay
     recs = lines(tmp_path / "replay" / "journal.jsonl")[1:]
     sources = {r["source"] for r in recs if r["type"] == "command"}
-    assert sources == {"replay:test", "replay:close"}
+    assert sources == {"replay:test"}

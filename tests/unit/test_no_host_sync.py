@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.unit.models import make_spec
+from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 
 SYNC_METHODS = ("item", "cpu", "tolist", "__float__", "__bool__", "numpy", "__int__")
@@ -29,10 +30,11 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
     cfg = RunConfig(max_steps=1000, log_every=0, snapshot_interval=1e9, nan_check="flush")
     trainer = Trainer(spec, cfg)
     trainer._snapshot_wanted = False
-    trainer.start()
-    assert trainer.wait_done(120)
+    trainer.prepare()
+    trainer._snapshot_wanted = False
+    assert trainer.step_now(1001) == 1000  # the 1001st finds the run finished
     trainer.close()
-    assert trainer.step == 1000
+    assert trainer.state == RunState.FINISHED
     total = sum(counts.values())
     # one batched read when the run finishes (and a handful at start/stop), never per step
     assert total <= 10, counts
@@ -43,8 +45,8 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
 @pytest.mark.parametrize("nan_check", ["flush", "step"])
 def test_batched_read_returns_every_step(nan_check):
     spec = make_spec()
-    t = Trainer(spec, RunConfig(max_steps=300, log_every=100, nan_check=nan_check)).start()
-    assert t.wait_done(60)
+    t = Trainer(spec, RunConfig(max_steps=300, log_every=100, nan_check=nan_check))
+    assert t.step_now(301) == 300
     t.close()
     steps = [s for s, _ in t._losses.recent]
     assert steps == list(range(61, 301))  # recent window holds the last 240 steps, in order

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
 
-from tests.unit.models import make_spec
+from tests.unit.models import make_spec, wait_for
+from tuiconsole.engine.snapshot import RunState
+from tuiconsole.engine.trainer import RunConfig, Trainer
 
 
 def state_tensors(opt):
@@ -211,29 +214,41 @@ def test_split_of_frozen_module_is_refused(drive):
 
 def test_pause_step_resume(drive):
     d = drive()
-    assert d.trainer.step == 0
+    t = d.trainer
+    assert t.step == 0 and t.state == RunState.PAUSED
     d.steps(1)
-    assert d.trainer.step == 1
+    assert t.step == 1
     d.steps(5)
-    assert d.trainer.step == 6
-    assert d.cmd("resume").ok
-    from tests.unit.models import wait_for
+    assert t.step == 6
+    assert d.cmd("resume").ok and t.state == RunState.RUNNING
+    t.step_now(15)
+    assert t.step == 21 and t.state == RunState.RUNNING
+    r = d.cmd("pause")
+    assert r.ok and r.message == "paused at step 21" and t.state == RunState.PAUSED
+    # a pause ends a `step N` at once
+    assert d.cmd("step 10").ok and t.state == RunState.STEPPING
+    t.step_now(3)
+    assert d.cmd("pause").ok and t.state == RunState.PAUSED
 
-    wait_for(lambda: d.trainer.step > 20)
-    assert d.cmd("pause").ok
-    s = d.trainer.step
-    import time
 
-    time.sleep(0.1)
-    assert d.trainer.step == s
+def test_pause_holds_the_loop_thread(tmp_path):
+    """The loop in its thread takes no step while paused, and trains after resume."""
+    t = Trainer(make_spec(), RunConfig(run_dir=tmp_path, start_paused=True)).start()
+    try:
+        assert t.submit("resume").result(timeout=20).ok
+        wait_for(lambda: t.step > 20)
+        assert t.submit("pause").result(timeout=20).ok
+        s = t.step  # the loop answered at a boundary, so it is idle now
+        time.sleep(0.1)  # nothing to wait for: the point is that nothing happens
+        assert t.step == s and t.state == RunState.PAUSED
+    finally:
+        t.close()
 
 
 def test_eval_restores_train_mode_and_reports(drive):
     d = drive()
     r = d.cmd("eval")
     assert r.ok and "accuracy" in r.message
-    assert d.trainer.model.training
-    snap = d.trainer.latest_snapshot()
-    d.cmd("pause")
+    assert d.trainer.model.training and d.trainer.state == RunState.PAUSED
     snap = d.trainer._build_snapshot()
     assert snap.status.last_eval is not None and snap.status.last_eval.step == 0

@@ -10,12 +10,12 @@ functions (LambdaLR's ``lr_lambdas``) that a state_dict cannot hold; the
 checkpoint records which of the script's groups each group descends from, so
 those lists are rebuilt to match before the scheduler state is loaded.
 
-Data position: the checkpoint holds the RNG states (torch, Python, numpy and the
-loader's own ``generator``) from just before the current epoch's
-``iter(train_loader)`` and how many batches of that epoch were taken. Resuming
-re-creates the iterator under those states (same shuffle), skips those batches,
-then restores the RNG states of the checkpoint itself, so a CPU run continues bit
-for bit.
+Data position: the checkpoint holds the RNG states and where the loader is (see
+engine/data.py); resuming puts both back, so a CPU run continues bit for bit.
+
+Both directions are plain values: :func:`save_checkpoint` writes a
+:class:`CheckpointContent`, :func:`restore` loads into the script's own model,
+optimizer and scheduler and returns a :class:`Restored` for the trainer to adopt.
 """
 
 from __future__ import annotations
@@ -24,21 +24,26 @@ import contextlib
 import hashlib
 import os
 import pickle
-import random
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, cast
 
 import torch
+from torch import nn
 
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import optclass, rundir
+from tuiconsole.engine.data import loader_generators, rng_state, set_rng_state
 from tuiconsole.errors import CommandError, TuiconsoleError
 
-if TYPE_CHECKING:
-    from tuiconsole.engine.trainer import Trainer
+__all__ = [  # the RNG helpers moved to engine/data.py; still importable from here
+    "loader_generators",
+    "rng_state",
+    "set_rng_state",
+]
 
 CHECKPOINT_VERSION = 2
 # A checkpoint's last bytes: this mark, the sha256 of everything before it (hex), "\n".
@@ -47,68 +52,32 @@ TRAILER_LEN = len(DIGEST_MARK) + 64 + 1
 DIGEST_KIND = "sha256-trailer"  # in the payload: this file must end with the trailer
 
 
-# --------------------------------------------------------------------------- RNG
-
-
-def loader_generators(loader: object) -> list[torch.Generator]:
-    """The torch.Generators a train_loader may shuffle with besides the global RNG.
-
-    ``DataLoader(generator=g)`` draws each epoch's order (and its workers' seed) from
-    ``g``, and a sampler may hold its own; so may a hand-written loader (``.generator``).
-    """
-    found: dict[int, torch.Generator] = {}
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for obj in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator):
-            found.setdefault(id(g), g)
-    return list(found.values())
-
-
-def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
-    """Every RNG a training step may draw from, as weights_only-loadable values:
-    torch's global RNG (and CUDA's), Python's, numpy's, and ``generators`` (the loader's)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if generators:
-        state["loader"] = [g.get_state() for g in generators]
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        return state
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
-    torch.set_rng_state(state["torch"])
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    loader = state.get("loader", [])
-    if len(loader) == len(generators):  # else the script changed (its sha256 is warned on)
-        for g, saved in zip(generators, loader, strict=True):
-            g.set_state(saved)
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-
-
 # --------------------------------------------------------------------------- save
 
 
-def group_members(trainer: Trainer) -> list[list[str]]:
+@dataclass(frozen=True)
+class CheckpointContent:
+    """Everything a checkpoint holds, as the trainer has it (see :func:`checkpoint_payload`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    group_origin: Sequence[int]
+    state_reset: Sequence[int | None]
+    step: int
+    epoch: int
+    rng: dict[str, Any]  # data.rng_state() now
+    data: dict[str, Any]  # data.EpochData.position()
+    script_sha256: str | None = None
+    journal: str | None = None  # the run's journal.jsonl
+    reason: str = "command"  # "command" | "final" | "error"
+
+
+def group_members(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
     """Each group's parameters by name, in the optimizer's order."""
-    names = G.param_owners(trainer.model)
+    names = G.param_owners(model)
     out = []
-    for i, g in enumerate(trainer.optimizer.param_groups):
+    for i, g in enumerate(optimizer.param_groups):
         missing = [p for p in g["params"] if id(p) not in names]
         if missing:
             raise CommandError(
@@ -119,29 +88,28 @@ def group_members(trainer: Trainer) -> list[list[str]]:
     return out
 
 
-def checkpoint_payload(trainer: Trainer, reason: str = "command") -> dict[str, Any]:
-    sched = trainer.scheduler
-    opt = trainer.optimizer
+def checkpoint_payload(c: CheckpointContent) -> dict[str, Any]:
+    sched, opt = c.scheduler, c.optimizer
     return {
         "version": CHECKPOINT_VERSION,
-        "reason": reason,
+        "reason": c.reason,
         "time": time.time(),
         "torch": str(torch.__version__),
-        "script_sha256": trainer.spec.sha256,
-        "step": trainer.step,
-        "epoch": trainer.epoch,
-        "model": trainer.model.state_dict(),
+        "script_sha256": c.script_sha256,
+        "step": c.step,
+        "epoch": c.epoch,
+        "model": c.model.state_dict(),
         "optimizer_class": type(opt).__name__,
         "optimizer_defaults": dict(opt.defaults),
         "optimizer": opt.state_dict(),
-        "groups": group_members(trainer),
-        "group_origin": list(trainer.group_origin),
-        "state_reset": list(trainer.state_reset),
+        "groups": group_members(c.model, opt),
+        "group_origin": list(c.group_origin),
+        "state_reset": list(c.state_reset),
         "scheduler_class": type(sched).__name__ if sched is not None else None,
         "scheduler": sched.state_dict() if sched is not None else None,
-        "rng": rng_state(trainer.loader_generators),
-        "data": trainer.data_position(),
-        "journal": str(trainer.journal.path) if trainer.journal is not None else None,
+        "rng": c.rng,
+        "data": c.data,
+        "journal": c.journal,
     }
 
 
@@ -175,12 +143,12 @@ class _HashingFile:
         self.f.flush()
 
 
-def save_checkpoint(path: Path, trainer: Trainer, reason: str = "command") -> None:
+def save_checkpoint(path: Path, content: CheckpointContent) -> None:
     """Write atomically (temp file + fsync + rename) so a crash never leaves half a
     checkpoint; the temp file has an unpredictable name (created O_EXCL, 0600) and
     is removed on any failure. The file ends with a sha256 trailer that
     :func:`load_checkpoint` verifies (torch.load ignores bytes after the zip)."""
-    payload = checkpoint_payload(trainer, reason)
+    payload = checkpoint_payload(content)
     payload["digest"] = DIGEST_KIND
     write_checkpoint_file(Path(path), payload)
 
@@ -356,37 +324,40 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("data", "the data position (epoch_rng: RNG states)")
 
 
-def check_rng(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
+def check_rng(generators: Sequence[torch.Generator], ckpt: dict[str, Any], where: Path) -> None:
     """Try the checkpoint's RNG states now (and put the current ones back), so a bad
     entry stops --resume with one line before anything is created or trained."""
-    gens = trainer.loader_generators
     states = [("rng", ckpt["rng"])]
     epoch_rng = ckpt["data"].get("epoch_rng")
     if isinstance(epoch_rng, torch.Tensor):  # an older checkpoint: torch's RNG only
         epoch_rng = {"torch": epoch_rng}
     if epoch_rng is not None:
         states.append(("data.epoch_rng", epoch_rng))
-    current = rng_state(gens)
+    current = rng_state(generators)
     try:
         for name, state in states:
             try:
-                set_rng_state(state, gens)
+                set_rng_state(state, generators)
             except Exception as exc:
                 raise TuiconsoleError(
                     f"{where}: damaged checkpoint: bad RNG state in {name!r}: "
                     f"{_one_line(exc)[:200]}"
                 ) from None
     finally:
-        set_rng_state(current, gens)
+        set_rng_state(current, generators)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())[:300] or (
+        type(exc).__name__ if isinstance(exc, BaseException) else ""
+    )
 
 
-def _rebuild_optimizer(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> Any:
+def _rebuild_optimizer(
+    model: nn.Module, opt: torch.optim.Optimizer, ckpt: dict[str, Any], where: Path
+) -> torch.optim.Optimizer:
     """An optimizer of the checkpoint's class whose groups hold the checkpoint's members."""
-    params = dict(trainer.model.named_parameters())
+    params = dict(model.named_parameters())
     saved_groups = ckpt["optimizer"]["param_groups"]
     members = ckpt["groups"]
     if len(saved_groups) != len(members):
@@ -400,7 +371,6 @@ def _rebuild_optimizer(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> A
                 "was the checkpoint made with another script?"
             )
         specs.append({**saved, "params": [params[n] for n in names]})
-    opt = trainer.optimizer
     if ckpt["optimizer_class"] == type(opt).__name__:
         # Same class: restructure the script's optimizer in place (custom classes work too).
         opt.param_groups[:] = specs
@@ -411,20 +381,52 @@ def _rebuild_optimizer(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> A
     except CommandError as exc:
         raise TuiconsoleError(f"{where}: {exc}") from None
     try:
-        return optclass.construct(cls, specs, ckpt.get("optimizer_defaults", {}))
+        made: torch.optim.Optimizer = optclass.construct(
+            cls, specs, ckpt.get("optimizer_defaults", {})
+        )
     except (TypeError, ValueError) as exc:
         raise TuiconsoleError(f"{where}: cannot rebuild {cls.__name__}: {_one_line(exc)}") from None
+    return made
 
 
-def restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
-    """Put a checkpoint's state into a trainer that was built from the same script.
+@dataclass(frozen=True)
+class Restored:
+    """What a trainer adopts after :func:`restore`: the optimizer (the script's own,
+    restructured, or one of the checkpoint's class), its group bookkeeping, and the
+    position to continue from (the data position and RNG states are put back by the
+    trainer when it sets up, after the model is on its device)."""
 
-    Called before the trainer thread starts. Raises TuiconsoleError naming what
-    does not fit (another model, another scheduler...) or is damaged.
+    optimizer: torch.optim.Optimizer
+    group_origin: list[int]
+    state_reset: list[int | None]
+    step: int
+    epoch: int
+    data: dict[str, Any]  # the checkpoint's data position (data.EpochData.restore)
+    rng: dict[str, Any]  # its RNG states (data.set_rng_state)
+    has_digest: bool  # False: written by an older tuiconsole, damage undetectable
+
+
+def restore(
+    ckpt: dict[str, Any],
+    where: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generators: Sequence[torch.Generator] = (),
+) -> Restored:
+    """Load a checkpoint (from :func:`load_checkpoint`) into the script's model,
+    optimizer and scheduler, built by the same script.
+
+    The model's weights and the scheduler's state are loaded in place; the
+    optimizer in the result may be another object (``rebuild`` changed its class).
+    ``generators`` are the loader's RNGs (data.loader_generators), checked here.
+    Raises TuiconsoleError naming what does not fit (another model, another
+    scheduler...) or is damaged.
     """
-    check_rng(trainer, ckpt, where)
+    check_rng(generators, ckpt, where)
     try:
-        _restore(trainer, ckpt, where)
+        return _restore(ckpt, where, model, optimizer, scheduler)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         # load_checkpoint checked each field's type; this is what a value inside holds
         raise TuiconsoleError(
@@ -432,14 +434,19 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
         ) from None
 
 
-def _restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
+def _restore(
+    ckpt: dict[str, Any],
+    where: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sched: Any,
+) -> Restored:
     try:
-        trainer.model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise TuiconsoleError(
             f"{where}: the checkpoint does not fit the script's model: {_one_line(exc)}"
         ) from None
-    sched = trainer.scheduler
     if (ckpt["scheduler"] is None) != (sched is None):
         has = "has" if ckpt["scheduler"] is not None else "has no"
         raise TuiconsoleError(
@@ -451,14 +458,15 @@ def _restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
             f"{where}: the checkpoint's scheduler is {ckpt.get('scheduler_class')}, "
             f"the script's is {type(sched).__name__}"
         )
-    opt = _rebuild_optimizer(trainer, ckpt, where)
+    opt = _rebuild_optimizer(model, optimizer, ckpt, where)
     try:
         opt.load_state_dict(ckpt["optimizer"])
     except (ValueError, KeyError, RuntimeError) as exc:
         raise TuiconsoleError(
             f"{where}: cannot load the optimizer state: {_one_line(exc)}"
         ) from None
-    origin = [int(i) for i in ckpt.get("group_origin", range(len(opt.param_groups)))]
+    n = len(opt.param_groups)
+    origin = [int(i) for i in ckpt.get("group_origin", range(n))]
     if sched is not None:
         G.reattach_scheduler(sched, opt)
         _remap_scheduler_lists(sched, origin)
@@ -468,7 +476,24 @@ def _restore(trainer: Trainer, ckpt: dict[str, Any], where: Path) -> None:
             raise TuiconsoleError(
                 f"{where}: cannot load the scheduler state: {_one_line(exc)}"
             ) from None
-    trainer.adopt_restored(opt, ckpt, origin)
+    reset = ckpt.get("state_reset")
+    state_reset: list[int | None] = [None] * n  # older checkpoints: unknown
+    if (
+        isinstance(reset, list)
+        and len(reset) == n
+        and all(r is None or (isinstance(r, int) and r >= 0) for r in reset)
+    ):
+        state_reset = list(reset)
+    return Restored(
+        optimizer=opt,
+        group_origin=origin,
+        state_reset=state_reset,
+        step=int(ckpt["step"]),
+        epoch=int(ckpt["epoch"]),
+        data=ckpt["data"],
+        rng=ckpt["rng"],
+        has_digest=ckpt.get("digest") is not None,
+    )
 
 
 def _remap_scheduler_lists(sched: Any, origin: list[int]) -> None:

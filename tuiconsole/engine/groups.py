@@ -243,8 +243,8 @@ def module_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Mo
                 parent = parent.rpartition(".")[0]
             children[parent].append(path)
     for path, _ in reversed(modules):
-        n, groups, _, _ = own[path]
-        sub_groups = list(groups)
+        n, own_groups, _, _ = own[path]
+        sub_groups = list(own_groups)
         for c in children[path]:
             cn, cg = totals[c]
             n += cn

@@ -3,6 +3,16 @@
 The journal gets a header line and then one line per command, written and
 fsynced before the next training step, so even ``kill -9`` leaves valid JSONL
 up to the last applied command. Replay reads it back.
+
+This module is the one place that defines both files' records: the builders
+below (``header_record`` ... ``end_record``; ``train_metrics`` ...) are the only
+code that makes them, and the reader (:func:`read_sessions`) sits beside them.
+Each record is a flat JSON object whose ``type`` says which kind it is.
+
+journal.jsonl, in order: one ``header`` per process that wrote to it (a resumed
+run appends a new one), then ``command``, ``undo`` and ``nan`` records as they
+happen, at most one ``error``, and one ``end``. metrics.jsonl: ``train``,
+``eval`` and ``nan`` records.
 """
 
 from __future__ import annotations
@@ -11,14 +21,169 @@ import contextlib
 import json
 import os
 import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tuiconsole.engine.rundir import StorageError, open_private, storage_error
+from tuiconsole.engine.rundir import StorageError, open_private, prepare_run_dir, storage_error
+from tuiconsole.engine.snapshot import NanEvent
 from tuiconsole.errors import TuiconsoleError
 
 JOURNAL_VERSION = 1
+
+Record = dict[str, Any]
+
+# The record types (each record's "type").
+HEADER, COMMAND, UNDO, NAN, ERROR, END = "header", "command", "undo", "nan", "error", "end"
+TRAIN, EVAL = "train", "eval"  # metrics.jsonl (and NAN)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def header_record(
+    *,
+    script: str | None,
+    sha256: str | None,
+    seed: int,
+    torch_version: str,
+    device: str,
+    optimizer: str,
+    scheduler: str | None,
+    groups: list[Record],
+    optimizer_state: Any,
+    nan: str,
+    resumed_from: str | None = None,
+    resumed_step: int | None = None,
+) -> Record:
+    """A session's first line: what ran, where, and the whole optimizer at its start."""
+    record: Record = {
+        "type": HEADER,
+        "version": JOURNAL_VERSION,
+        "time": time.time(),
+        "script": script,
+        "sha256": sha256,
+        "seed": seed,
+        "torch": torch_version,
+        "device": device,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "groups": groups,
+        # The same whole-optimizer view as the snapshot and `ls --json`: every
+        # hyper-parameter, each group's state, the scheduler's step and next lrs.
+        "optimizer_state": optimizer_state,
+        "nan": nan,
+    }
+    if resumed_from is not None:
+        record |= {"resumed_from": resumed_from, "resumed_step": resumed_step}
+    return record
+
+
+def command_record(
+    *, step: int, source: str, cmd: str, ok: bool, result: str, groups: list[Record]
+) -> Record:
+    """A command as applied (or refused) at ``step``, and every group after it."""
+    return {
+        "type": COMMAND,
+        "step": step,
+        "time": time.time(),
+        "source": source,
+        "cmd": cmd,
+        "ok": ok,
+        "result": result,
+        "groups": groups,
+    }
+
+
+def undo_record(*, step: int, commands: Sequence[str], error: str, groups: list[Record]) -> Record:
+    """Commands taken back because the first optimizer.step() after them failed cleanly."""
+    return {
+        "type": UNDO,
+        "step": step,
+        "time": time.time(),
+        "commands": list(commands),
+        "error": error,
+        "groups": groups,
+    }
+
+
+def nan_record(event: NanEvent, action: str) -> Record:
+    """A non-finite loss: the step, its value (as repr: JSON has no NaN), what was done
+    (``--nan``), and the lrs it happened at."""
+    return {
+        "type": NAN,
+        "step": event.step,
+        "time": time.time(),
+        "loss": repr(event.loss),
+        "action": action,
+        "skipped": event.skipped,
+        "detected_at": event.detected_at,
+        "lrs": dict(event.lrs),
+    }
+
+
+def error_record(
+    *, step: int, error: str, message: str, phase: str | None, checkpoint: str | None
+) -> Record:
+    """The run failed at ``step`` (``phase``: how far that step got)."""
+    return {
+        "type": ERROR,
+        "step": step,
+        "time": time.time(),
+        "error": error,
+        "message": message,
+        "phase": phase,
+        "checkpoint": checkpoint,
+    }
+
+
+def end_record(
+    *,
+    step: int,
+    state: str,
+    checkpoint: str | None,
+    unfinished_step: int | None = None,
+    unfinished_phase: str | None = None,
+) -> Record:
+    """A session's last line. ``unfinished_*``: a stop that gave up on a stuck step
+    (or a slow final checkpoint: step None)."""
+    record: Record = {
+        "type": END,
+        "step": step,
+        "time": time.time(),
+        "state": state,
+        "checkpoint": checkpoint,
+    }
+    if unfinished_phase is not None:
+        record["unfinished"] = {"step": unfinished_step, "phase": unfinished_phase}
+    return record
+
+
+def train_metrics(
+    *, step: int, epoch: int, loss: float, loss_mean: float, lr: Mapping[str, float]
+) -> Record:
+    """metrics.jsonl: the loss at ``step``, the mean since the last record, each group's lr."""
+    return {
+        "type": TRAIN,
+        "step": step,
+        "epoch": epoch,
+        "loss": loss,
+        "loss_mean": loss_mean,
+        "lr": dict(lr),
+    }
+
+
+def eval_metrics(*, step: int, loss: float, accuracy: float | None) -> Record:
+    return {"type": EVAL, "step": step, "loss": loss, "accuracy": accuracy}
+
+
+def nan_metrics(*, step: int, loss: float) -> Record:
+    return {"type": NAN, "step": step, "loss": loss}
+
+
+# --------------------------------------------------------------------------- writers
 
 
 class JsonlWriter:
@@ -46,11 +211,11 @@ class JsonlWriter:
         # last records from another thread (Trainer.abandon): whole lines only.
         self._lock = threading.RLock()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         with self._lock:
             self._write(record)
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _write(self, record: Record) -> None:
         if self._fd is None:
             return
         line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
@@ -88,6 +253,58 @@ class MetricsWriter(JsonlWriter):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, fsync=False)
+
+
+class RunFiles:
+    """A run dir's journal.jsonl and metrics.jsonl: where every record above goes.
+
+    Made without a run dir (a trainer that keeps no files) it writes nothing.
+    The run dir is prepared first (0700, the user's own, stale temp files removed).
+    """
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.journal: Journal | None = None
+        self.metrics: MetricsWriter | None = None
+        if run_dir is None:
+            return
+        prepare_run_dir(run_dir)
+        try:
+            self.journal = Journal(run_dir / "journal.jsonl")
+            self.metrics = MetricsWriter(run_dir / "metrics.jsonl")
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, record: Record) -> None:
+        """A journal record, fsynced; a failed write raises StorageError (once)."""
+        if self.journal is not None:
+            self.journal.write(record)
+
+    def write_quietly(self, record: Record) -> StorageError | None:
+        """A journal record on a failure/finish path: a storage error is returned, not
+        raised, so the run still ends (and stop/SIGTERM still work)."""
+        try:
+            self.write(record)
+        except StorageError as exc:
+            return exc
+        return None
+
+    def metric(self, record: Record) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    @property
+    def journal_whole(self) -> bool | None:
+        """None without a journal; False once a write to it failed."""
+        return None if self.journal is None else self.journal.failed is None
+
+    def close(self) -> None:
+        for f in (self.journal, self.metrics):
+            if f is not None:
+                f.close()
+
+
+# --------------------------------------------------------------------------- reader
 
 
 @dataclass(frozen=True)
@@ -158,19 +375,19 @@ def read_sessions(path: Path) -> list[JournalSession]:
         if not isinstance(rec, dict):
             raise TuiconsoleError(f"{path}:{n}: expected a JSON object")
         kind = rec.get("type")
-        if kind == "header":
+        if kind == HEADER:
             sessions.append(JournalSession(rec, [], len(sessions) + 1, n, []))
             failed = False
-        elif kind == "end" and sessions:
+        elif kind == END and sessions:
             sessions[-1] = replace(sessions[-1], end=rec)
         elif not sessions:
-            if kind == "command":
+            if kind == COMMAND:
                 raise TuiconsoleError(
                     f"{path}: no journal header line (is it a tuiconsole journal?)"
                 )
-        elif kind == "error":
+        elif kind == ERROR:
             failed = True
-        elif kind == "command":
+        elif kind == COMMAND:
             entry = _entry(rec, path, n)
             (sessions[-1].after_error if failed else sessions[-1].entries).append(entry)
     if not sessions:
@@ -257,3 +474,35 @@ def load_replay(
             shown = e.cmd if len(e.cmd) <= 80 else f"{e.cmd[:80]}…"  # one readable line
             raise TuiconsoleError(f"{path}:{e.line}: cannot replay {shown!r}: {exc}") from None
     return session, out
+
+
+def replay_notes(
+    session: JournalSession, count: int, path: Path, script_sha256: str | None
+) -> list[tuple[str, bool]]:
+    """What a replay says as it starts (text, ok): what it replays, what it leaves out,
+    and whether the script changed since the journal was written."""
+    which = f" (session {session.number}, journal line {session.line})"
+    notes = [
+        (
+            f"replaying {count} command(s) from {path}" + (which if session.number > 1 else ""),
+            True,
+        )
+    ]
+    if session.after_error:
+        notes.append(
+            (
+                f"not replayed: {len(session.after_error)} command(s) journaled after "
+                "the run's error (the run had ended)",
+                True,
+            )
+        )
+    sha = session.header.get("sha256")
+    if sha and script_sha256 and sha != script_sha256:
+        notes.append(
+            (
+                "warning: the script changed since the journal was written "
+                "(sha256 differs); the replay may not match",
+                False,
+            )
+        )
+    return notes

@@ -1,55 +1,60 @@
-"""The loop thread: the only code that touches the model, optimizer and scheduler.
+"""The loop: the only code that touches the model, optimizer and scheduler.
 
 Commands arrive on a queue and are applied between ``optimizer.step()`` and the
 next forward, journaled (fsynced) first, then answered through a Future.
 Losses stay on the device until a snapshot or a log line is due (no per-step
 host sync). Front-ends pull snapshots; the trainer never calls into them.
 
-Failure behaviour (see the README's "Failure behaviour"): a step that raises
-puts the run in ERROR and writes a checkpoint of the last good step; a
-non-finite loss pauses (NAN-PAUSED), stops or is ignored per ``RunConfig.nan``;
-every stop writes a final checkpoint and an ``end`` journal record.
+What the loop uses lives beside it: the optimizer operations (ops.py), the run
+state machine (runstate.py), the journal's records (journal.py), checkpoints
+(checkpoint.py), the data position (data.py), eval (evaluate.py) and fault
+handling (faults.py): a step that raises puts the run in ERROR and writes a
+checkpoint of the last good step; a non-finite loss pauses (NAN-PAUSED), stops
+or is ignored per ``RunConfig.nan``; every stop writes a final checkpoint and an
+``end`` journal record.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import math
-import os
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from tuiconsole.engine import commands as C
+from tuiconsole.engine import faults, ops
 from tuiconsole.engine import groups as G
+from tuiconsole.engine import journal as J
 from tuiconsole.engine.checkpoint import (
+    CheckpointContent,
     CheckpointWriteError,
+    Restored,
     load_checkpoint,
-    loader_generators,
     restore,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
-from tuiconsole.engine.journal import (
-    JOURNAL_VERSION,
-    Journal,
-    JournalSession,
-    MetricsWriter,
-    load_replay,
+from tuiconsole.engine.config import (
+    DEFAULT_LOG_EVERY,
+    DEFAULT_LOG_MIN_INTERVAL,
+    RunConfig,
+    resolve_device,
+    stop_grace,
 )
-from tuiconsole.engine.metrics import LossTracker, LrHistory
-from tuiconsole.engine.rundir import StorageError, checked_target, prepare_run_dir
+from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_state, to_device
+from tuiconsole.engine.evaluate import eval_text, evaluate
+from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
+from tuiconsole.engine.metrics import LossTracker
+from tuiconsole.engine.rundir import StorageError, checked_target
+from tuiconsole.engine.runstate import RunControl
 from tuiconsole.engine.snapshot import (
     EvalPoint,
     LogEntry,
@@ -57,16 +62,12 @@ from tuiconsole.engine.snapshot import (
     RunError,
     RunState,
     RunStatus,
-    SchedulerView,
     Snapshot,
 )
+from tuiconsole.engine.views import LOG_TEXT_CHARS, RunLog, Views
 from tuiconsole.errors import CommandError, TuiconsoleError
-from tuiconsole.script import CLASS_INDEX_LOSSES, TrainingSpec
+from tuiconsole.script import TrainingSpec
 
-LOG_KEEP = 500
-# A log entry's text is cut to this: every new client gets the whole log, and a few
-# hundred entries of command-line garbage must not make that frame too big to send.
-LOG_TEXT_CHARS = 2000
 # Commands applied at one step boundary, at most; the rest wait for the next one, so a
 # flood of commands cannot starve training. An expensive command (eval: the whole
 # eval_loader; checkpoint: a torch.save) uses the whole boundary. The boundary also
@@ -74,107 +75,6 @@ LOG_TEXT_CHARS = 2000
 # half the time however fast commands come in.
 COMMANDS_PER_STEP = 8
 EXPENSIVE_COMMANDS = (C.Eval, C.Checkpoint)
-NAN_MODES = ("pause", "stop", "ignore")
-NAN_CHECKS = ("auto", "step", "flush")
-OutOfMemoryError: type[BaseException] = getattr(
-    torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError
-)
-
-
-DEFAULT_LOG_EVERY = 50
-DEFAULT_LOG_MIN_INTERVAL = 1.0
-# How long a stop waits for the step in flight before giving up on it (a loader
-# blocked forever, a hung collective): see Trainer.close. TUICONSOLE_STOP_GRACE overrides.
-DEFAULT_STOP_GRACE = 30.0
-
-
-def stop_grace() -> float:
-    try:
-        return max(0.0, float(os.environ.get("TUICONSOLE_STOP_GRACE", DEFAULT_STOP_GRACE)))
-    except ValueError:
-        return DEFAULT_STOP_GRACE
-
-
-@dataclass
-class RunConfig:
-    run_dir: Path | None = None
-    max_steps: int | None = None
-    epochs: int | None = None
-    device: str | None = None  # None: the script's `device`, else auto
-    seed: int = 0
-    log_every: int = DEFAULT_LOG_EVERY  # a metrics.jsonl record every N steps...
-    # ...and a metrics line in the run log (console, headless output) at most every
-    # this many seconds (0: every time). `tuiconsole run` without --log-every uses
-    # DEFAULT_LOG_MIN_INTERVAL: a tiny model does thousands of steps a second, and 50
-    # log lines a second help nobody and cost the console redraws.
-    log_min_interval: float = 0.0
-    replay: Path | None = None
-    snapshot_interval: float = 0.1  # seconds between snapshots while someone reads them
-    start_paused: bool = False
-    decay_factor: float = 0.1
-    nan: str = "pause"  # what a non-finite loss does: "pause" | "stop" | "ignore"
-    # When the loss is checked for NaN/Inf: "step" (every step, before the update;
-    # exact), "flush" (when losses are read; no per-step work), "auto" (step on
-    # CPU, flush on accelerators). See Trainer._check_every_step.
-    nan_check: str = "auto"
-    resume: Path | None = None  # a checkpoint to continue from
-    final_checkpoint: bool = True  # write one when the run finishes or is stopped
-
-
-def resolve_device(requested: str | None) -> torch.device:
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except RuntimeError:
-        raise CommandError(
-            f"unknown device {requested!r} (use cpu, cuda, cuda:N or auto)"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(f"device {requested!r} asked for, but CUDA is not available here")
-    return dev
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, tuple | list):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _hint(exc: BaseException, batch: Any, criterion: Any) -> str:
-    """A useful sentence for errors users hit most (the seed's float-label pitfall)."""
-    if isinstance(exc, SystemExit):
-        return f"the script called sys.exit({exc.code!r}) inside the step"
-    if isinstance(exc, KeyboardInterrupt):
-        # only code raises it here: signals go to the main thread (a stop)
-        return "KeyboardInterrupt raised inside the step"
-    if isinstance(exc, OutOfMemoryError):
-        first = ". ".join(_one_line(str(exc), 300).split(". ")[:2])  # what, and how much
-        return (
-            f"out of memory ({first}); lower the batch size or the model size, "
-            "then resume from the checkpoint"
-        )
-    if (
-        isinstance(criterion, CLASS_INDEX_LOSSES)
-        and isinstance(batch, tuple | list)
-        and len(batch) == 2
-        and isinstance(batch[1], torch.Tensor)
-        and batch[1].is_floating_point()
-    ):
-        return (
-            "targets must be integer class indices (LongTensor) for "
-            f"{type(criterion).__name__}, got {batch[1].dtype}; use labels.long()"
-        )
-    return _one_line(str(exc)) or type(exc).__name__
 
 
 def _shown(text: str) -> str:
@@ -183,80 +83,8 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-# C types to read a one-element CPU loss straight from host memory.
-_HOST_SCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
-
-
-def _host_scalar(loss: torch.Tensor) -> float | None:
-    """The value of a one-element float32/float64 CPU loss, or None for any other loss.
-
-    Why this is not a host sync: on CPU there is no device queue to drain; the
-    value is already in host memory, and it is read from the tensor's storage
-    with ctypes (~0.3 us). ``torch.isfinite(...)`` costs ~5 us of op dispatch
-    plus an allocation, which was 5% of a tiny MLP's step. It avoids
-    ``.item()``/``bool()`` because tests/unit/test_no_host_sync.py counts those
-    calls as its proxy for device syncs. Only called when the loss is checked
-    every step, which "auto" never does on an accelerator.
-    """
-    reader = _HOST_SCALAR.get(loss.dtype)
-    if reader is None or not loss.is_cpu or loss.numel() != 1:
-        return None
-    return reader.from_address(loss.data_ptr()).value
-
-
-def _finite_on_cpu(loss: torch.Tensor) -> tuple[bool, float | None]:
-    """Is every element of a CPU loss finite? And its value, when :func:`_host_scalar`
-    could read it (else None: bf16, several elements; then torch checks)."""
-    value = _host_scalar(loss)
-    if value is not None:
-        return math.isfinite(value), value
-    finite = torch.isfinite(loss.detach())
-    if finite.numel() != 1:
-        finite = finite.all()
-    return finite.is_nonzero(), None
-
-
 class _Stop(Exception):
     pass
-
-
-class NonFiniteLoss(ArithmeticError):
-    """The training loss was NaN or Inf (``--nan=stop``)."""
-
-
-class ReplayError(TuiconsoleError):
-    """A journaled command that was applied in the original run fails on replay."""
-
-
-class EmptyEpoch(TuiconsoleError):
-    """train_loader yielded no batches for a whole epoch."""
-
-
-@dataclass
-class _Where:
-    """How far the current step got: decides whether the weights are still "last good"."""
-
-    phase: str = "data"  # "data" -> "forward" -> "optimizer" -> "scheduler"
-    batch: Any = None
-
-
-@dataclass
-class _Undo:
-    """What the optimizer was before the commands since the last good step.
-
-    Armed by an accepted optimizer command; used if the next ``optimizer.step()``
-    raises before it changed any parameter or state tensor (their version
-    counters say so): the previous optimizer, its groups and the scheduler's view
-    of them are put back and that step is taken with them.
-    """
-
-    optimizer: torch.optim.Optimizer
-    groups: list[dict[str, Any]]
-    sched_lists: list[tuple[Any, str, Any]]  # (scheduler, attribute, its value)
-    had_state: set[int]
-    group_origin: list[int]
-    state_reset: list[int | None]
-    commands: list[str]
 
 
 class Trainer:
@@ -264,18 +92,26 @@ class Trainer:
         self.spec = spec
         self.config = config or RunConfig()
         self.model = spec.model
-        self.optimizer = spec.optimizer
-        self.scheduler = spec.scheduler
         self.criterion = spec.criterion
         self.device = resolve_device(self.config.device or spec.device)
         self.epochs = self.config.epochs or spec.epochs or (None if self.config.max_steps else 1)
         self.max_steps = self.config.max_steps
         self.step = 0
         self.epoch = 0
-        self.state = RunState.STARTING
         self.error: RunError | None = None
-        self._paused = self.config.start_paused
-        self._step_budget = 0
+        self.nan_event: NanEvent | None = None
+        self.last_checkpoint = ""
+        self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
+        self.run_dir = self.config.run_dir
+        self._files = J.RunFiles()  # none until the run starts (prepare, start, run)
+        self._control = RunControl(self.config.start_paused)
+        self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
+        self._undo: ops.Undo | None = None
+        self._data = EpochData(spec.train_loader)
+        self._where = faults.Where()
+        self._nan = self.config.nan_policy
+        self._nan_each_step = self._nan.every_step(self.device)
+        self._nan_noted = False
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
         )
@@ -284,136 +120,101 @@ class Trainer:
         # Set once the loop has written its end record (or was abandoned): close() waits on it.
         self._released = threading.Event()
         self._abandon_lock = threading.Lock()
-        self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self._stop_source: str | None = None  # who asked first to stop
         self._finishing = False  # in _finish_up (final checkpoint, end record)
         # The loop runs once: in a thread of its own (start) or in the caller's (run).
         self._launched = False
         self._looping = False  # inside the loop (set before it begins, cleared as it returns)
         self._loop_ended = threading.Event()
+        self._closed = False
         self._losses = LossTracker()
-        self._lr_history = LrHistory()
         self._evals: deque[EvalPoint] = deque(maxlen=200)
-        self._log: deque[LogEntry] = deque(maxlen=LOG_KEEP)
-        # submit() logs parse errors from the caller's thread: seq numbers must stay unique
-        self._log_lock = threading.Lock()
+        self._runlog = RunLog()
+        self._views = Views()
         self._num_threads = torch.get_num_threads()
-        self._where = _Where()
         self._on_cpu = self.device.type == "cpu"
-        self._nan_each_step = self._check_every_step
-        self._log_seq = 0
-        self._snap_seq = 0
-        self._structure_version = 0
-        self._modules_cache: tuple[int, tuple[Any, ...]] | None = None
-        self._sizes_cache: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
-        self._sched_cache: tuple[tuple[Any, ...], SchedulerView | None] | None = None
         self._snapshot_wanted = True
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
-        self._rate_samples: deque[tuple[float, int]] = deque(maxlen=20)
         self._t0 = time.monotonic()
-        self._epoch_iter: Iterator[Any] | None = None
-        self._epoch_batches = 0  # batches taken from the current epoch's iterator
-        self._epoch_rng: dict[str, Any] | None = None  # the RNGs before that iter()
-        self.loader_generators = loader_generators(spec.train_loader)
-        self._replay: deque[Any] = deque()
-        self._replay_header: dict[str, Any] = {}
-        self._replay_session: JournalSession | None = None
-        self.run_dir = self.config.run_dir
-        self.journal: Journal | None = None
-        self.metrics: MetricsWriter | None = None
-        # For each group, the index of the script's group it descends from (split
-        # copies its source's scheduler entries); a checkpoint needs it to rebuild
-        # per-group scheduler functions such as LambdaLR's lr_lambdas.
-        self.group_origin: list[int] = list(range(len(self.optimizer.param_groups)))
-        # For each group, the step its optimizer state was last dropped (rebuild), or None.
-        self.state_reset: list[int | None] = [None] * len(self.optimizer.param_groups)
-        self.nan_event: NanEvent | None = None
-        self.last_checkpoint = ""
-        self._nan_noted = False
-        self._resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
-        self._closed = False
-        self._undo: _Undo | None = None
-        self._state_version = 0  # bumped when optimizer state may have grown (sizes cache)
-        if self.config.nan not in NAN_MODES:
-            raise TuiconsoleError(f"--nan must be one of {', '.join(NAN_MODES)}")
-        if self.config.nan_check not in NAN_CHECKS:
-            raise TuiconsoleError(f"nan_check must be one of {', '.join(NAN_CHECKS)}")
+        self._resumed: Restored | None = None
+        self._replay: deque[tuple[J.JournalEntry, C.Command]] = deque()
+        self._replay_session: J.JournalSession | None = None
         G.ensure_names(self.optimizer, self.model)
         if self.config.resume is not None:
-            restore(self, load_checkpoint(self.config.resume), self.config.resume)
+            self._adopt(self.config.resume, load_checkpoint(self.config.resume))
         if self.config.replay is not None:
-            self._load_replay(self.config.replay)
+            resumed = self.config.resume is not None
+            self._replay_session, entries = J.load_replay(
+                self.config.replay, self.step if resumed else None, self.config.resume
+            )
+            self._replay.extend(entries)
         self._snapshot = self._build_snapshot()
 
-    @property
-    def _check_every_step(self) -> bool:
-        """Check each loss before its update (exact, free on CPU) or when losses are read.
-
-        "step" pauses *at* the first bad step with the weights of the step before
-        (its update is skipped). On an accelerator that needs one device->host
-        read per step, which rule 3 (no per-step host sync) forbids, so "auto"
-        checks there when losses are flushed (a few Hz / every --log-every
-        steps): the first bad step is still named exactly, but the updates up
-        to the flush were applied.
-        """
-        if self.config.nan == "ignore":
-            return False
-        if self.config.nan_check == "auto":
-            return self.device.type == "cpu"
-        return self.config.nan_check == "step"
-
-    def _load_replay(self, path: Path) -> None:
-        resumed = self.config.resume is not None
-        session, entries = load_replay(
-            path, self.step if resumed else None, self.config.resume if resumed else None
+    def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Take over what a checkpoint restores: optimizer, group bookkeeping, position."""
+        r = restore(
+            ckpt,
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            generators=self._data.generators,
         )
-        self._replay_header = session.header
-        self._replay_session = session
-        self._replay.extend(entries)
-
-    def adopt_restored(
-        self, optimizer: torch.optim.Optimizer, ckpt: dict[str, Any], origin: list[int]
-    ) -> None:
-        """Take over a restored optimizer and position (see checkpoint.restore)."""
-        self.optimizer = optimizer
-        self.group_origin = list(origin)
-        reset = ckpt.get("state_reset")
-        n = len(optimizer.param_groups)
-        self.state_reset = [None] * n  # older checkpoints: unknown
-        if (
-            isinstance(reset, list)
-            and len(reset) == n
-            and all(r is None or (isinstance(r, int) and r >= 0) for r in reset)
-        ):
-            self.state_reset = list(reset)
-        self.step = int(ckpt["step"])
-        self.epoch = int(ckpt["epoch"])
-        self._structure_version += 1
+        o = self._ops
+        o.optimizer, o.group_origin, o.state_reset = r.optimizer, r.group_origin, r.state_reset
+        self.step, self.epoch = r.step, r.epoch
+        self._views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
-        assert self.config.resume is not None
-        self._resumed = (self.config.resume, ckpt["data"], ckpt["rng"])
-        if ckpt.get("digest") is None:
+        self._resumed = r
+        if not r.has_digest:
             self._append_log(
                 "info",
-                f"warning: {self.config.resume} has no digest (written by an older "
+                f"warning: {path} has no digest (written by an older "
                 "tuiconsole), so damage to it cannot be detected; loaded anyway",
                 ok=False,
             )
+
+    # ------------------------------------------------------------------ what tests and tools read
+
+    @property
+    def journal(self) -> J.Journal | None:
+        return self._files.journal
+
+    @property
+    def state(self) -> RunState:
+        return self._control.state
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._ops.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self._ops.scheduler
+
+    @property
+    def group_origin(self) -> list[int]:
+        return self._ops.group_origin
+
+    @property
+    def state_reset(self) -> list[int | None]:
+        return self._ops.state_reset
+
+    @property
+    def loader_generators(self) -> list[torch.Generator]:
+        return self._data.generators
 
     @property
     def epoch_shown(self) -> int:
         """The epoch as every front-end, log line and message says it: 1-based, the
         epoch the last step was taken in (the first one before any step). A run that
         finished 8 epochs is "epoch 8"; 29 batches into the 8th it is "epoch 8" too."""
-        started = self._epoch_iter is not None and self._epoch_batches > 0
-        return self.epoch + 1 if started or self.epoch == 0 else self.epoch
+        return self.epoch + 1 if self._data.started or self.epoch == 0 else self.epoch
 
     def data_position(self) -> dict[str, Any]:
         """Where the loader is: batches taken in this epoch, and the RNGs before its iter()."""
-        if self._epoch_iter is None:
-            return {"epoch_batches": None, "epoch_rng": None}
-        return {"epoch_batches": self._epoch_batches, "epoch_rng": self._epoch_rng}
+        return self._data.position()
 
     # ------------------------------------------------------------------ public API
 
@@ -563,51 +364,32 @@ class Trainer:
         with self._abandon_lock:
             if self._released.is_set() or self.unfinished is not None:
                 return
-            where = {
-                "data": "in the loader",
-                "forward": "in the forward/backward pass",
-                "optimizer": "in optimizer.step()",
-                "scheduler": "in scheduler.step()",
-            }.get(self._where.phase, "")
-            if self.state == RunState.EVALUATING:
-                where = "in eval"
-            step = self.step
-            if self._finishing:  # the loop reached its end: a slow final checkpoint
-                self.unfinished = f"the final checkpoint did not finish within {waited:g} s"
-            else:
-                self.unfinished = f"step {step + 1} did not finish within {waited:g} s" + (
-                    f" (stuck {where})" if where else ""
-                )
+            step, finishing = self.step, self._finishing
+            where = "in eval" if self.state == RunState.EVALUATING else self._where.stuck()
+            self.unfinished = faults.unfinished(step, waited, where, finishing)
             self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
             # a full disk already said so (StorageError); the process leaves either way
             with contextlib.suppress(TuiconsoleError):
-                if self.journal is not None and self.journal.failed is None:
-                    self.journal.write(
-                        {
-                            "type": "command",
-                            "step": step,
-                            "time": time.time(),
-                            "source": self._stop_source or "close",
-                            "cmd": "stop",
-                            "ok": True,
-                            "result": f"stopped at step {step}; {self.unfinished}",
-                            "groups": G.groups_record(self.optimizer),
-                        }
+                if self._files.journal_whole:
+                    self._files.write(
+                        J.command_record(
+                            step=step,
+                            source=self._stop_source or "close",
+                            cmd="stop",
+                            ok=True,
+                            result=f"stopped at step {step}; {self.unfinished}",
+                            groups=G.groups_record(self.optimizer),
+                        )
                     )
-                    self.journal.write(
-                        {
-                            "type": "end",
-                            "step": step,
-                            "time": time.time(),
-                            "state": RunState.STOPPED.value,
-                            "checkpoint": None,
-                            "unfinished": {
-                                "step": None if self._finishing else step + 1,
-                                "phase": "final checkpoint"
-                                if self._finishing
-                                else self._where.phase,
-                            },
-                        }
+                    phase = "final checkpoint" if finishing else self._where.phase
+                    self._files.write(
+                        J.end_record(
+                            step=step,
+                            state=RunState.STOPPED.value,
+                            checkpoint=None,
+                            unfinished_step=None if finishing else step + 1,
+                            unfinished_phase=phase,
+                        )
                     )
             self._close_files()
             old = self._snapshot
@@ -630,7 +412,7 @@ class Trainer:
             self._setup()
             while True:
                 self._apply_pending()
-                if self._can_step():
+                if self._control.can_step:
                     self._train_step()
                 else:
                     self._idle()
@@ -659,97 +441,48 @@ class Trainer:
         self.model.train()
         self._open_run_files()
         if self._resumed is not None:
-            self._restore_position()
-        if self.config.replay is not None:
-            session = self._replay_session
-            which = (
-                f" (session {session.number}, journal line {session.line})"
-                if session is not None and session.number > 1
-                else ""
+            self._restore_position(self._resumed)
+        if self._replay_session is not None and self.config.replay is not None:
+            notes = J.replay_notes(
+                self._replay_session, len(self._replay), self.config.replay, self.spec.sha256
             )
-            self._append_log(
-                "info",
-                f"replaying {len(self._replay)} command(s) from {self.config.replay}{which}",
-            )
-            if session is not None and session.after_error:
-                self._append_log(
-                    "info",
-                    f"not replayed: {len(session.after_error)} command(s) journaled after "
-                    "the run's error (the run had ended)",
-                )
-            sha = self._replay_header.get("sha256")
-            if sha and self.spec.sha256 and sha != self.spec.sha256:
-                self._append_log(
-                    "info",
-                    "warning: the script changed since the journal was written "
-                    "(sha256 differs); the replay may not match",
-                    ok=False,
-                )
+            for text, ok in notes:
+                self._append_log("info", text, ok=ok)
         self._t0 = time.monotonic()
-        self.state = RunState.PAUSED if self._paused else RunState.RUNNING
+        self._control.begin()
         self._publish()
 
     def _open_run_files(self) -> None:
-        """The run dir (0700, the user's own, stale temp files removed) and its files."""
-        if self.run_dir is None or self.journal is not None:
+        if self.run_dir is None or self._files.journal is not None:
             return
-        prepare_run_dir(self.run_dir)
-        self.journal = Journal(self.run_dir / "journal.jsonl")
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.journal.write(self._header())
+        self._files = J.RunFiles(self.run_dir)
+        self._files.write(self._header())
 
-    def _header(self) -> dict[str, Any]:
-        return {
-            "type": "header",
-            "version": JOURNAL_VERSION,
-            "time": time.time(),
-            "script": str(self.spec.path.resolve()) if self.spec.path else None,
-            "sha256": self.spec.sha256,
-            "seed": self.config.seed,
-            "torch": torch.__version__,
-            "device": str(self.device),
-            "optimizer": type(self.optimizer).__name__,
-            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
-            "groups": G.groups_record(self.optimizer),
-            # The same whole-optimizer view as the snapshot and `ls --json`: every
-            # hyper-parameter, each group's state, the scheduler's step and next lrs.
-            "optimizer_state": self._build_snapshot().optimizer_state(),
-            "nan": self.config.nan,
-        } | (
-            {"resumed_from": str(self._resumed[0]), "resumed_step": self.step}
-            if self._resumed is not None
-            else {}
+    def _header(self) -> J.Record:
+        resumed = self.config.resume if self._resumed is not None else None
+        return J.header_record(
+            script=str(self.spec.path.resolve()) if self.spec.path else None,
+            sha256=self.spec.sha256,
+            seed=self.config.seed,
+            torch_version=torch.__version__,
+            device=str(self.device),
+            optimizer=type(self.optimizer).__name__,
+            scheduler=type(self.scheduler).__name__ if self.scheduler is not None else None,
+            groups=G.groups_record(self.optimizer),
+            optimizer_state=self._build_snapshot().optimizer_state(),
+            nan=self.config.nan,
+            resumed_from=str(resumed) if resumed is not None else None,
+            resumed_step=self.step if resumed is not None else None,
         )
 
-    def _restore_position(self) -> None:
+    def _restore_position(self, r: Restored) -> None:
         """Resume: same shuffle for the current epoch, skip its taken batches, then RNG."""
-        assert self._resumed is not None
-        path, data, rng = self._resumed
-        taken = data.get("epoch_batches")
-        if taken is not None:
-            epoch_rng = data["epoch_rng"]
-            if isinstance(epoch_rng, torch.Tensor):  # an older checkpoint: torch's RNG only
-                epoch_rng = {"torch": epoch_rng}
-            set_rng_state(epoch_rng, self.loader_generators)
-            self._epoch_rng = epoch_rng
-            self._epoch_iter = iter(self.spec.train_loader)
-            for i in range(taken):
-                try:
-                    next(self._epoch_iter)
-                except StopIteration:
-                    raise TuiconsoleError(
-                        f"{path}: the checkpoint is {taken} batches into epoch "
-                        f"{self.epoch + 1}, but train_loader now has only {i}"
-                    ) from None
-            self._epoch_batches = taken
-        set_rng_state(rng, self.loader_generators)
+        path = self.config.resume
+        assert path is not None
+        taken = self._data.restore(r.data, path, self.epoch)
+        set_rng_state(r.rng, self._data.generators)
         where = f", {taken} batch(es) into epoch {self.epoch_shown}" if taken else ""
         self._append_log("info", f"resumed from {path} at step {self.step}{where}")
-
-    def _can_step(self) -> bool:
-        if self.state in (RunState.FINISHED, RunState.ERROR, RunState.NAN_PAUSED):
-            return False
-        return not self._paused or self._step_budget > 0
 
     def _idle(self) -> None:
         """Paused or finished: wait for a command, keep snapshots fresh."""
@@ -770,8 +503,7 @@ class Trainer:
             entry, cmd = self._replay.popleft()
             if cmd.control:
                 if isinstance(cmd, C.Resume | C.Step) and self.state == RunState.NAN_PAUSED:
-                    self._paused, self._step_budget = False, 0
-                    self.state = RunState.RUNNING
+                    self._control.nan_resumed()
                     self._append_log(
                         "info",
                         f"replay: resumed from NAN-PAUSED as the original run did "
@@ -810,30 +542,7 @@ class Trainer:
                 break
         self._step_ended = time.monotonic()
 
-    def _next_batch(self) -> Any:
-        while True:
-            if self._epoch_iter is None:
-                # Once per epoch: the RNG state the loader's shuffle draws from, so
-                # a checkpoint can re-create this epoch's order on resume.
-                self._epoch_rng = rng_state(self.loader_generators)
-                self._epoch_iter = iter(self.spec.train_loader)
-                self._epoch_batches = 0
-            try:
-                batch = next(self._epoch_iter)
-            except StopIteration:
-                if self._epoch_batches == 0:
-                    raise EmptyEpoch(
-                        f"train_loader yielded no batches in epoch {self.epoch + 1} (a "
-                        "generator or one-shot iterator is used up after one epoch; use a "
-                        "list or a DataLoader)"
-                    ) from None
-                self._epoch_iter = None
-                self._end_epoch()
-                if self.state == RunState.FINISHED:
-                    return None
-                continue
-            self._epoch_batches += 1
-            return batch
+    # ------------------------------------------------------------------ the step
 
     def _end_epoch(self) -> None:
         self.epoch += 1
@@ -849,7 +558,7 @@ class Trainer:
             # here makes the metric the loss of *this* step, not of whenever the
             # last snapshot happened to read losses, so runs and replays agree.
             if self._evals:
-                metric = self._evals[-1].loss
+                metric: float | None = self._evals[-1].loss
             else:
                 self._flush_losses()
                 metric = self._losses.last
@@ -859,7 +568,7 @@ class Trainer:
             sched.step()
 
     def _set_finished(self, text: str) -> None:
-        self.state = RunState.FINISHED
+        self._control.finish()
         self._append_log("info", text)
         self._flush_losses()
         self._done.set()
@@ -876,7 +585,7 @@ class Trainer:
         where.phase, where.batch = "data", None
         try:
             loss = self._one_step(where)
-        except BaseException as exc:  # sys.exit / KeyboardInterrupt in a step too: see _hint
+        except BaseException as exc:  # sys.exit / KeyboardInterrupt in a step too: see hint
             # The traceback's frames hold this step's activations; drop them so
             # the memory is free again (an OOM must not leave the GPU full).
             exc.__traceback__ = None
@@ -886,11 +595,8 @@ class Trainer:
             return
         self.step += 1
         pending = self._losses.record(self.step, loss)
-        if self._step_budget > 0:
-            self._step_budget -= 1
-            if self._step_budget == 0:
-                self.state = RunState.PAUSED
-                self._snapshot_wanted = True
+        if self._control.stepped():  # a `step N` is done: show the pause at once
+            self._snapshot_wanted = True
         log_every = self.config.log_every
         if (log_every and self.step % log_every == 0) or pending >= self._losses.max_pending:
             self._log_metrics()
@@ -899,14 +605,15 @@ class Trainer:
         ):
             self._publish()
 
-    def _one_step(self, where: _Where) -> torch.Tensor | float | None:
+    def _one_step(self, where: faults.Where) -> torch.Tensor | float | None:
         """One training step; returns the loss to record (a float if already read), or None."""
-        batch = self._next_batch()
-        if batch is None:
-            return None
+        while (batch := self._data.take(self.epoch)) is END_OF_EPOCH:
+            self._end_epoch()
+            if self.state == RunState.FINISHED:
+                return None
         where.phase, where.batch = "forward", batch
         if not self._on_cpu:
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
         model, optimizer = self.model, self.optimizer
         optimizer.zero_grad(set_to_none=True)
         if self.spec.training_step is not None:
@@ -922,128 +629,57 @@ class Trainer:
         if self._nan_each_step:
             # Read once, used twice: the NaN check and the loss record (a float
             # needs no detach now and no batched read later).
-            finite, value = _finite_on_cpu(loss)
+            finite, value = faults.finite_on_cpu(loss)
             if not finite:
                 self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
                 return None
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         where.phase = "optimizer"
         if self._undo is None:
             optimizer.step()
         else:
-            self._guarded_step()
+            self._guarded_step(self._undo)
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
         return loss if value is None else value
 
-    # ------------------------------------------------------------------ undo
-
-    def _arm_undo(self, cmd: C.Command) -> None:
-        """Before an optimizer command: remember what to put back if the next step fails."""
-        if self._undo is not None:  # several commands before one step: undo them all
-            self._undo.commands.append(cmd.text)
-            return
-        opt = self.optimizer
-        lists = []
-        for sched in G.scheduler_chain(self.scheduler):
-            lists.append((sched, "optimizer", sched.optimizer))
-            for attr in G.SCHED_GROUP_LISTS:
-                value = getattr(sched, attr, None)
-                if isinstance(value, list):
-                    lists.append((sched, attr, list(value)))
-        self._undo = _Undo(
-            optimizer=opt,
-            groups=[
-                {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in g.items()}
-                | {"params": list(g["params"])}
-                for g in opt.param_groups
-            ],
-            sched_lists=lists,
-            had_state={id(p) for p in opt.state},
-            group_origin=list(self.group_origin),
-            state_reset=list(self.state_reset),
-            commands=[cmd.text],
-        )
-
-    def _guarded_step(self) -> None:
-        """The first optimizer.step() after a command: undo the command(s) if it fails
-        before touching anything, and take the step as it would have been."""
-        undo, self._undo = self._undo, None
-        assert undo is not None
-        opt = self.optimizer
-        watched = [p for g in opt.param_groups for p in g["params"]]
-        watched += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
-        versions = [t._version for t in watched]
+    def _guarded_step(self, undo: ops.Undo) -> None:
+        """The first optimizer.step() after optimizer commands (see ops.guarded_step)."""
+        self._undo = None
         try:
-            opt.step()
-            return
-        except Exception as exc:
-            if [t._version for t in watched] != versions:
-                raise  # it changed something: an ordinary failure (ERROR, no checkpoint)
-            error = f"{type(exc).__name__}: {_one_line(str(exc), 300)}"
+            error = ops.guarded_step(self._ops, undo, self.device)
         finally:
-            self._state_version += 1  # the first step after a change may add state
-        del watched
-        if opt is not undo.optimizer:
-            opt.state.clear()  # a rebuilt optimizer's partial state: free it before re-stepping
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        del opt
-        self._restore_undo(undo)
-        self.optimizer.step()  # the step the run would have taken without the command(s)
-        text = "; ".join(undo.commands)
-        message = (
-            f"undone `{text}`: the next optimizer.step() failed before changing any "
-            f"parameter ({error}); the optimizer is as it was before, training goes on"
-        )
-        self._append_log("command", message, ok=False, source="engine")
-        if self.journal is not None:
-            self.journal.write(
-                {
-                    "type": "undo",
-                    "step": self.step + 1,
-                    "time": time.time(),
-                    "commands": undo.commands,
-                    "error": error,
-                    "groups": G.groups_record(self.optimizer),
-                }
+            self._views.state_version += 1  # the first step after a change may add state
+            if undo.restored:  # even if the step taken after it failed too
+                self._views.structure_version += 1
+        if error is None:
+            return
+        self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
+        self._files.write(
+            J.undo_record(
+                step=self.step + 1,
+                commands=undo.commands,
+                error=error,
+                groups=G.groups_record(self.optimizer),
             )
+        )
 
-    def _restore_undo(self, undo: _Undo) -> None:
-        opt = undo.optimizer
-        opt.param_groups[:] = undo.groups
-        for p in [p for p in opt.state if id(p) not in undo.had_state]:
-            del opt.state[p]  # state the failed step created
-        for sched, attr, value in undo.sched_lists:
-            setattr(sched, attr, value)
-        self.optimizer = opt
-        self.group_origin = undo.group_origin
-        self.state_reset = undo.state_reset
-        self._structure_version += 1
-
-    # ------------------------------------------------------------------ failures
+    # ------------------------------------------------------------------ failures and the end
 
     def _nonfinite(self, step: int, value: float, skipped: bool) -> None:
         """A NaN/Inf loss at ``step``: pause (NAN-PAUSED), stop (ERROR) or just note it."""
         lrs = tuple((str(g.get("name")), float(g["lr"])) for g in self.optimizer.param_groups)
         event = NanEvent(step, value, lrs, skipped, step if skipped else self.step)
-        mode = self.config.nan
-        if mode == "ignore" or (self.state.is_terminal and mode != "stop"):
+        mode = self._nan.mode
+        if self._nan.only_noted(self.state.is_terminal):
             if not self._nan_noted:
                 self._nan_noted = True
                 self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
             return
         self.nan_event = event
-        record = {"step": step, "time": time.time(), "loss": repr(value), "action": mode}
-        if self.journal is not None:
-            lr_map = dict(lrs)
-            self.journal.write(
-                {"type": "nan", **record, "skipped": skipped, "detected_at": event.detected_at}
-                | {"lrs": lr_map}
-            )
-        if self.metrics is not None:
-            self.metrics.write({"type": "nan", "step": step, "loss": value})
+        self._files.write(J.nan_record(event, mode))
+        self._files.metric(J.nan_metrics(step=step, loss=value))
         if mode == "stop":
             self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
             return
@@ -1052,8 +688,7 @@ class Trainer:
             # counts, so commands made while NAN-PAUSED are journaled at this step
             # and a replay applies them after it, as the user did.
             self.step = step
-        self._paused, self._step_budget = True, 0
-        self.state = RunState.NAN_PAUSED
+        self._control.nan_paused()
         self._append_log(
             "nan",
             f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, or `stop`.",
@@ -1069,66 +704,38 @@ class Trainer:
         ``phase`` says how far the failing step got: before ``optimizer.step()``
         ("data", "forward") the weights are still those of the last good step.
         """
-        message = _hint(exc, batch, self.criterion)
+        message = faults.hint(exc, batch, self.criterion)
         step = self.step + 1 if step is None else step
         self.error = RunError(type(exc).__name__, message, step)
-        self.state = RunState.ERROR
+        self._control.fail()
         self._append_log("error", f"training raised {self.error}", ok=False)
         checkpoint = self._error_checkpoint(phase)
         if isinstance(exc, StorageError):  # say what was kept, in the one line
             self.error = RunError(type(exc).__name__, f"{message}; {self._kept()}", step)
         self._write_quietly(
-            {
-                "type": "error",
-                "step": step,
-                "time": time.time(),
-                "error": type(exc).__name__,
-                "message": message,
-                "phase": phase,
-                "checkpoint": checkpoint,
-            }
+            J.error_record(
+                step=step,
+                error=type(exc).__name__,
+                message=message,
+                phase=phase,
+                checkpoint=checkpoint,
+            )
         )
         self._done.set()
         self._publish()
 
     def _kept(self) -> str:
-        """What is on disk after a storage failure, for the error line."""
-        journal = self.journal
-        kept = []
-        if journal is not None:
-            if journal.failed is None:
-                kept.append(f"journal through step {self.step}")
-            else:
-                kept.append("the journal up to its last whole line")
-        kept.append(
-            f"last checkpoint {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint"
-        )
-        return "kept: " + ", ".join(kept)
+        return faults.kept(self._files.journal_whole, self.step, self.last_checkpoint)
 
-    def _write_quietly(self, record: dict[str, Any], writer: Any = None) -> None:
-        """A journal record on a failure/finish path: a storage error here is only
-        logged, so the run still ends (and stop/SIGTERM still work)."""
-        writer = writer or self.journal
-        if writer is None:
-            return
-        try:
-            writer.write(record)
-        except StorageError as exc:
+    def _write_quietly(self, record: J.Record) -> None:
+        """On a failure/finish path a storage error is only logged: the run still ends."""
+        if (exc := self._files.write_quietly(record)) is not None:
             self._append_log("error", str(exc), ok=False)
 
     def _error_checkpoint(self, phase: str | None) -> str | None:
-        if phase in ("optimizer", "scheduler"):
-            earlier = (
-                f"resume from the last checkpoint, {self.last_checkpoint}"
-                if self.last_checkpoint
-                else "no earlier checkpoint exists"
-            )
-            self._append_log(
-                "info",
-                f"no checkpoint written: the error came from inside {phase}.step(), so "
-                f"step {self.step + 1} may be half applied; {earlier}",
-                ok=False,
-            )
+        why_not = faults.last_good_checkpoint(phase, self.step, self.last_checkpoint)
+        if why_not is not None:
+            self._append_log("info", why_not, ok=False)
             return None
         if phase is None or self.run_dir is None:
             return None
@@ -1144,8 +751,23 @@ class Trainer:
         return str(path)
 
     def _write_checkpoint(self, path: Path | None, reason: str) -> Path:
-        path = path or self._default_checkpoint_path()
-        save_checkpoint(path, self, reason)
+        path = path or (self.run_dir or Path(".")) / f"checkpoint-step{self.step}.pt"
+        o = self._ops
+        content = CheckpointContent(
+            model=self.model,
+            optimizer=o.optimizer,
+            scheduler=o.scheduler,
+            group_origin=o.group_origin,
+            state_reset=o.state_reset,
+            step=self.step,
+            epoch=self.epoch,
+            rng=rng_state(self._data.generators),
+            data=self._data.position(),
+            script_sha256=self.spec.sha256,
+            journal=str(self.journal.path) if self.journal is not None else None,
+            reason=reason,
+        )
+        save_checkpoint(path, content)
         self.last_checkpoint = str(path)
         return path
 
@@ -1177,18 +799,11 @@ class Trainer:
                             f"disk full: could not write the final checkpoint; {self._kept()}",
                             self.step,
                         )
-                        self.state = RunState.ERROR
+                        self._control.fail()
         finally:
-            if not self.state.is_terminal:
-                self.state = RunState.STOPPED
+            self._control.end()
             self._write_quietly(
-                {
-                    "type": "end",
-                    "step": self.step,
-                    "time": time.time(),
-                    "state": self.state.value,
-                    "checkpoint": checkpoint,
-                }
+                J.end_record(step=self.step, state=self.state.value, checkpoint=checkpoint)
             )
             self._publish()
             self._close_files()
@@ -1208,9 +823,7 @@ class Trainer:
 
     def _close_files(self) -> None:
         self._closed = True
-        for f in (self.journal, self.metrics):
-            if f is not None:
-                f.close()
+        self._files.close()
 
     # ------------------------------------------------------------------ metrics
 
@@ -1226,25 +839,20 @@ class Trainer:
 
     def _log_metrics(self, force: bool = False) -> None:
         values = self._flush_losses()
-        if not values and not force:
-            return
-        if not values and self._losses.last is None:
-            return
         loss = values[-1][1] if values else self._losses.last
-        record = {
-            "type": "train",
-            "step": self.step,
-            "epoch": self.epoch_shown,
-            "loss": loss,
-            "loss_mean": sum(v for _, v in values) / len(values) if values else loss,
-            "lr": {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups},
-        }
-        if self.metrics is not None:
-            self.metrics.write(record)
+        if loss is None or not (values or force):
+            return
+        lr = {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups}
+        mean = sum(v for _, v in values) / len(values) if values else loss
+        self._files.metric(
+            J.train_metrics(
+                step=self.step, epoch=self.epoch_shown, loss=loss, loss_mean=mean, lr=lr
+            )
+        )
         now = time.monotonic()
         if values and (force or now - self._metrics_logged_at >= self.config.log_min_interval):
             self._metrics_logged_at = now
-            lrs = " ".join(f"{name}={lr:.3g}" for name, lr in record["lr"].items())
+            lrs = " ".join(f"{name}={value:.3g}" for name, value in lr.items())
             self._append_log(
                 "metrics", f"step {self.step} epoch {self.epoch_shown} loss {loss:.4g} lr {lrs}"
             )
@@ -1282,19 +890,16 @@ class Trainer:
         return result
 
     def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
-        if self.journal is not None:
-            self.journal.write(
-                {
-                    "type": "command",
-                    "step": self.step,
-                    "time": time.time(),
-                    "source": source,
-                    "cmd": cmd.text,
-                    "ok": result.ok,
-                    "result": result.message,
-                    "groups": G.groups_record(self.optimizer),
-                }
+        self._files.write(
+            J.command_record(
+                step=self.step,
+                source=source,
+                cmd=cmd.text,
+                ok=result.ok,
+                result=result.message,
+                groups=G.groups_record(self.optimizer),
             )
+        )
         self._append_log("command", f"{cmd.text}: {result.message}", ok=result.ok, source=source)
         # Publish before the caller's future resolves: once submit() has answered,
         # snapshot() shows the command's effect (a key press is visible at once,
@@ -1302,228 +907,87 @@ class Trainer:
         self._publish()
 
     def _dispatch(self, cmd: C.Command) -> str:
-        if isinstance(cmd, C.Lr | C.Decay | C.Set | C.Split | C.Rebuild):
-            undo_before = self._undo
-            self._arm_undo(cmd)
-            try:
-                return self._dispatch_optimizer(cmd)
-            except BaseException:
-                self._undo = undo_before  # refused: nothing changed, nothing to undo
-                if undo_before is not None and undo_before.commands[-1] == cmd.text:
-                    undo_before.commands.pop()
-                raise
-        return self._dispatch_control(cmd)
+        """Apply one command; its result line, or a CommandError having changed nothing."""
+        if ops.is_op(cmd):
+            result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
+            if result.structure_changed:
+                self._views.structure_version += 1
+            return result.message
+        control = self._CONTROL.get(type(cmd))
+        if control is None:  # pragma: no cover - every command type has a handler
+            raise CommandError(f"unsupported command {cmd.text!r}")
+        return control(self, cmd)
 
-    def _dispatch_optimizer(self, cmd: C.Command) -> str:
-        opt, sched = self.optimizer, self.scheduler
-        if isinstance(cmd, C.Lr | C.Decay):
-            indices = G.resolve_target(cmd.target, self.model, opt)
-            if isinstance(cmd, C.Decay):
-                factor, op = cmd.factor, "*"
-            else:
-                factor, op = cmd.value, cmd.op
-            new = {}
-            for i in indices:
-                old = float(opt.param_groups[i]["lr"])
-                new[i] = factor if op == "=" else old * factor if op == "*" else old / factor
-            before = {i: float(opt.param_groups[i]["lr"]) for i in indices}
-            G.set_lrs(opt, sched, new)
-            changes = ", ".join(
-                f"{opt.param_groups[i]['name']} {before[i]:.3g}->{new[i]:.3g}" for i in indices
-            )
-            return f"lr {changes} (in place; momentum/Adam state kept)"
-        if isinstance(cmd, C.Set):
-            indices = G.resolve_target(cmd.target, self.model, opt)
-            G.set_hparams(opt, sched, indices, cmd.items)
-            names = ", ".join(str(opt.param_groups[i]["name"]) for i in indices)
-            return f"set {C._items_text(cmd.items)} on {names} (in place; state kept)"
-        if isinstance(cmd, C.Split):
-            plan = G.plan_split(self.model, opt, cmd.group, cmd.modules, cmd.items, sched)
-            G.apply_split(opt, sched, plan)
-            self.group_origin = [self.group_origin[old] for old, _ in plan.origin]
-            self.state_reset = [self.state_reset[old] for old, _ in plan.origin]
-            self._structure_version += 1
-            made = opt.param_groups[len(opt.param_groups) - plan.n_new :]
-            if len(made) == 1:
-                g = made[0]
-                into = f"group {cmd.group!r} ({len(g['params'])} tensors, lr {float(g['lr']):.3g})"
-            else:
-                parts = ", ".join(
-                    f"{g['name']!r} ({len(g['params'])} tensors from {src!r})"
-                    for g, src in zip(made, plan.source_names, strict=True)
-                )
-                into = (
-                    f"{len(made)} groups, one per source group so each parameter keeps its "
-                    f"hyper-parameters: {parts}"
-                )
-            return f"split {' '.join(cmd.modules)} into {into}; momentum/Adam state kept"
-        if isinstance(cmd, C.Rebuild):
-            for key, value in cmd.items:
-                G.check_not_cycled(sched, key, value, opt.param_groups[0].get(key))
-            old_lrs = [float(g["lr"]) for g in opt.param_groups]
-            G.check_rebuild_scheduler(sched, G.optimizer_class(cmd.cls, opt))
-            rebuilt = G.build_optimizer(opt, cmd.cls, cmd.items, self.model)
-            new_opt = rebuilt.optimizer
-            had_state = len(opt.state)
-            G.rescale_after_rebuild(new_opt, sched, old_lrs)  # may refuse: nothing attached yet
-            G.reattach_scheduler(sched, new_opt)
-            self.optimizer = new_opt
-            self.state_reset = [self.step] * len(new_opt.param_groups)
-            self._structure_version += 1
-            note = rebuilt.note()
-            return (
-                f"rebuilt optimizer as {type(new_opt).__name__} with "
-                f"{len(new_opt.param_groups)} group(s); momentum/Adam state of "
-                f"{had_state} parameter(s) dropped" + (f"; {note}" if note else "")
-            )
-        raise CommandError(f"unsupported command {cmd.text!r}")  # pragma: no cover
+    def _pause(self, cmd: C.Pause) -> str:
+        self._control.pause()
+        return f"paused at step {self.step}"
 
-    def _dispatch_control(self, cmd: C.Command) -> str:
-        if isinstance(cmd, C.Pause):
-            if self.state.is_terminal:
-                raise CommandError(f"the run is {self.state.value}")
-            self._paused, self._step_budget = True, 0
-            if self.state in (RunState.RUNNING, RunState.STEPPING):
-                self.state = RunState.PAUSED
-            return f"paused at step {self.step}"
-        if isinstance(cmd, C.Resume):
-            if self.state.is_terminal:
-                raise CommandError(f"the run is {self.state.value}; nothing to resume")
-            self._paused, self._step_budget = False, 0
-            self.state = RunState.RUNNING
-            return f"resumed at step {self.step}"
-        if isinstance(cmd, C.Step):
-            if self.state.is_terminal:
-                raise CommandError(f"the run is {self.state.value}; cannot step")
-            if self.state == RunState.NAN_PAUSED:
-                self.state = RunState.PAUSED
-            self._paused, self._step_budget = True, cmd.n
-            self.state = RunState.STEPPING
-            return f"stepping {cmd.n} step(s) from step {self.step}"
-        if isinstance(cmd, C.Eval):
-            return self._evaluate()
-        if isinstance(cmd, C.Checkpoint):
-            path = None
-            if cmd.path:  # a run's files stay together: relative paths are in the run dir
-                try:
-                    path = checked_target(cmd.path, self.run_dir)
-                except TuiconsoleError as exc:
-                    raise CommandError(str(exc)) from None
-            path = self._write_checkpoint(path, "command")
-            return f"checkpoint of step {self.step} written to {path}"
-        if isinstance(cmd, C.Stop):
-            if self.state not in (RunState.FINISHED, RunState.ERROR):
-                self.state = RunState.STOPPED
-            raise _Stop
-        raise CommandError(f"unsupported command {cmd.text!r}")  # pragma: no cover
+    def _resume(self, cmd: C.Resume) -> str:
+        self._control.resume()
+        return f"resumed at step {self.step}"
 
-    def _default_checkpoint_path(self) -> Path:
-        base = self.run_dir or Path(".")
-        return base / f"checkpoint-step{self.step}.pt"
+    def _step(self, cmd: C.Step) -> str:
+        self._control.step(cmd.n)
+        return f"stepping {cmd.n} step(s) from step {self.step}"
 
-    # ------------------------------------------------------------------ eval
-
-    def _evaluate(self) -> str:
+    def _eval(self, cmd: C.Eval) -> str:
         loader = self.spec.eval_loader
         if loader is None:
             raise CommandError("the script defines no eval_loader")
-        previous = self.state
-        self.state = RunState.EVALUATING
-        self._publish()
-        model, crit = self.model, self.criterion
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        n_items = 0
-        classify = True
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                model.eval()
-                for batch in loader:
-                    batch = _to_device(batch, self.device)
-                    if self.spec.training_step is not None:
-                        loss = self.spec.training_step(model, batch, crit)
-                        n = 1
-                        classify = False
-                    else:
-                        inputs, targets = batch
-                        out = model(inputs)
-                        loss = crit(out, targets)
-                        n = len(targets)
-                        if (
-                            classify
-                            and out.dim() == 2
-                            and targets.dim() == 1
-                            and not (targets.is_floating_point())
-                        ):
-                            correct += (out.argmax(dim=1) == targets).sum()
-                        else:
-                            classify = False
-                    total += loss.detach().double() * n
-                    n_items += n
-        except Exception as exc:
-            raise CommandError(f"eval failed: {type(exc).__name__}: {exc}") from None
-        finally:
-            model.train()
-            self.state = previous
-        if n_items == 0:
-            raise CommandError("eval_loader yielded no batches")
-        mean = float(total) / n_items
-        acc = float(correct) / n_items if classify else None
-        point = EvalPoint(self.step, mean, acc)
+        with self._control.evaluating():
+            self._publish()
+            point = evaluate(
+                self.model, self.criterion, loader, self.device, self.step, self.spec.training_step
+            )
         self._evals.append(point)
-        if self.metrics is not None:
-            self.metrics.write({"type": "eval", "step": self.step, "loss": mean, "accuracy": acc})
-        text = f"eval at step {self.step}: loss {mean:.4g}" + (
-            f", accuracy {acc:.1%}" if acc is not None else ""
+        self._files.metric(
+            J.eval_metrics(step=point.step, loss=point.loss, accuracy=point.accuracy)
         )
-        return text  # logged once, as the eval command's result
+        return eval_text(point)  # logged once, as the eval command's result
+
+    def _checkpoint(self, cmd: C.Checkpoint) -> str:
+        path = None
+        if cmd.path:  # a run's files stay together: relative paths are in the run dir
+            try:
+                path = checked_target(cmd.path, self.run_dir)
+            except TuiconsoleError as exc:
+                raise CommandError(str(exc)) from None
+        path = self._write_checkpoint(path, "command")
+        return f"checkpoint of step {self.step} written to {path}"
+
+    def _stop(self, cmd: C.Stop) -> str:
+        self._control.stop()
+        raise _Stop
+
+    # The commands that are not optimizer operations (those are ops.OPS).
+    _CONTROL: ClassVar[dict[type[C.Command], Callable[[Trainer, Any], str]]] = {
+        C.Pause: _pause,
+        C.Resume: _resume,
+        C.Step: _step,
+        C.Eval: _eval,
+        C.Checkpoint: _checkpoint,
+        C.Stop: _stop,
+    }
 
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
-        if len(text) > LOG_TEXT_CHARS:
-            text = f"{text[: LOG_TEXT_CHARS - 40]}… ({len(text):,} characters, cut)"
-        with self._log_lock:
-            self._log_seq += 1
-            self._log.append(
-                LogEntry(self._log_seq, self.step, time.time(), kind, text, ok, source)
-            )
+        self._runlog.append(self.step, kind, text, ok, source)
         self._snapshot_wanted = True
 
     def _log_tail(self) -> tuple[LogEntry, ...]:
-        with self._log_lock:
-            return tuple(self._log)
-
-    def _modules(self) -> tuple[Any, ...]:
-        if self._modules_cache is None or self._modules_cache[0] != self._structure_version:
-            self._modules_cache = (
-                self._structure_version,
-                G.module_table(self.model, self.optimizer),
-            )
-        return self._modules_cache[1]
-
-    def _steps_per_sec(self, now: float) -> float:
-        self._rate_samples.append((now, self.step))
-        while len(self._rate_samples) > 2 and now - self._rate_samples[0][0] > 3.0:
-            self._rate_samples.popleft()
-        (t0, s0), (t1, s1) = self._rate_samples[0], self._rate_samples[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+        return self._runlog.tail()
 
     def _build_snapshot(self) -> Snapshot:
         now = time.monotonic()
         self._flush_losses()
-        opt = self.optimizer
-        lr_hist = self._lr_history.sample(
-            [(str(g.get("name")), float(g["lr"])) for g in opt.param_groups]
-        )
-        self._snap_seq += 1
+        views, o = self._views, self._ops
         status = RunStatus(
             script=self.spec.name,
             state=self.state,
             epoch=self.epoch_shown,
             step=self.step,
-            steps_per_sec=self._steps_per_sec(now),
+            steps_per_sec=views.steps_per_sec(now, self.step),
             elapsed=now - self._t0,
             device=str(self.device),
             last_eval=self._evals[-1] if self._evals else None,
@@ -1534,11 +998,11 @@ class Trainer:
             checkpoint=self.last_checkpoint,
         )
         return Snapshot(
-            seq=self._snap_seq,
+            seq=views.next_seq(),
             status=status,
-            groups=G.group_views(opt, lr_hist, self.state_reset, self._state_sizes()),
-            modules=self._modules(),
-            structure_version=self._structure_version,
+            groups=views.groups(o),
+            modules=views.modules(o),
+            structure_version=views.structure_version,
             loss_recent=self._losses.recent_series(),
             loss_history=self._losses.history.series(),
             loss_min=self._losses.min,
@@ -1546,35 +1010,25 @@ class Trainer:
             evals=tuple(self._evals),
             log=self._log_tail(),
             run_dir=str(self.run_dir or ""),
-            optimizer=type(opt).__name__,
-            scheduler=self._scheduler_view(),
+            optimizer=type(o.optimizer).__name__,
+            scheduler=views.scheduler(o, self.step, self.epoch, self.spec.scheduler_interval),
         )
-
-    def _state_sizes(self) -> list[tuple[int, int]]:
-        """Per group, the optimizer state it holds; recounted only when the state grew."""
-        opt = self.optimizer
-        key = (id(opt), self._structure_version, len(opt.state), self._state_version)
-        if self._sizes_cache is None or self._sizes_cache[0] != key:
-            self._sizes_cache = (key, G.state_sizes(opt))
-        return self._sizes_cache[1]
-
-    def _scheduler_view(self) -> SchedulerView | None:
-        """The scheduler and the lrs its next step sets; recomputed when those can change."""
-        if self.scheduler is None:
-            return None
-        opt = self.optimizer
-        key = (
-            self.step,
-            self.epoch,
-            self._structure_version,
-            tuple(float(g["lr"]) for g in opt.param_groups),
-        )
-        if self._sched_cache is None or self._sched_cache[0] != key:
-            view = G.scheduler_view(self.scheduler, opt, self.spec.scheduler_interval)
-            self._sched_cache = (key, view)
-        return self._sched_cache[1]
 
     def _publish(self) -> None:
         self._snapshot_wanted = False
         self._last_publish = time.monotonic()
         self._snapshot = self._build_snapshot()
+
+
+__all__ = [
+    "COMMANDS_PER_STEP",
+    "DEFAULT_LOG_EVERY",
+    "DEFAULT_LOG_MIN_INTERVAL",
+    "LOG_TEXT_CHARS",
+    "NonFiniteLoss",
+    "ReplayError",
+    "RunConfig",
+    "Trainer",
+    "resolve_device",
+    "stop_grace",
+]
