@@ -263,6 +263,11 @@ def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
 class FakeSession:
     """Returns a fixed snapshot; records submitted commands and answers them ok."""
 
+    owns_run = True  # as the console of `tuiconsole run` (LaunchSession)
+    can_detach = False
+    disconnected = False
+    disconnect_reason: str | None = None
+
     def __init__(self, snap: Snapshot | None = None) -> None:
         self.snap = snap or frozen_snapshot()
         self.submitted: list[tuple[str, str]] = []
@@ -285,6 +290,9 @@ class FakeSession:
 
     def close(self) -> None:
         self.closed = True
+
+    def detach(self) -> None:
+        raise AssertionError("a console with can_detach=False must not detach")
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.snap.status.state.is_terminal

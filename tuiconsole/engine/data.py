@@ -46,7 +46,7 @@ def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
     """Every RNG a training step may draw from, as weights_only-loadable values:
     torch's global RNG (and CUDA's), Python's, numpy's, and ``generators`` (the loader's)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if generators:
         state["loader"] = [g.get_state() for g in generators]

@@ -633,7 +633,7 @@ class Trainer:
             if not finite:
                 self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
                 return None
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         where.phase = "optimizer"
         if self._undo is None:
             optimizer.step()
