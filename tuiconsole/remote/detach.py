@@ -246,7 +246,9 @@ def serve_training(
         while not stop.is_set():
             if printer is not None:
                 printer.print_new()
-            if owner is not None and owner.attached:
+            if owner is not None and not owner.detached:
+                if owner.gone.is_set():
+                    break  # its console left (it waits for our goodbye): so do we
                 owner.gone.wait(0.2)  # the console shows the end until its user quits
                 continue
             quiet = time.monotonic() - max(ended, server.last_client_left)
