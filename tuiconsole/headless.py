@@ -79,13 +79,20 @@ def run_headless(
     elsewhere and this thread prints.
     """
     printer = printer or HeadlessPrinter(session, out)
-    if stdin is not None:
-        threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
+    reading = False
+
+    def read_once_started(snap: Snapshot) -> None:
+        # not before the run has started: a run that can't (its run dir...) must not
+        # leave a thread behind that reads the terminal
+        nonlocal reading
+        if stdin is not None and not reading and snap.status.state != RunState.STARTING:
+            reading = True
+            threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
 
     def print_until_done() -> None:
-        printer.print_new()
+        read_once_started(printer.print_new())
         while not session.wait(POLL_SECONDS):
-            printer.print_new()
+            read_once_started(printer.print_new())
         if train is not None:  # a finished run's loop idles until asked to stop
             session.close()
 
