@@ -440,7 +440,9 @@ def test_ctrl_d_detaches_the_console_and_the_run_outlives_its_terminal(tmp_path)
         wait_until(lambda: not list(Path(rt).iterdir()), 30, "the run to end and clean up")
         log = (run_dir / "tuiconsole.log").read_text()  # its output never was the tty's
         assert "stop: stopped at step" in log
-        journal = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+        journal = [
+            json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()
+        ]
         assert journal[-1]["type"] == "end" and journal[-1]["checkpoint"]
     finally:
         for path in Path(rt).glob("*.json"):  # a run left by a failure: it has no terminal

@@ -144,3 +144,34 @@ def test_assembler_applies_module_and_log_deltas() -> None:
 def test_results_round_trip() -> None:
     r = CommandResult(False, "unknown group 'x'", "lr x 1")
     assert P.result_from_dict(json.loads(json.dumps(P.result_to_dict(r)))) == r
+
+
+def test_only_the_groups_that_changed_are_sent_again(tmp_path) -> None:
+    """A real two-group optimizer: after the first frame, a frame carries only the groups
+    whose values changed since the one before; the client's snapshot equals the server's."""
+    import dataclasses
+
+    from tests.unit.models import make_spec
+    from tuiconsole.engine.trainer import RunConfig, Trainer
+
+    trainer = Trainer(make_spec(), RunConfig(run_dir=tmp_path / "run")).prepare()
+    enc, asm, sent = P.SnapshotEncoder(), P.SnapshotAssembler(), []
+    snap = trainer.latest_snapshot()
+    first = json.loads(enc.frame(snap, with_modules=True, log=snap.log, sent_groups=sent)[4:])
+    assert len(first["groups"]) == 2 and "groups_changed" not in first
+    assert asm.apply(first).groups == snap.groups
+    assert trainer.apply_now("lr classifier 0.5").ok
+    snap = trainer.latest_snapshot()
+    msg = json.loads(enc.frame(snap, with_modules=False, log=(), sent_groups=sent)[4:])
+    assert "groups" not in msg
+    assert [i for i, _ in msg["groups_changed"]] == [1], msg
+    got = asm.apply(msg)
+    assert got.groups == snap.groups and got.group("classifier").lr == 0.5
+    same = dataclasses.replace(snap, seq=snap.seq + 1)
+    msg = json.loads(enc.frame(same, with_modules=False, log=(), sent_groups=sent)[4:])
+    assert msg["groups_changed"] == []
+    assert asm.apply(msg).groups == snap.groups
+    bad = {**msg, "groups_changed": [[7, msg["snapshot"]]]}
+    with pytest.raises(P.ProtocolError, match="out of range"):
+        asm.apply(bad)
+    trainer.close()

@@ -255,7 +255,7 @@ def test_lite_probe_and_rate_change(served) -> None:
 def test_attach_streams_over_a_socket_path_and_sends_stdin(served) -> None:
     """`tuiconsole attach /path/to.sock --headless` (e.g. a socket forwarded with ssh -L)."""
     out = io.StringIO()
-    code = attach(served.info.socket, headless=True, stdin=io.StringIO("stop\n"), out=out)
+    code = attach(served.info.socket, stdin=io.StringIO("stop\n"), out=out)
     assert code == 0
     text = out.getvalue()
     assert text.startswith(f"attached to run {served.info.id}")

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # each check is a fresh interpreter
+
 
 def test_engine_does_not_import_textual_or_rich():
     code = (

@@ -162,9 +162,16 @@ def end_record(
 
 
 def train_metrics(
-    *, step: int, epoch: int, loss: float, loss_mean: float, lr: Mapping[str, float]
+    *,
+    step: int,
+    epoch: int,
+    loss: float,
+    loss_mean: float,
+    lr: Mapping[str, float],
+    time: float,
 ) -> Record:
-    """metrics.jsonl: the loss at ``step``, the mean since the last record, each group's lr."""
+    """metrics.jsonl: the loss at ``step``, the mean since the last record, each group's
+    lr, and the wall-clock time (s since the epoch) the record was made: rates per step."""
     return {
         "type": TRAIN,
         "step": step,
@@ -172,6 +179,7 @@ def train_metrics(
         "loss": loss,
         "loss_mean": loss_mean,
         "lr": dict(lr),
+        "time": time,
     }
 
 

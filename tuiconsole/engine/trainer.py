@@ -846,7 +846,12 @@ class Trainer:
         mean = sum(v for _, v in values) / len(values) if values else loss
         self._files.metric(
             J.train_metrics(
-                step=self.step, epoch=self.epoch_shown, loss=loss, loss_mean=mean, lr=lr
+                step=self.step,
+                epoch=self.epoch_shown,
+                loss=loss,
+                loss_mean=mean,
+                lr=lr,
+                time=time.time(),
             )
         )
         now = time.monotonic()

@@ -53,7 +53,7 @@ MAX_CLIENT_FRAME = 64 * 1024  # a command line, a hello: far below this
 MAX_SERVER_FRAME = 64 * 1024 * 1024  # a snapshot with a very large module table
 LOG_KEEP = 500  # entries a client keeps, like the trainer's live log
 
-_SNAPSHOT_HEAVY = ("modules", "log")
+_SNAPSHOT_HEAVY = ("modules", "log", "groups")  # sent apart, as deltas
 
 
 class ProtocolError(TuiconsoleError):
@@ -278,12 +278,17 @@ class SnapshotEncoder:
     """Server side: encodes each snapshot's shared part once for every client.
 
     The module table is encoded once per ``structure_version``; log entries are
-    sent per client as a delta (entries with a higher ``seq`` than its last).
+    sent per client as a delta (entries with a higher ``seq`` than its last), and
+    so are the param groups: a client gets the groups that changed since the
+    frame before (``groups_changed``: [index, group] pairs), all of them
+    (``groups``) when their number changed or it has none yet. A 500-group
+    optimizer is not sent 10 times a second when one lr moved.
     """
 
     def __init__(self) -> None:
         self._base: tuple[int, str] | None = None
         self._modules: tuple[int, str] | None = None
+        self._groups: tuple[int, list[str]] | None = None
 
     def base_json(self, snap: S.Snapshot) -> str:
         if self._base is None or self._base[0] != snap.seq:
@@ -303,18 +308,38 @@ class SnapshotEncoder:
             )
         return self._modules[1]
 
+    def groups_json(self, snap: S.Snapshot) -> list[str]:
+        """Each group's JSON, encoded once per snapshot for every client."""
+        if self._groups is None or self._groups[0] != snap.seq:
+            self._groups = (
+                snap.seq,
+                [json.dumps(to_jsonable(g), separators=(",", ":")) for g in snap.groups],
+            )
+        return self._groups[1]
+
     def frame(
         self,
         snap: S.Snapshot,
         *,
         with_modules: bool,
         log: Iterable[S.LogEntry],
+        sent_groups: list[str] | None = None,
     ) -> bytes:
+        """The frame for one client. ``sent_groups``: the groups as this client last
+        got them (updated in place); None sends every group."""
         log_json = json.dumps([to_jsonable(e) for e in log], separators=(",", ":"))
         modules_json = self.modules_json(snap) if with_modules else "null"
+        groups = self.groups_json(snap)
+        if sent_groups is None or len(sent_groups) != len(groups):
+            groups_part = f'"groups":[{",".join(groups)}]'
+        else:
+            changed = [f"[{i},{g}]" for i, g in enumerate(groups) if sent_groups[i] != g]
+            groups_part = f'"groups_changed":[{",".join(changed)}]'
+        if sent_groups is not None:
+            sent_groups[:] = groups
         text = (
             f'{{"v":{VERSION},"type":"snapshot","snapshot":{self.base_json(snap)},'
-            f'"modules":{modules_json},"log":{log_json}}}'
+            f'"modules":{modules_json},"log":{log_json},{groups_part}}}'
         )
         return frame(text.encode())
 
@@ -325,15 +350,29 @@ class SnapshotAssembler:
     def __init__(self, log_keep: int = LOG_KEEP) -> None:
         self._modules: tuple[S.ModuleNode, ...] = ()
         self._log: deque[S.LogEntry] = deque(maxlen=log_keep)
+        self._groups: list[S.GroupView] = []
 
     def apply(self, msg: dict[str, Any]) -> S.Snapshot:
         body = msg.get("snapshot")
         if not isinstance(body, dict):
             raise ProtocolError("snapshot frame without a snapshot")
-        base = snapshot_from_dict({**body, "modules": [], "log": []})
+        base = snapshot_from_dict({**body, "modules": [], "log": [], "groups": []})
         if msg.get("modules") is not None:
             self._modules = from_jsonable(tuple[S.ModuleNode, ...], msg["modules"])
+        if "groups" in body:  # a frame that carries them inline (no delta)
+            self._groups = list(from_jsonable(tuple[S.GroupView, ...], body["groups"]))
+        if msg.get("groups") is not None:
+            self._groups = list(from_jsonable(tuple[S.GroupView, ...], msg["groups"]))
+        for item in msg.get("groups_changed") or ():
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
+                raise ProtocolError("groups_changed holds [index, group] pairs")
+            index, group = item
+            if not 0 <= index < len(self._groups):
+                raise ProtocolError(f"groups_changed index {index} is out of range")
+            self._groups[index] = from_jsonable(S.GroupView, group)
         new_log = from_jsonable(tuple[S.LogEntry, ...], msg.get("log") or [])
         last = self._log[-1].seq if self._log else 0
         self._log.extend(e for e in new_log if e.seq > last)
-        return dataclasses.replace(base, modules=self._modules, log=tuple(self._log))
+        return dataclasses.replace(
+            base, modules=self._modules, log=tuple(self._log), groups=tuple(self._groups)
+        )

@@ -122,6 +122,7 @@ class _Client:
     last_log_seq: int = 0
     in_flight: int = 0
     owner: bool = False  # the console that started this run (it holds the owner token)
+    sent_groups: list[str] = field(default_factory=list)  # the groups as it last got them
     events: int = selectors.EVENT_READ  # what the selector watches for it
 
     @property
@@ -514,7 +515,9 @@ class RemoteServer:
         """The frame that brings ``client`` up to ``snap`` (a delta; see protocol.py)."""
         with_modules = not client.lite and snap.structure_version != client.last_structure
         log_delta = () if client.lite else [e for e in snap.log if e.seq > client.last_log_seq]
-        data = self._encoder.frame(snap, with_modules=with_modules, log=log_delta)
+        data = self._encoder.frame(
+            snap, with_modules=with_modules, log=log_delta, sent_groups=client.sent_groups
+        )
         client.last_seq = snap.seq
         if with_modules:
             client.last_structure = snap.structure_version
