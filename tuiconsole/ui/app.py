@@ -58,8 +58,6 @@ STOP_WAIT_S = 3.0
 RUNNING_HZ = 4.0
 SLOW_PARTS_S = 1.0  # charts were 60% of the UI thread's time at 0.5 s (cProfile, mlp)
 ACTIVE_S = 1.5
-# A command's result arrived: the trainer publishes its effect right after, so look soon.
-AFTER_COMMAND_S = 0.01
 PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
 PAUSE_INTENT_S = 3.0  # how long a space press outranks a view that has not caught up
 
@@ -390,8 +388,12 @@ class ConsoleApp(App[str | None]):
 
     def on_command_done(self, message: CommandDone) -> None:
         self.wake()
+        # The command's effect is already in the session's snapshot: the trainer
+        # publishes before it answers, and a server sends that frame ahead of the
+        # result. Show it now, not at the next tick.
+        self.poll()
         if self._poll_timer is not None:
-            self._schedule(min(AFTER_COMMAND_S, 1 / self.refresh_hz))
+            self._schedule(1 / self.refresh_hz)
         if not message.result.ok:
             if message.text in ("pause", "resume"):
                 self._pause_intent = None
