@@ -1,0 +1,129 @@
+"""The console and the training process are two processes: each can fail alone.
+
+`tuiconsole run` in a real pty: the console (this test's child) shows the script
+loading, then the run; the training process beside it trains and serves the socket.
+Killing either one must leave the other, the journal and the checkpoints in the
+state the README promises. Real processes, real signals, real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.helpers import SLOW_SCRIPT, wait_until, write_script
+from tests.reliability.test_stopping import ConsoleInPty, assert_clean_stop
+from tuiconsole.remote.registry import live_runs
+
+pytestmark = [pytest.mark.pty, pytest.mark.subprocess]
+
+LOADING_SCRIPT = (
+    "import time\n"
+    "print('building the dataset...', flush=True)\n"
+    "time.sleep(4)  # a dataset that takes a while to build\n" + SLOW_SCRIPT
+)
+
+
+def training_pid(run_dir: Path, timeout: float = 60) -> int:
+    """The pid of the training process serving ``run_dir`` (from its run info file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for info in live_runs():
+            if Path(info.run_dir) == run_dir.resolve():
+                return info.pid
+        time.sleep(0.05)
+    raise AssertionError(f"no training process serves {run_dir}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"pid {pid} is still running"
+        time.sleep(0.05)
+
+
+def test_the_console_shows_the_script_loading_then_the_run(tmp_path):
+    script = tmp_path / "loading.py"
+    script.write_text(LOADING_SCRIPT)
+    console = ConsoleInPty(script, tmp_path / "run")
+    try:
+        console.wait_for(b"LOADING", timeout=60)  # at once: the console imports no torch
+        console.wait_for(b"building the dataset...")  # what the script printed so far
+        assert not (tmp_path / "run" / "journal.jsonl").exists()
+        console.wait_running()
+        mark = len(console.output)
+        console.type("q")
+        console.wait_for(b"Quit tuiconsole?", since=mark)
+        console.type("y")
+        assert console.proc.wait(60) == 0
+        assert_clean_stop(tmp_path / "run", "ui")
+    finally:
+        console.close()
+
+
+def test_a_killed_console_stops_the_run_cleanly(tmp_path):
+    """kill -9 of the console: its owner pipe closes, so the training process stops at
+    the next step with its final checkpoint, and exits (the user had not detached)."""
+    console = ConsoleInPty(write_script(tmp_path, SLOW_SCRIPT), tmp_path / "run")
+    try:
+        console.wait_running()
+        pid = training_pid(tmp_path / "run")
+        console.proc.kill()
+        console.proc.wait(10)
+        wait_gone(pid)
+        assert_clean_stop(tmp_path / "run", "console")
+        assert not [i for i in live_runs() if i.pid == pid]  # socket and info removed
+    finally:
+        console.close()
+
+
+def test_a_killed_training_process_is_shown_with_its_step_and_what_is_on_disk(tmp_path):
+    console = ConsoleInPty(write_script(tmp_path, SLOW_SCRIPT), tmp_path / "run")
+    try:
+        console.wait_running()
+        pid = training_pid(tmp_path / "run")
+        mark = len(console.output)
+        console.type("c")  # a checkpoint to find on disk afterwards
+        wait_until(lambda: list((tmp_path / "run").glob("checkpoint-step*.pt")), "a checkpoint")
+        os.kill(pid, signal.SIGKILL)
+        console.wait_for(b"was killed by SIGKILL at step", since=mark)
+        assert console.proc.poll() is None, "the console must stay up to show it"
+        console.type("q")
+        console.wait_for(b"Quit tuiconsole?", since=mark)
+        console.type("y")
+        assert console.proc.wait(30) == 128 + signal.SIGKILL
+        console.drained(10)
+        after = bytes(console.output).rsplit(b"\x1b[?1049l", 1)[1]  # the terminal is back
+        assert b"was killed by SIGKILL at step" in after and b"checkpoint-step" in after, after
+        lines = (tmp_path / "run" / "journal.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]  # whole lines only
+        assert records[-1]["type"] == "command" and records[-1]["cmd"] == "checkpoint"
+    finally:
+        console.close()
+
+
+def test_a_broken_script_is_one_line_and_exit_2_in_the_terminal(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    console = ConsoleInPty(script, tmp_path / "run")
+    try:
+        assert console.proc.wait(60) == 2
+        console.drained(10)
+        text = bytes(console.output).decode(errors="replace")
+        assert "the script must define `optimizer`" in text and "Traceback" not in text
+        assert not (tmp_path / "run").exists()  # nothing left behind
+    finally:
+        console.close()
