@@ -143,9 +143,14 @@ def run(
     if not headless and not detached_child:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
     owner = None
+    owner_token = None
     if owner_fd is not None:
-        from tuiconsole.remote.detach import OwnerLink
+        import os
 
+        from tuiconsole.remote.detach import OwnerLink
+        from tuiconsole.remote.launch import OWNER_TOKEN_ENV
+
+        owner_token = os.environ.pop(OWNER_TOKEN_ENV, None)  # not for the script's children
         owner = OwnerLink(owner_fd).start()  # first: a console gone while loading ends us
     from tuiconsole.engine.trainer import DEFAULT_LOG_EVERY, DEFAULT_LOG_MIN_INTERVAL, RunConfig
     from tuiconsole.session import LocalSession
@@ -172,7 +177,9 @@ def run(
         )
         raise typer.Exit(130) from None
     if detached_child:
-        code = _serve_child(session, script, run_dir, run_id, decay_factor, linger, owner)
+        code = _serve_child(
+            session, script, run_dir, run_id, decay_factor, linger, owner, owner_token
+        )
         _leave_script_threads(code)
         raise typer.Exit(code)
     from tuiconsole.session import hold_stop_signals, release_stop_signals
@@ -295,10 +302,9 @@ def _serve_child(
     decay_factor: float,
     linger: float,
     owner: OwnerLink | None,
+    owner_token: str | None,
 ) -> int:
     """The training process (remote/launch.py): train in this thread, serve, linger."""
-    import os
-
     from tuiconsole.remote.detach import (
         LOG_NAME,
         StopRequest,
@@ -306,7 +312,6 @@ def _serve_child(
         make_info,
         serve_training,
     )
-    from tuiconsole.remote.launch import OWNER_TOKEN_ENV
     from tuiconsole.remote.registry import new_run_id
     from tuiconsole.remote.server import RemoteServer, setup_log_file
 
@@ -321,8 +326,8 @@ def _serve_child(
         decay_factor=decay_factor,
         log=run_dir.resolve() / LOG_NAME,
     )
-    token = os.environ.pop(OWNER_TOKEN_ENV, None)  # not for the script's own children
-    server = RemoteServer(session, info, owner_token=token if owner else None).start()
+    server = RemoteServer(session, info, owner_token=owner_token if owner else None).start()
+    stop.server = server
     if owner is not None:
         owner.adopt(session, server)
     print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
@@ -486,17 +491,20 @@ def _run_console(
     if signals.signum is not None:
         session.submit("stop", source=f"signal:{signals.name}")
     code = session.finish()
+    snap = session.snapshot()
+    signals.unfinished = snap.status.unfinished or None
     if session.start_failed is not None:
         training.forget_failed_start()
         print(f"tuiconsole: {session.start_failed}", file=sys.stderr)
         return exit_code(session.start_code) if session.start_code else 1
-    snap = session.snapshot()
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
         if session.disconnected and not snap.status.state.is_terminal:
             print(f"tuiconsole: {session.disconnect_reason}", file=sys.stderr, flush=True)
             return exit_code(code) if code else 1
         # The console is gone: say how the run ended, as a headless run does.
         print(final_line(snap), flush=True)
+        if snap.status.unfinished and signals.signum is None:
+            print(f"{snap.status.unfinished}: no final checkpoint was written", flush=True)
         if snap.status.checkpoint:
             print(f"last checkpoint: {snap.status.checkpoint}", flush=True)
     return _signal_exit(signals, 1 if snap.status.state.value == "ERROR" else 0)

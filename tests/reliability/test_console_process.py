@@ -127,3 +127,67 @@ def test_a_broken_script_is_one_line_and_exit_2_in_the_terminal(tmp_path):
         assert not (tmp_path / "run").exists()  # nothing left behind
     finally:
         console.close()
+
+
+STUCK = """
+import pathlib, threading, torch
+from torch import nn
+HERE = pathlib.Path(__file__).parent
+g = torch.Generator().manual_seed(0)
+X = torch.randn(16, 4, generator=g)
+y = (X[:, 0] > 0).long()
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+criterion = nn.CrossEntropyLoss()
+epochs = 1000
+class Loader:
+    def __iter__(self):
+        for _ in range(5):
+            yield X, y
+        (HERE / "stuck").write_text("")
+        threading.Event().wait()  # the next batch never comes
+train_loader = Loader()
+"""
+
+
+def test_a_stop_from_the_console_gives_up_on_a_stuck_step_after_the_grace(tmp_path, monkeypatch):
+    """q, or SIGTERM to the console, while the training process's main thread is stuck
+    in the loader: after the stop grace the run's files are ended without that step,
+    the console says no final checkpoint was written, and both processes are gone."""
+    monkeypatch.setenv("TUICONSOLE_STOP_GRACE", "1")
+    consoles = {}
+    for how in ("q", "SIGTERM"):
+        folder = tmp_path / how
+        folder.mkdir()
+        consoles[how] = ConsoleInPty(write_script(folder, STUCK), folder / "run")
+    try:
+        pids = {}
+        for how, console in consoles.items():
+            wait_until(lambda how=how: (tmp_path / how / "stuck").exists(), "the loader to hang")
+            pids[how] = training_pid(tmp_path / how / "run")
+            if how == "q":
+                mark = len(console.output)
+                console.type("q")
+                console.wait_for(b"Quit tuiconsole?", since=mark)
+                console.type("y")
+            else:
+                console.proc.send_signal(signal.SIGTERM)
+        for how, code in (("q", 0), ("SIGTERM", 143)):
+            console = consoles[how]
+            assert console.proc.wait(60) == code, bytes(console.output[-2000:])
+            console.drained(10)
+            after = bytes(console.output).rsplit(b"\x1b[?1049l", 1)[1].decode()
+            assert "step 6 did not finish within 1 s (stuck in the loader)" in after, after
+            assert "no final checkpoint was written" in after and "last checkpoint" not in after
+            wait_gone(pids[how])
+            records = [
+                json.loads(line)
+                for line in (tmp_path / how / "run" / "journal.jsonl").read_text().splitlines()
+            ]
+            assert records[-1]["type"] == "end" and records[-1]["checkpoint"] is None
+            assert records[-1]["unfinished"] == {"step": 6, "phase": "data"}
+            source = "ui" if how == "q" else "signal:SIGTERM"
+            assert (records[-2]["cmd"], records[-2]["source"]) == ("stop", source)
+    finally:
+        for console in consoles.values():
+            console.close()

@@ -84,6 +84,7 @@ class RunStatus:
     epochs: int | None = None
     nan: NanEvent | None = None  # set while NAN-PAUSED (and kept after, until the next one)
     checkpoint: str = ""  # the last checkpoint written, if any
+    unfinished: str = ""  # a stop that gave up on a stuck step: which, and why (no checkpoint)
 
 
 @dataclass(frozen=True)

@@ -394,9 +394,15 @@ class Trainer:
             self._close_files()
             old = self._snapshot
             status = dataclasses.replace(
-                old.status, state=RunState.STOPPED, step=step, epoch=self.epoch
+                old.status,
+                state=RunState.STOPPED,
+                step=step,
+                epoch=self.epoch_shown,
+                unfinished=self.unfinished or "",
             )
-            self._snapshot = dataclasses.replace(old, status=status, log=self._log_tail())
+            self._snapshot = dataclasses.replace(  # a new seq: front-ends see a new view
+                old, seq=self._views.next_seq(), status=status, log=self._log_tail()
+            )
             self._released.set()
             self._done.set()
 

@@ -13,6 +13,7 @@ and the shell's prompt comes back as after any command.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -27,7 +28,7 @@ from tuiconsole.remote.registry import RunInfo, runtime_dir, socket_path, write_
 
 if TYPE_CHECKING:
     from tuiconsole.remote.server import RemoteServer
-    from tuiconsole.session import LocalSession, Session
+    from tuiconsole.session import LocalSession
 
 LOG_NAME = "tuiconsole.log"
 REMOTE_LOG_NAME = "remote.log"
@@ -92,6 +93,21 @@ def make_info(
     )
 
 
+def leave_abandoned(session: LocalSession, server: RemoteServer | None, code: int) -> None:
+    """A stop gave up on a step stuck in the main thread: say so and leave now.
+
+    The run's files are ended (``Trainer.abandon``); clients get the final view
+    (STOPPED, with what did not finish) and a goodbye; the stuck thread is left
+    behind with the process.
+    """
+    if server is not None:
+        server.close(f"the run stopped without its last step: {session.unfinished}")
+    with contextlib.suppress(OSError, ValueError):
+        print(f"stopped: {session.unfinished}; journal flushed", flush=True)
+    logging.shutdown()
+    os._exit(code)
+
+
 class StopRequest:
     """SIGTERM/SIGINT in a training process with no terminal: stop cleanly, then exit.
 
@@ -104,6 +120,7 @@ class StopRequest:
 
     def __init__(self, session: LocalSession | None = None) -> None:
         self.session = session
+        self.server: RemoteServer | None = None  # told the end if a stuck step is abandoned
         self.event = threading.Event()
         self.signum: int | None = None
 
@@ -127,9 +144,7 @@ class StopRequest:
             return
         self.session.close()  # waits for the stop; gives up on a stuck step
         if self.session.unfinished is not None:
-            with contextlib.suppress(OSError, ValueError):
-                print(f"stopped: {self.session.unfinished}; journal flushed", flush=True)
-            os._exit(128 + (self.signum or signal.SIGTERM))
+            leave_abandoned(self.session, self.server, 128 + (self.signum or signal.SIGTERM))
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -154,7 +169,7 @@ class OwnerLink:
         self.fd = fd
         self.detached = False
         self.gone = threading.Event()
-        self._session: Session | None = None
+        self._session: LocalSession | None = None
         self._server: RemoteServer | None = None
         self._lock = threading.Lock()
 
@@ -167,13 +182,13 @@ class OwnerLink:
         """The console that started the run is still there, watching it."""
         return not self.detached and not self.gone.is_set()
 
-    def adopt(self, session: Session, server: RemoteServer) -> None:
+    def adopt(self, session: LocalSession, server: RemoteServer) -> None:
         """The run is loaded and served: from now on a gone console stops it."""
         with self._lock:
             self._session, self._server = session, server
             gone = self.gone.is_set() and not self.detached
         if gone:
-            session.submit("stop", source="console")
+            session.submit("stop", source="console")  # the loop stops at its first boundary
 
     def _read(self) -> None:
         buf = b""
@@ -198,8 +213,11 @@ class OwnerLink:
             return
         if session is None:  # still loading the script: leave as Ctrl+C would
             os.kill(os.getpid(), signal.SIGINT)
-        else:
-            session.submit("stop", source="console")
+            return
+        session.submit("stop", source="console")
+        session.close()  # waits for the stop; gives up on a stuck step (stop grace)
+        if session.unfinished is not None:
+            leave_abandoned(session, self._server, 1)
 
     def _detach(self) -> None:
         with self._lock:

@@ -39,6 +39,8 @@ OWNER_TOKEN_ENV = "TUICONSOLE_OWNER_TOKEN"
 DETACH_WORD = b"detach\n"
 LOADING_LOG_LINES = 12  # lines of the script's own output shown while it loads
 POLL_S = 0.05
+STOP_ACK_S = 5.0  # a stop is applied at the next step boundary; a step stuck longer is
+# given up on by the training process itself, once the owner pipe closes
 
 
 class TrainingProcess:
@@ -315,17 +317,24 @@ class LaunchSession:
         self._closed = True
         if remote is not None and not remote.disconnected:
             if not remote.snapshot().status.state.is_terminal:
-                remote.submit("stop", source="ui")
-            remote.wait(grace)
-        # Let go first: the process then ends its run's files and says bye with the
-        # final snapshot (final checkpoint named), which is what the terminal shows.
+                with contextlib.suppress(Exception):  # applied at the next step boundary
+                    remote.submit("stop", source="ui").result(STOP_ACK_S)
+            remote.wait(STOP_ACK_S)
+        # Then let go: the process ends its run's files (after the stop grace if a
+        # step is stuck: OwnerLink) and says bye with the final snapshot (the final
+        # checkpoint, or what did not finish), which is what the terminal shows.
         self.training.release()
         if remote is not None:
             deadline = time.monotonic() + grace
             while not remote.disconnected and time.monotonic() < deadline:
                 time.sleep(POLL_S)
             remote.close()
-        return self.training.wait(grace)
+        code = self.training.wait(grace)
+        if remote is None and code is not None and self.start_failed is None:
+            # it never served (the console left while the script loaded): its own
+            # line says how it ended ("interrupted while loading the script")
+            self.start_code, self.start_failed = code, self.training.failure(code)
+        return code
 
     def detach(self) -> None:
         """Leave the run training in the background."""
@@ -387,7 +396,9 @@ class LaunchSession:
         step = remote.snapshot().status.step
         how = "is gone" if code is None else describe_exit(code)
         if code is not None and code >= 0 and remote.snapshot().status.state.is_terminal:
-            return  # it ended and left on its own (a stop from elsewhere): nothing died
+            # it ended and left on its own (a stop from elsewhere, a signal): nothing died
+            self._died = f"the run has ended and its process {describe_exit(code)}"
+            return
         self._died = (
             f"the training process (pid {self.training.pid}) {how} at step {step}; "
             f"on disk: {on_disk(self.training.run_dir)}"

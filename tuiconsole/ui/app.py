@@ -669,7 +669,13 @@ class ConsoleApp(App[str | None]):
             self.screen.dismiss(True)
             return
         state = self.state
-        if not self.owns_run:
+        if self._lost is not None:
+            title, body, yes = (
+                "Quit tuiconsole?",
+                f"The run is out of reach: {self._lost}",
+                "Quit",
+            )
+        elif not self.owns_run:
             title, body, yes = (
                 "Detach?",
                 "The run keeps training; `tuiconsole attach` returns.",
