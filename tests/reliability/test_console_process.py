@@ -74,6 +74,25 @@ def test_the_console_shows_the_script_loading_then_the_run(tmp_path):
         console.close()
 
 
+def test_quitting_while_the_script_loads_ends_both_and_leaves_nothing(tmp_path):
+    script = tmp_path / "loading.py"
+    script.write_text(LOADING_SCRIPT)
+    console = ConsoleInPty(script, tmp_path / "run")
+    try:
+        console.wait_for(b"building the dataset...", timeout=60)
+        mark = len(console.output)
+        console.type("q")
+        console.wait_for(b"Quit tuiconsole?", since=mark)
+        console.type("y")
+        assert console.proc.wait(60) == 130
+        console.drained(10)
+        after = bytes(console.output).rsplit(b"\x1b[?1049l", 1)[1].decode()
+        assert "interrupted while loading the script; nothing written" in after, after
+        assert not (tmp_path / "run").exists()
+    finally:
+        console.close()
+
+
 def test_a_killed_console_stops_the_run_cleanly(tmp_path):
     """kill -9 of the console: its owner pipe closes, so the training process stops at
     the next step with its final checkpoint, and exits (the user had not detached)."""
