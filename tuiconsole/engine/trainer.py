@@ -17,7 +17,6 @@ or is ignored per ``RunConfig.nan``; every stop writes a final checkpoint and an
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import queue
 import threading
@@ -53,18 +52,12 @@ from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_s
 from tuiconsole.engine.evaluate import eval_text, evaluate
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.metrics import LossTracker
+from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
 from tuiconsole.engine.rundir import StorageError, checked_target
 from tuiconsole.engine.runstate import RunControl
-from tuiconsole.engine.snapshot import (
-    EvalPoint,
-    LogEntry,
-    NanEvent,
-    RunError,
-    RunState,
-    RunStatus,
-    Snapshot,
-)
-from tuiconsole.engine.views import LOG_TEXT_CHARS, RunLog, Views
+from tuiconsole.engine.snapshot import LogEntry, NanEvent, RunError, RunState, Snapshot
+from tuiconsole.engine.stopping import Stopping
+from tuiconsole.engine.views import LOG_TEXT_CHARS
 from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import TrainingSpec
 
@@ -101,9 +94,17 @@ class Trainer:
         self.error: RunError | None = None
         self.nan_event: NanEvent | None = None
         self.last_checkpoint = ""
-        self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self.run_dir = self.config.run_dir
-        self._files = J.RunFiles()  # none until the run starts (prepare, start, run)
+        self._record = RunRecord(
+            RunShape(
+                script=spec.name,
+                device=str(self.device),
+                max_steps=self.max_steps,
+                epochs=self.epochs,
+                run_dir=self.run_dir,
+                scheduler_interval=spec.scheduler_interval,
+            )
+        )
         self._control = RunControl(self.config.start_paused)
         self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
         self._undo: ops.Undo | None = None
@@ -117,26 +118,11 @@ class Trainer:
         )
         self._step_ended = time.monotonic()  # when the last command boundary ended
         self._done = threading.Event()
-        # Set once the loop has written its end record (or was abandoned): close() waits on it.
-        self._released = threading.Event()
-        self._abandon_lock = threading.Lock()
-        self._stop_source: str | None = None  # who asked first to stop
-        self._finishing = False  # in _finish_up (final checkpoint, end record)
+        self._stopping = Stopping()
         # The loop runs once: in a thread of its own (start) or in the caller's (run).
         self._launched = False
-        self._looping = False  # inside the loop (set before it begins, cleared as it returns)
-        self._loop_ended = threading.Event()
-        self._closed = False
-        self._losses = LossTracker()
-        self._evals: deque[EvalPoint] = deque(maxlen=200)
-        self._runlog = RunLog()
-        self._views = Views()
         self._num_threads = torch.get_num_threads()
         self._on_cpu = self.device.type == "cpu"
-        self._snapshot_wanted = True
-        self._last_publish = 0.0
-        self._metrics_logged_at = -math.inf
-        self._t0 = time.monotonic()
         self._resumed: Restored | None = None
         self._replay: deque[tuple[J.JournalEntry, C.Command]] = deque()
         self._replay_session: J.JournalSession | None = None
@@ -149,7 +135,7 @@ class Trainer:
                 self.config.replay, self.step if resumed else None, self.config.resume
             )
             self._replay.extend(entries)
-        self._snapshot = self._build_snapshot()
+        self._record.snapshot = self._build_snapshot()
 
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Take over what a checkpoint restores: optimizer, group bookkeeping, position."""
@@ -164,7 +150,7 @@ class Trainer:
         o = self._ops
         o.optimizer, o.group_origin, o.state_reset = r.optimizer, r.group_origin, r.state_reset
         self.step, self.epoch = r.step, r.epoch
-        self._views.structure_version += 1
+        self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
         if not r.has_digest:
@@ -179,7 +165,24 @@ class Trainer:
 
     @property
     def journal(self) -> J.Journal | None:
-        return self._files.journal
+        return self._record.files.journal
+
+    @property
+    def unfinished(self) -> str | None:
+        """Set by abandon(): what did not finish, and why."""
+        return self._stopping.unfinished
+
+    @property
+    def _losses(self) -> LossTracker:
+        return self._record.losses
+
+    @property
+    def _snapshot_wanted(self) -> bool:
+        return self._record.wanted
+
+    @_snapshot_wanted.setter
+    def _snapshot_wanted(self, wanted: bool) -> None:
+        self._record.wanted = wanted
 
     @property
     def state(self) -> RunState:
@@ -235,7 +238,7 @@ class Trainer:
         """
         self._launch()
         self._run()
-        return self._snapshot
+        return self.latest_snapshot()
 
     def _launch(self) -> None:
         if self._launched:
@@ -243,9 +246,10 @@ class Trainer:
         try:
             self._open_run_files()
         except BaseException:
-            self._close_files()
+            self._record.close()
             raise
-        self._launched = self._looping = True
+        self._launched = True
+        self._stopping.begin()
 
     def prepare(self) -> Trainer:
         """Set the run up (device, run files, resume, due replay commands) without a thread.
@@ -289,11 +293,11 @@ class Trainer:
             fut.set_result(C.CommandResult(False, str(exc), text))
             self._append_log("command", f"{text}: {exc}", ok=False, source=source)
             return fut
-        if self._launched and not self._looping:
+        if self._launched and not self._stopping.looping:
             fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
             return fut
-        if isinstance(cmd, C.Stop) and self._stop_source is None:
-            self._stop_source = source
+        if isinstance(cmd, C.Stop):
+            self._stopping.asked(source)
         self._queue.put((cmd, source, fut))
         return fut
 
@@ -321,8 +325,10 @@ class Trainer:
         return self.step
 
     def latest_snapshot(self) -> Snapshot:
-        self._snapshot_wanted = True
-        return self._snapshot
+        self._record.wanted = True
+        snapshot = self._record.snapshot
+        assert snapshot is not None  # published as the trainer is made
+        return snapshot
 
     def wait_done(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -330,74 +336,31 @@ class Trainer:
     def close(self, timeout: float | None = None) -> None:
         """Stop the run and wait for its end record, at most ``timeout`` seconds
         (default :func:`stop_grace`); then give up on the step in flight (abandon)."""
-        if self._looping and self.unfinished is None:
+        if self._stopping.looping and self.unfinished is None:
             grace = stop_grace() if timeout is None else timeout
             self.submit("stop", source="close")
-            released = self._released.wait(grace)
-            while not released and self._finishing and self._looping:
-                # writing the final checkpoint (a big model takes a while): not stuck;
-                # a second Ctrl+C still exits at once
-                released = self._released.wait(grace)
-            if released:
-                self._loop_ended.wait(grace)  # it ends right after its end record
-            else:
+            if not self._stopping.wait(grace):
                 self.abandon(grace)
-        elif not self._launched and self.state != RunState.STARTING and not self._closed:
+        elif not self._launched and self.state != RunState.STARTING and not self._record.closed:
             self._finish_up()  # a prepared, synchronously driven trainer ends the same way
-        self._close_files()
+        self._record.close()
 
     @property
     def alive(self) -> bool:
-        return self._looping
+        return self._stopping.looping
 
     def abandon(self, waited: float) -> None:
         """End the run's files without the loop thread, which is stuck in a step.
 
-        Called from another thread once a stop has waited ``waited`` seconds. The
-        loop thread is blocked inside the step (a loader that never yields...), so
-        it is not touching the journal: this journals the stop and an ``end``
-        record naming the step that did not finish, closes the files and marks
-        the run done. No final checkpoint (the loop thread owns the model); the
-        last one written stays the one to resume from. If the thread ever wakes
-        up it writes nothing more.
+        Called from another thread once a stop has waited ``waited`` seconds
+        (see stopping.py): the stop and an ``end`` record naming the step that
+        did not finish are journaled, the files closed, the run marked done.
         """
-        with self._abandon_lock:
-            if self._released.is_set() or self.unfinished is not None:
-                return
-            step, finishing = self.step, self._finishing
-            where = "in eval" if self.state == RunState.EVALUATING else self._where.stuck()
-            self.unfinished = faults.unfinished(step, waited, where, finishing)
-            self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
-            # a full disk already said so (StorageError); the process leaves either way
-            with contextlib.suppress(TuiconsoleError):
-                if self._files.journal_whole:
-                    self._files.write(
-                        J.command_record(
-                            step=step,
-                            source=self._stop_source or "close",
-                            cmd="stop",
-                            ok=True,
-                            result=f"stopped at step {step}; {self.unfinished}",
-                            groups=G.groups_record(self.optimizer),
-                        )
-                    )
-                    phase = "final checkpoint" if finishing else self._where.phase
-                    self._files.write(
-                        J.end_record(
-                            step=step,
-                            state=RunState.STOPPED.value,
-                            checkpoint=None,
-                            unfinished_step=None if finishing else step + 1,
-                            unfinished_phase=phase,
-                        )
-                    )
-            self._close_files()
-            old = self._snapshot
-            status = dataclasses.replace(
-                old.status, state=RunState.STOPPED, step=step, epoch=self.epoch
-            )
-            self._snapshot = dataclasses.replace(old, status=status, log=self._log_tail())
-            self._released.set()
+        evaluating = self.state == RunState.EVALUATING
+        where, step = self._where, self.step
+        if self._stopping.abandon(
+            self._record, self.optimizer, waited, step, self.epoch_shown, where, evaluating
+        ):
             self._done.set()
 
     # ------------------------------------------------------------------ the loop
@@ -419,7 +382,7 @@ class Trainer:
         except _Stop:
             pass
         except KeyboardInterrupt:  # in the main thread with no stop handler: a stop
-            self._stop_source = self._stop_source or "KeyboardInterrupt"
+            self._stopping.asked("KeyboardInterrupt")
             self._append_log("info", f"interrupted at step {self.step}; stopping")
         except StorageError as exc:  # the journal or metrics could not be written
             self._fail(exc, None, "data", step=self.step)
@@ -429,8 +392,7 @@ class Trainer:
             try:
                 self._finish_up()
             finally:
-                self._looping = False
-                self._loop_ended.set()
+                self._stopping.ended()
 
     def _setup(self) -> None:
         self.model.to(self.device)
@@ -448,15 +410,13 @@ class Trainer:
             )
             for text, ok in notes:
                 self._append_log("info", text, ok=ok)
-        self._t0 = time.monotonic()
+        self._record.started()
         self._control.begin()
         self._publish()
 
     def _open_run_files(self) -> None:
-        if self.run_dir is None or self._files.journal is not None:
-            return
-        self._files = J.RunFiles(self.run_dir)
-        self._files.write(self._header())
+        if self._record.unopened:
+            self._record.open(self._header())
 
     def _header(self) -> J.Record:
         resumed = self.config.resume if self._resumed is not None else None
@@ -486,7 +446,7 @@ class Trainer:
 
     def _idle(self) -> None:
         """Paused or finished: wait for a command, keep snapshots fresh."""
-        if self._snapshot_wanted:
+        if self._record.wanted:
             self._publish()
         try:
             item = self._queue.get(timeout=0.05)
@@ -557,11 +517,11 @@ class Trainer:
             # It needs the metric on the host anyway (it compares floats). Flushing
             # here makes the metric the loss of *this* step, not of whenever the
             # last snapshot happened to read losses, so runs and replays agree.
-            if self._evals:
-                metric: float | None = self._evals[-1].loss
+            if self._record.evals:
+                metric: float | None = self._record.evals[-1].loss
             else:
                 self._flush_losses()
-                metric = self._losses.last
+                metric = self._record.losses.last
             if metric is not None:
                 sched.step(metric)
         else:
@@ -594,15 +554,14 @@ class Trainer:
         if loss is None:  # the run finished, or a non-finite loss was handled
             return
         self.step += 1
-        pending = self._losses.record(self.step, loss)
+        record = self._record
+        pending = record.losses.record(self.step, loss)
         if self._control.stepped():  # a `step N` is done: show the pause at once
-            self._snapshot_wanted = True
+            record.wanted = True
         log_every = self.config.log_every
-        if (log_every and self.step % log_every == 0) or pending >= self._losses.max_pending:
+        if (log_every and self.step % log_every == 0) or pending >= record.losses.max_pending:
             self._log_metrics()
-        if self._snapshot_wanted and time.monotonic() - self._last_publish >= (
-            self.config.snapshot_interval
-        ):
+        if record.due(self.config.snapshot_interval):
             self._publish()
 
     def _one_step(self, where: faults.Where) -> torch.Tensor | float | None:
@@ -650,13 +609,13 @@ class Trainer:
         try:
             error = ops.guarded_step(self._ops, undo, self.device)
         finally:
-            self._views.state_version += 1  # the first step after a change may add state
+            self._record.views.state_version += 1  # the first step after a change may add state
             if undo.restored:  # even if the step taken after it failed too
-                self._views.structure_version += 1
+                self._record.views.structure_version += 1
         if error is None:
             return
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
-        self._files.write(
+        self._record.write(
             J.undo_record(
                 step=self.step + 1,
                 commands=undo.commands,
@@ -678,8 +637,8 @@ class Trainer:
                 self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
             return
         self.nan_event = event
-        self._files.write(J.nan_record(event, mode))
-        self._files.metric(J.nan_metrics(step=step, loss=value))
+        self._record.write(J.nan_record(event, mode))
+        self._record.metric(J.nan_metrics(step=step, loss=value))
         if mode == "stop":
             self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
             return
@@ -712,25 +671,21 @@ class Trainer:
         checkpoint = self._error_checkpoint(phase)
         if isinstance(exc, StorageError):  # say what was kept, in the one line
             self.error = RunError(type(exc).__name__, f"{message}; {self._kept()}", step)
-        self._write_quietly(
+        self._record.write_quietly(
+            self.step,
             J.error_record(
                 step=step,
                 error=type(exc).__name__,
                 message=message,
                 phase=phase,
                 checkpoint=checkpoint,
-            )
+            ),
         )
         self._done.set()
         self._publish()
 
     def _kept(self) -> str:
-        return faults.kept(self._files.journal_whole, self.step, self.last_checkpoint)
-
-    def _write_quietly(self, record: J.Record) -> None:
-        """On a failure/finish path a storage error is only logged: the run still ends."""
-        if (exc := self._files.write_quietly(record)) is not None:
-            self._append_log("error", str(exc), ok=False)
+        return faults.kept(self._record.files.journal_whole, self.step, self.last_checkpoint)
 
     def _error_checkpoint(self, phase: str | None) -> str | None:
         why_not = faults.last_good_checkpoint(phase, self.step, self.last_checkpoint)
@@ -772,7 +727,7 @@ class Trainer:
         return path
 
     def _finish_up(self) -> None:
-        self._finishing = True
+        self._stopping.finishing = True
         checkpoint = None
         try:
             try:
@@ -802,14 +757,15 @@ class Trainer:
                         self._control.fail()
         finally:
             self._control.end()
-            self._write_quietly(
-                J.end_record(step=self.step, state=self.state.value, checkpoint=checkpoint)
+            self._record.write_quietly(
+                self.step,
+                J.end_record(step=self.step, state=self.state.value, checkpoint=checkpoint),
             )
             self._publish()
-            self._close_files()
+            self._record.close()
             self._answer_queued()
             self._done.set()
-            self._released.set()
+            self._stopping.released()
 
     def _answer_queued(self) -> None:
         """Commands that arrived too late: answer them, so no caller waits forever."""
@@ -821,14 +777,10 @@ class Trainer:
             if not fut.done():
                 fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
 
-    def _close_files(self) -> None:
-        self._closed = True
-        self._files.close()
-
     # ------------------------------------------------------------------ metrics
 
     def _flush_losses(self) -> list[tuple[int, float]]:
-        values = self._losses.flush()
+        values = self._record.losses.flush()
         # Checked here when the loss is not checked every step (--nan=ignore, or
         # an accelerator): the first bad step is named exactly, from these values.
         if values and self.state not in (RunState.NAN_PAUSED, RunState.ERROR):
@@ -839,28 +791,8 @@ class Trainer:
 
     def _log_metrics(self, force: bool = False) -> None:
         values = self._flush_losses()
-        loss = values[-1][1] if values else self._losses.last
-        if loss is None or not (values or force):
-            return
         lr = {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups}
-        mean = sum(v for _, v in values) / len(values) if values else loss
-        self._files.metric(
-            J.train_metrics(
-                step=self.step,
-                epoch=self.epoch_shown,
-                loss=loss,
-                loss_mean=mean,
-                lr=lr,
-                time=time.time(),
-            )
-        )
-        now = time.monotonic()
-        if values and (force or now - self._metrics_logged_at >= self.config.log_min_interval):
-            self._metrics_logged_at = now
-            lrs = " ".join(f"{name}={value:.3g}" for name, value in lr.items())
-            self._append_log(
-                "metrics", f"step {self.step} epoch {self.epoch_shown} loss {loss:.4g} lr {lrs}"
-            )
+        self._record.train_metrics(self._facts(), values, lr, self.config.log_min_interval, force)
 
     # ------------------------------------------------------------------ commands
 
@@ -878,14 +810,14 @@ class Trainer:
             result = C.CommandResult(False, str(exc), cmd.text)
         except _Stop:
             result = C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
-            self._record(cmd, source, result)
+            self._journal_command(cmd, source, result)
             if fut is not None:
                 fut.set_result(result)
             raise
         except Exception as exc:  # nothing a front-end sends may raise inside the loop
             result = C.CommandResult(False, f"{type(exc).__name__}: {exc}", cmd.text)
         try:
-            self._record(cmd, source, result)
+            self._journal_command(cmd, source, result)
         except StorageError as exc:  # not journaled: the run ends (see _run)
             result = C.CommandResult(False, f"{result.message}; but {exc}", cmd.text)
             raise
@@ -894,8 +826,8 @@ class Trainer:
                 fut.set_result(result)
         return result
 
-    def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
-        self._files.write(
+    def _journal_command(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
+        self._record.write(
             J.command_record(
                 step=self.step,
                 source=source,
@@ -916,7 +848,7 @@ class Trainer:
         if ops.is_op(cmd):
             result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
             if result.structure_changed:
-                self._views.structure_version += 1
+                self._record.views.structure_version += 1
             return result.message
         control = self._CONTROL.get(type(cmd))
         if control is None:  # pragma: no cover - every command type has a handler
@@ -944,10 +876,7 @@ class Trainer:
             point = evaluate(
                 self.model, self.criterion, loader, self.device, self.step, self.spec.training_step
             )
-        self._evals.append(point)
-        self._files.metric(
-            J.eval_metrics(step=point.step, loss=point.loss, accuracy=point.accuracy)
-        )
+        self._record.evaluated(point)
         return eval_text(point)  # logged once, as the eval command's result
 
     def _checkpoint(self, cmd: C.Checkpoint) -> str:
@@ -977,52 +906,29 @@ class Trainer:
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
-        self._runlog.append(self.step, kind, text, ok, source)
-        self._snapshot_wanted = True
+        self._record.note(self.step, kind, text, ok, source)
 
     def _log_tail(self) -> tuple[LogEntry, ...]:
-        return self._runlog.tail()
+        return self._record.tail()
 
-    def _build_snapshot(self) -> Snapshot:
-        now = time.monotonic()
-        self._flush_losses()
-        views, o = self._views, self._ops
-        status = RunStatus(
-            script=self.spec.name,
+    def _facts(self) -> RunFacts:
+        return RunFacts(
             state=self.state,
-            epoch=self.epoch_shown,
             step=self.step,
-            steps_per_sec=views.steps_per_sec(now, self.step),
-            elapsed=now - self._t0,
-            device=str(self.device),
-            last_eval=self._evals[-1] if self._evals else None,
+            epoch=self.epoch,
+            epoch_shown=self.epoch_shown,
             error=self.error,
-            max_steps=self.max_steps,
-            epochs=self.epochs,
             nan=self.nan_event,
             checkpoint=self.last_checkpoint,
         )
-        return Snapshot(
-            seq=views.next_seq(),
-            status=status,
-            groups=views.groups(o),
-            modules=views.modules(o),
-            structure_version=views.structure_version,
-            loss_recent=self._losses.recent_series(),
-            loss_history=self._losses.history.series(),
-            loss_min=self._losses.min,
-            loss_last=self._losses.last,
-            evals=tuple(self._evals),
-            log=self._log_tail(),
-            run_dir=str(self.run_dir or ""),
-            optimizer=type(o.optimizer).__name__,
-            scheduler=views.scheduler(o, self.step, self.epoch, self.spec.scheduler_interval),
-        )
+
+    def _build_snapshot(self) -> Snapshot:
+        self._flush_losses()  # first: a non-finite loss it finds changes the facts
+        return self._record.build(self._facts(), self._ops)
 
     def _publish(self) -> None:
-        self._snapshot_wanted = False
-        self._last_publish = time.monotonic()
-        self._snapshot = self._build_snapshot()
+        self._flush_losses()
+        self._record.publish(self._facts(), self._ops)
 
 
 __all__ = [
