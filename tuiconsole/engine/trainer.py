@@ -34,12 +34,9 @@ from tuiconsole.engine import faults, ops
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
 from tuiconsole.engine.checkpoint import (
-    CheckpointContent,
-    CheckpointWriteError,
     Restored,
     load_checkpoint,
     restore,
-    save_checkpoint,
 )
 from tuiconsole.engine.config import (
     DEFAULT_LOG_EVERY,
@@ -48,9 +45,10 @@ from tuiconsole.engine.config import (
     resolve_device,
     stop_grace,
 )
-from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_state, to_device
+from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_device
 from tuiconsole.engine.evaluate import eval_text, evaluate
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
+from tuiconsole.engine.keeper import Keeper
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
 from tuiconsole.engine.rundir import StorageError, checked_target
@@ -93,7 +91,6 @@ class Trainer:
         self.epoch = 0
         self.error: RunError | None = None
         self.nan_event: NanEvent | None = None
-        self.last_checkpoint = ""
         self.run_dir = self.config.run_dir
         self._record = RunRecord(
             RunShape(
@@ -109,6 +106,7 @@ class Trainer:
         self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
+        self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
         self._where = faults.Where()
         self._nan = self.config.nan_policy
         self._nan_each_step = self._nan.every_step(self.device)
@@ -166,6 +164,10 @@ class Trainer:
     @property
     def journal(self) -> J.Journal | None:
         return self._record.files.journal
+
+    @property
+    def last_checkpoint(self) -> str:
+        return self._keeper.last
 
     @property
     def unfinished(self) -> str | None:
@@ -668,9 +670,10 @@ class Trainer:
         self.error = RunError(type(exc).__name__, message, step)
         self._control.fail()
         self._append_log("error", f"training raised {self.error}", ok=False)
-        checkpoint = self._error_checkpoint(phase)
+        checkpoint = self._keeper.after_error(phase, self.step, self.epoch, self.device)
         if isinstance(exc, StorageError):  # say what was kept, in the one line
-            self.error = RunError(type(exc).__name__, f"{message}; {self._kept()}", step)
+            kept = self._keeper.kept(self.step)
+            self.error = RunError(type(exc).__name__, f"{message}; {kept}", step)
         self._record.write_quietly(
             self.step,
             J.error_record(
@@ -683,48 +686,6 @@ class Trainer:
         )
         self._done.set()
         self._publish()
-
-    def _kept(self) -> str:
-        return faults.kept(self._record.files.journal_whole, self.step, self.last_checkpoint)
-
-    def _error_checkpoint(self, phase: str | None) -> str | None:
-        why_not = faults.last_good_checkpoint(phase, self.step, self.last_checkpoint)
-        if why_not is not None:
-            self._append_log("info", why_not, ok=False)
-            return None
-        if phase is None or self.run_dir is None:
-            return None
-        self.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        try:
-            path = self._write_checkpoint(None, "error")
-        except (CommandError, RuntimeError) as exc:
-            self._append_log("error", f"could not write a checkpoint: {exc}", ok=False)
-            return None
-        self._append_log("info", f"checkpoint of the last good step {self.step} written to {path}")
-        return str(path)
-
-    def _write_checkpoint(self, path: Path | None, reason: str) -> Path:
-        path = path or (self.run_dir or Path(".")) / f"checkpoint-step{self.step}.pt"
-        o = self._ops
-        content = CheckpointContent(
-            model=self.model,
-            optimizer=o.optimizer,
-            scheduler=o.scheduler,
-            group_origin=o.group_origin,
-            state_reset=o.state_reset,
-            step=self.step,
-            epoch=self.epoch,
-            rng=rng_state(self._data.generators),
-            data=self._data.position(),
-            script_sha256=self.spec.sha256,
-            journal=str(self.journal.path) if self.journal is not None else None,
-            reason=reason,
-        )
-        save_checkpoint(path, content)
-        self.last_checkpoint = str(path)
-        return path
 
     def _finish_up(self) -> None:
         self._stopping.finishing = True
@@ -742,19 +703,12 @@ class Trainer:
                 and self.state not in (RunState.ERROR, RunState.STARTING)
                 and self.unfinished is None  # abandoned: the process is leaving
             ):
-                try:
-                    checkpoint = str(self._write_checkpoint(None, "final"))
-                    self._append_log("info", f"final checkpoint written to {checkpoint}")
-                except (CommandError, RuntimeError) as exc:
-                    self._append_log("error", f"could not write the final checkpoint: {exc}")
-                    if isinstance(exc, CheckpointWriteError) and exc.disk_full:
-                        # what the user counts on is not on disk: that is an error (exit 1)
-                        self.error = RunError(
-                            "StorageError",
-                            f"disk full: could not write the final checkpoint; {self._kept()}",
-                            self.step,
-                        )
-                        self._control.fail()
+                checkpoint, disk_full = self._keeper.final(self.step, self.epoch)
+                if disk_full:  # what the user counts on is not on disk: an error (exit 1)
+                    kept = self._keeper.kept(self.step)
+                    why = f"disk full: could not write the final checkpoint; {kept}"
+                    self.error = RunError("StorageError", why, self.step)
+                    self._control.fail()
         finally:
             self._control.end()
             self._record.write_quietly(
@@ -886,7 +840,7 @@ class Trainer:
                 path = checked_target(cmd.path, self.run_dir)
             except TuiconsoleError as exc:
                 raise CommandError(str(exc)) from None
-        path = self._write_checkpoint(path, "command")
+        path = self._keeper.write(path, "command", self.step, self.epoch)
         return f"checkpoint of step {self.step} written to {path}"
 
     def _stop(self, cmd: C.Stop) -> str:
