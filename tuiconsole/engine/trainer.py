@@ -47,6 +47,7 @@ from tuiconsole.engine.config import (
 )
 from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_device
 from tuiconsole.engine.evaluate import eval_text, evaluate
+from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.keeper import Keeper
 from tuiconsole.engine.metrics import LossTracker
@@ -89,8 +90,6 @@ class Trainer:
         self.max_steps = self.config.max_steps
         self.step = 0
         self.epoch = 0
-        self.error: RunError | None = None
-        self.nan_event: NanEvent | None = None
         self.run_dir = self.config.run_dir
         self._record = RunRecord(
             RunShape(
@@ -107,10 +106,16 @@ class Trainer:
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
         self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
+        self._failures = Failures(
+            self._record,
+            self._keeper,
+            self._control,
+            self.config.nan_policy,
+            self.criterion,
+            self.device,
+        )
         self._where = faults.Where()
-        self._nan = self.config.nan_policy
-        self._nan_each_step = self._nan.every_step(self.device)
-        self._nan_noted = False
+        self._nan_each_step = self.config.nan_policy.every_step(self.device)
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
         )
@@ -164,6 +169,14 @@ class Trainer:
     @property
     def journal(self) -> J.Journal | None:
         return self._record.files.journal
+
+    @property
+    def error(self) -> RunError | None:
+        return self._failures.error
+
+    @property
+    def nan_event(self) -> NanEvent | None:
+        return self._failures.nan_event
 
     @property
     def last_checkpoint(self) -> str:
@@ -631,59 +644,27 @@ class Trainer:
     def _nonfinite(self, step: int, value: float, skipped: bool) -> None:
         """A NaN/Inf loss at ``step``: pause (NAN-PAUSED), stop (ERROR) or just note it."""
         lrs = tuple((str(g.get("name")), float(g["lr"])) for g in self.optimizer.param_groups)
-        event = NanEvent(step, value, lrs, skipped, step if skipped else self.step)
-        mode = self._nan.mode
-        if self._nan.only_noted(self.state.is_terminal):
-            if not self._nan_noted:
-                self._nan_noted = True
-                self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
+        run_ended = self.state.is_terminal
+        outcome = self._failures.nonfinite(
+            step, value, skipped, self.step, lrs, run_ended, self.epoch
+        )
+        if outcome == "noted":
             return
-        self.nan_event = event
-        self._record.write(J.nan_record(event, mode))
-        self._record.metric(J.nan_metrics(step=step, loss=value))
-        if mode == "stop":
-            self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
-            return
-        if skipped:
+        if outcome == "failed":
+            self._done.set()
+        elif skipped:
             # The step happened (its batch was used) but changed nothing: it still
             # counts, so commands made while NAN-PAUSED are journaled at this step
             # and a replay applies them after it, as the user did.
             self.step = step
-        self._control.nan_paused()
-        self._append_log(
-            "nan",
-            f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, or `stop`.",
-            ok=False,
-        )
         self._publish()
 
     def _fail(
         self, exc: BaseException, batch: Any, phase: str | None = None, step: int | None = None
     ) -> None:
-        """ERROR state, journal record, and a checkpoint of the last good step if there is one.
-
-        ``phase`` says how far the failing step got: before ``optimizer.step()``
-        ("data", "forward") the weights are still those of the last good step.
-        """
-        message = faults.hint(exc, batch, self.criterion)
+        """The step after the last good one (or ``step``) raised in ``phase``: ERROR."""
         step = self.step + 1 if step is None else step
-        self.error = RunError(type(exc).__name__, message, step)
-        self._control.fail()
-        self._append_log("error", f"training raised {self.error}", ok=False)
-        checkpoint = self._keeper.after_error(phase, self.step, self.epoch, self.device)
-        if isinstance(exc, StorageError):  # say what was kept, in the one line
-            kept = self._keeper.kept(self.step)
-            self.error = RunError(type(exc).__name__, f"{message}; {kept}", step)
-        self._record.write_quietly(
-            self.step,
-            J.error_record(
-                step=step,
-                error=type(exc).__name__,
-                message=message,
-                phase=phase,
-                checkpoint=checkpoint,
-            ),
-        )
+        self._failures.failed(exc, batch, phase, step, self.step, self.epoch)
         self._done.set()
         self._publish()
 
@@ -704,11 +685,8 @@ class Trainer:
                 and self.unfinished is None  # abandoned: the process is leaving
             ):
                 checkpoint, disk_full = self._keeper.final(self.step, self.epoch)
-                if disk_full:  # what the user counts on is not on disk: an error (exit 1)
-                    kept = self._keeper.kept(self.step)
-                    why = f"disk full: could not write the final checkpoint; {kept}"
-                    self.error = RunError("StorageError", why, self.step)
-                    self._control.fail()
+                if disk_full:
+                    self._failures.final_lost(self.step)
         finally:
             self._control.end()
             self._record.write_quietly(
