@@ -22,15 +22,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from tuiconsole.engine import commands as C
-from tuiconsole.engine import faults, ops
+from tuiconsole.engine import control, faults, ops
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
 from tuiconsole.engine.checkpoint import (
@@ -45,19 +44,19 @@ from tuiconsole.engine.config import (
     resolve_device,
     stop_grace,
 )
+from tuiconsole.engine.control import Stopped
 from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_device
-from tuiconsole.engine.evaluate import eval_text, evaluate
 from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.keeper import Keeper
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
-from tuiconsole.engine.rundir import StorageError, checked_target
+from tuiconsole.engine.rundir import StorageError
 from tuiconsole.engine.runstate import RunControl
 from tuiconsole.engine.snapshot import LogEntry, NanEvent, RunError, RunState, Snapshot
 from tuiconsole.engine.stopping import Stopping
 from tuiconsole.engine.views import LOG_TEXT_CHARS
-from tuiconsole.errors import CommandError, TuiconsoleError
+from tuiconsole.errors import CommandError
 from tuiconsole.script import TrainingSpec
 
 # Commands applied at one step boundary, at most; the rest wait for the next one, so a
@@ -73,10 +72,6 @@ def _shown(text: str) -> str:
     """A command line as it may be echoed: control characters escaped (no terminal tricks)."""
     text = text.strip()
     return text if text.isprintable() else repr(text)
-
-
-class _Stop(Exception):
-    pass
 
 
 class Trainer:
@@ -106,6 +101,9 @@ class Trainer:
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
         self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
+        self._controls = control.Controls(
+            self._control, self._record, self._keeper, self._ops, spec, self.device
+        )
         self._failures = Failures(
             self._record,
             self._keeper,
@@ -276,7 +274,7 @@ class Trainer:
             raise RuntimeError("prepare() is for a trainer that is not started")
         if self.state == RunState.STARTING:
             self._setup()
-            with contextlib.suppress(_Stop):
+            with contextlib.suppress(Stopped):
                 self._apply_replay()
         return self
 
@@ -296,7 +294,7 @@ class Trainer:
             return C.CommandResult(False, str(exc), _shown(str(command)))
         try:
             return self._handle(cmd, source, None)
-        except _Stop:
+        except Stopped:
             return C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
 
     def submit(self, command: str | C.Command, source: str = "ui") -> Future[C.CommandResult]:
@@ -330,12 +328,12 @@ class Trainer:
         for _ in range(n):
             try:
                 self._apply_replay()
-            except _Stop:
+            except Stopped:
                 break
             if self.state.is_terminal or self.state == RunState.NAN_PAUSED:
                 break
             self._train_step()
-        with contextlib.suppress(_Stop):
+        with contextlib.suppress(Stopped):
             self._apply_replay()  # commands due at the step reached, as the idle loop would
         return self.step
 
@@ -394,7 +392,7 @@ class Trainer:
                     self._train_step()
                 else:
                     self._idle()
-        except _Stop:
+        except Stopped:
             pass
         except KeyboardInterrupt:  # in the main thread with no stop handler: a stop
             self._stopping.asked("KeyboardInterrupt")
@@ -740,7 +738,7 @@ class Trainer:
             raise
         except CommandError as exc:
             result = C.CommandResult(False, str(exc), cmd.text)
-        except _Stop:
+        except Stopped:
             result = C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
             self._journal_command(cmd, source, result)
             if fut is not None:
@@ -782,58 +780,7 @@ class Trainer:
             if result.structure_changed:
                 self._record.views.structure_version += 1
             return result.message
-        control = self._CONTROL.get(type(cmd))
-        if control is None:  # pragma: no cover - every command type has a handler
-            raise CommandError(f"unsupported command {cmd.text!r}")
-        return control(self, cmd)
-
-    def _pause(self, cmd: C.Pause) -> str:
-        self._control.pause()
-        return f"paused at step {self.step}"
-
-    def _resume(self, cmd: C.Resume) -> str:
-        self._control.resume()
-        return f"resumed at step {self.step}"
-
-    def _step(self, cmd: C.Step) -> str:
-        self._control.step(cmd.n)
-        return f"stepping {cmd.n} step(s) from step {self.step}"
-
-    def _eval(self, cmd: C.Eval) -> str:
-        loader = self.spec.eval_loader
-        if loader is None:
-            raise CommandError("the script defines no eval_loader")
-        with self._control.evaluating():
-            self._publish()
-            point = evaluate(
-                self.model, self.criterion, loader, self.device, self.step, self.spec.training_step
-            )
-        self._record.evaluated(point)
-        return eval_text(point)  # logged once, as the eval command's result
-
-    def _checkpoint(self, cmd: C.Checkpoint) -> str:
-        path = None
-        if cmd.path:  # a run's files stay together: relative paths are in the run dir
-            try:
-                path = checked_target(cmd.path, self.run_dir)
-            except TuiconsoleError as exc:
-                raise CommandError(str(exc)) from None
-        path = self._keeper.write(path, "command", self.step, self.epoch)
-        return f"checkpoint of step {self.step} written to {path}"
-
-    def _stop(self, cmd: C.Stop) -> str:
-        self._control.stop()
-        raise _Stop
-
-    # The commands that are not optimizer operations (those are ops.OPS).
-    _CONTROL: ClassVar[dict[type[C.Command], Callable[[Trainer, Any], str]]] = {
-        C.Pause: _pause,
-        C.Resume: _resume,
-        C.Step: _step,
-        C.Eval: _eval,
-        C.Checkpoint: _checkpoint,
-        C.Stop: _stop,
-    }
+        return control.apply(cmd, self._controls, self._facts())
 
     # ------------------------------------------------------------------ snapshots
 
