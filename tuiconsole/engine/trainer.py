@@ -21,7 +21,6 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -125,17 +124,12 @@ class Trainer:
         self._num_threads = torch.get_num_threads()
         self._on_cpu = self.device.type == "cpu"
         self._resumed: Restored | None = None
-        self._replay: deque[tuple[J.JournalEntry, C.Command]] = deque()
-        self._replay_session: J.JournalSession | None = None
         G.ensure_names(self.optimizer, self.model)
-        if self.config.resume is not None:
-            self._adopt(self.config.resume, load_checkpoint(self.config.resume))
-        if self.config.replay is not None:
-            resumed = self.config.resume is not None
-            self._replay_session, entries = J.load_replay(
-                self.config.replay, self.step if resumed else None, self.config.resume
-            )
-            self._replay.extend(entries)
+        resume = self.config.resume
+        if resume is not None:
+            self._adopt(resume, load_checkpoint(resume))
+        resume_step = self.step if resume is not None else None
+        self._replay = J.Replay(self.config.replay, resume_step, resume)
         self._record.snapshot = self._build_snapshot()
 
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
@@ -417,12 +411,8 @@ class Trainer:
         self._open_run_files()
         if self._resumed is not None:
             self._restore_position(self._resumed)
-        if self._replay_session is not None and self.config.replay is not None:
-            notes = J.replay_notes(
-                self._replay_session, len(self._replay), self.config.replay, self.spec.sha256
-            )
-            for text, ok in notes:
-                self._append_log("info", text, ok=ok)
+        for text, ok in self._replay.notes(self.spec.sha256):
+            self._append_log("info", text, ok=ok)
         self._record.started()
         self._control.begin()
         self._publish()
@@ -470,10 +460,8 @@ class Trainer:
     def _apply_replay(self) -> None:
         """Journaled commands due at this step. Control commands are not replayed,
         except a resume/step that took the original run out of NAN-PAUSED."""
-        while self._replay and self._replay[0][0].step <= self.step:
-            if self.state == RunState.ERROR:
-                return
-            entry, cmd = self._replay.popleft()
+        while self.state != RunState.ERROR and (due := self._replay.due(self.step)):
+            entry, cmd = due
             if cmd.control:
                 if isinstance(cmd, C.Resume | C.Step) and self.state == RunState.NAN_PAUSED:
                     self._control.nan_resumed()
