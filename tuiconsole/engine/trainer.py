@@ -5,13 +5,21 @@ next forward, journaled (fsynced) first, then answered through a Future.
 Losses stay on the device until a snapshot or a log line is due (no per-step
 host sync). Front-ends pull snapshots; the trainer never calls into them.
 
-What the loop uses lives beside it: the optimizer operations (ops.py), the run
-state machine (runstate.py), the journal's records (journal.py), checkpoints
-(checkpoint.py), the data position (data.py), eval (evaluate.py) and fault
-handling (faults.py): a step that raises puts the run in ERROR and writes a
-checkpoint of the last good step; a non-finite loss pauses (NAN-PAUSED), stops
-or is ignored per ``RunConfig.nan``; every stop writes a final checkpoint and an
-``end`` journal record.
+The trainer keeps the loop, the queue, the step and the run's position; the
+rest lives beside it, each part given what it acts on (no calls back):
+
+- record.py: what the run did and shows (run files, log, losses, evals,
+  snapshots); the trainer tells it and asks it to publish RunFacts.
+- stopping.py: stop / close / abandon between the loop thread and a closer.
+- keeper.py: checkpoints (command, last good step, final).
+- failures.py: the error and NaN event (policy and hints in faults.py): a step
+  that raises puts the run in ERROR and keeps the last good step; a non-finite
+  loss pauses (NAN-PAUSED), stops or is ignored per ``RunConfig.nan``.
+- ops.py (optimizer operations) and control.py (pause, step, eval, checkpoint,
+  stop): the commands; runstate.py: the state machine; journal.py: every
+  record and the replay; data.py: the data position; evaluate.py: eval.
+
+Every stop writes a final checkpoint and an ``end`` journal record.
 """
 
 from __future__ import annotations
@@ -31,11 +39,7 @@ from tuiconsole.engine import commands as C
 from tuiconsole.engine import control, faults, ops
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
-from tuiconsole.engine.checkpoint import (
-    Restored,
-    load_checkpoint,
-    restore,
-)
+from tuiconsole.engine.checkpoint import Restored, load_checkpoint, restore
 from tuiconsole.engine.config import (
     DEFAULT_LOG_EVERY,
     DEFAULT_LOG_MIN_INTERVAL,
