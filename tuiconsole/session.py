@@ -83,7 +83,7 @@ class LocalSession:
     disconnect_reason: str | None = None
 
     def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+        self._trainer = trainer
 
     @classmethod
     def from_script(
@@ -102,30 +102,30 @@ class LocalSession:
 
     def start(self) -> LocalSession:
         """Train in a thread of this process (tests, the library API)."""
-        self.trainer.start()
+        self._trainer.start()
         return self
 
     def run(self) -> None:
         """Train in the calling thread (a training process's main thread) until the end."""
-        self.trainer.run()
+        self._trainer.run()
 
     @property
     def unfinished(self) -> str | None:
         """Why the run stopped without its last step (a stuck step was abandoned)."""
-        return self.trainer.unfinished
+        return self._trainer.unfinished
 
     def snapshot(self) -> Snapshot:
-        return self.trainer.latest_snapshot()
+        return self._trainer.latest_snapshot()
 
     def submit(self, command: str | Command, source: str = "ui") -> Future[CommandResult]:
-        return self.trainer.submit(command, source)
+        return self._trainer.submit(command, source)
 
     def close(self) -> None:
-        self.trainer.close()
+        self._trainer.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until training ends (finished, stopped or error)."""
-        return self.trainer.wait_done(timeout)
+        return self._trainer.wait_done(timeout)
 
     def detach(self) -> None:
         raise RuntimeError("a run in this process cannot go on without it")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tests.helpers import trainer_of
 from tuiconsole.engine.commands import CommandResult
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
@@ -132,7 +133,7 @@ class RecordingSession(LocalSession):
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        return self.trainer.optimizer
+        return trainer_of(self).optimizer
 
 
 def start_run(
@@ -165,7 +166,7 @@ async def until_shown(pilot, app, cond, what: str = "view") -> None:
 
 
 def paused_idle(session: RecordingSession) -> bool:
-    t = session.trainer
+    t = trainer_of(session)
     return t.state == RunState.PAUSED  # a `step N` still running is STEPPING
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from textual.command import CommandList
 
+from tests.helpers import trainer_of
 from tests.ui.real_run import RecordingSession, screen_text, until_shown, wait_until
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.ui.app import ConsoleApp
@@ -58,7 +59,7 @@ async def select_group(pilot, app: ConsoleApp, name: str) -> None:
 async def steps(pilot, app: ConsoleApp, session: RecordingSession, n: int) -> None:
     """Press n, n times, waiting for each step to land (builds momentum buffers)."""
     for _ in range(n):
-        target = session.trainer.step + 1
+        target = trainer_of(session).step + 1
         await pilot.press("n")
         await session.settle()
         await until_shown(
@@ -126,9 +127,9 @@ async def test_space_pauses_and_n_steps_exactly_one(run_factory) -> None:
         await pilot.press("space")
         assert (await session.settle())[-1].ok
         await until_shown(pilot, app, lambda s: s.status.state == RunState.PAUSED, "PAUSED")
-        paused_at = session.trainer.step
+        paused_at = trainer_of(session).step
         await later_frames(pilot, app, 4)
-        assert session.trainer.step == paused_at, "the step count advanced while paused"
+        assert trainer_of(session).step == paused_at, "the step count advanced while paused"
         assert f"step {paused_at}" in app.status_bar.text.plain
         assert "PAUSED" in app.status_bar.text.plain
 
@@ -141,7 +142,7 @@ async def test_space_pauses_and_n_steps_exactly_one(run_factory) -> None:
             "one step",
         )
         await later_frames(pilot, app, 3)
-        assert session.trainer.step == paused_at + 1, "n must advance exactly one step"
+        assert trainer_of(session).step == paused_at + 1, "n must advance exactly one step"
         assert f"step {paused_at + 1}" in app.status_bar.text.plain
 
         await pilot.press("space")
@@ -186,11 +187,11 @@ async def test_modal_does_not_block_training_or_refresh(run_factory) -> None:
         await pilot.press("e")
         await pilot.pause()
         assert isinstance(app.screen, EditLrScreen)
-        step0, frames0 = session.trainer.step, app.frames
+        step0, frames0 = trainer_of(session).step, app.frames
         # A deadline, not a fixed pause: on a loaded CI box 0.8 s may hold only two polls.
         await wait_until(
             pilot,
-            lambda: session.trainer.step > step0 + 5 and app.frames > frames0 + 2,
+            lambda: trainer_of(session).step > step0 + 5 and app.frames > frames0 + 2,
             what="training and the view to go on under the modal",
         )
         assert isinstance(app.screen, EditLrScreen), "the modal closed by itself"
@@ -323,7 +324,7 @@ async def test_m_and_s_split_marked_modules_keeping_momentum(paused_run) -> None
         await open_app(pilot, app)
         await steps(pilot, app, paused_run, 2)
         before = state_copy(paused_run.optimizer)
-        model = paused_run.trainer.model
+        model = trainer_of(paused_run).model
         fc_params = {id(p) for p in model.classifier[0].parameters()} | {
             id(p) for p in model.classifier[3].parameters()
         }
@@ -383,7 +384,7 @@ async def test_e_on_part_of_a_group_offers_split_first(paused_run) -> None:
             ("classifier", 0.1),
             ("classifier.0", 1e-3),
         ]
-        model = paused_run.trainer.model
+        model = trainer_of(paused_run).model
         assert {id(p) for p in groups[2]["params"]} == {
             id(p) for p in model.classifier[0].parameters()
         }
@@ -573,7 +574,7 @@ async def test_q_asks_then_stops_training_cleanly(run_factory) -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert session.trainer.alive and session.texts == []
+        assert trainer_of(session).alive and session.texts == []
 
         await pilot.press("q")
         await pilot.pause()
@@ -581,8 +582,8 @@ async def test_q_asks_then_stops_training_cleanly(run_factory) -> None:
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
     assert session.texts == ["stop"]
     assert session.wait(5)
-    assert session.trainer.state == RunState.STOPPED
-    journal = (session.trainer.run_dir / "journal.jsonl").read_text()
+    assert trainer_of(session).state == RunState.STOPPED
+    journal = (trainer_of(session).run_dir / "journal.jsonl").read_text()
     assert '"cmd": "stop"' in journal and '"source": "ui"' in journal
 
 
@@ -638,7 +639,7 @@ async def test_stop_on_the_command_line_asks_then_keeps_the_final_view(paused_ru
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
         await pilot.pause()
-        assert paused_run.texts == [] and paused_run.trainer.alive
+        assert paused_run.texts == [] and trainer_of(paused_run).alive
         await pilot.press("colon", *"stop", "enter")
         await pilot.pause()
         await pilot.press("y")
@@ -663,7 +664,7 @@ async def test_attached_console_q_only_detaches(paused_run) -> None:
         await pilot.press("q")
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
     assert paused_run.texts == [], "q on an attached console must not stop the run"
-    assert paused_run.trainer.alive
+    assert trainer_of(paused_run).alive
 
 
 async def test_ctrl_d_detaches_a_served_run(paused_run) -> None:
@@ -675,7 +676,7 @@ async def test_ctrl_d_detaches_a_served_run(paused_run) -> None:
         await pilot.press("ctrl+d")
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.return_value == DETACHED
-    assert paused_run.texts == [] and paused_run.trainer.alive
+    assert paused_run.texts == [] and trainer_of(paused_run).alive
 
 
 async def test_lost_connection_is_shown_not_a_crash(paused_run) -> None:

@@ -7,9 +7,8 @@ import torch
 
 from tests.unit.models import Net, make_data, seed_optimizer
 from tuiconsole.engine import commands as C
+from tuiconsole.engine import control, ops
 from tuiconsole.engine import groups as G
-from tuiconsole.engine import ops
-from tuiconsole.engine.trainer import Trainer
 from tuiconsole.errors import CommandError
 
 
@@ -33,8 +32,8 @@ def train_step(o: ops.Optimization) -> None:
 def test_every_command_has_exactly_one_handler():
     """No ladder to forget a command in: each type is an op or a control command."""
     kinds = set(C.Command.__subclasses__())
-    assert set(ops.OPS) | set(Trainer._CONTROL) == kinds
-    assert not set(ops.OPS) & set(Trainer._CONTROL)
+    assert set(ops.OPS) | set(control.CONTROLS) == kinds
+    assert not set(ops.OPS) & set(control.CONTROLS)
     assert all(not k.control for k in ops.OPS)
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -514,3 +515,38 @@ def replay_notes(
             )
         )
     return notes
+
+
+class Replay:
+    """The commands a ``--replay`` run applies again, each once its step is reached.
+
+    Loaded (and checked whole) as the trainer is made: ``resume_step`` is the
+    step a ``--resume`` starts from, so the session replayed is the one that
+    checkpoint belongs to. Empty without a journal.
+    """
+
+    def __init__(
+        self, path: Path | None, resume_step: int | None = None, resume: Path | None = None
+    ) -> None:
+        self.path = path
+        self._session: JournalSession | None = None
+        self._entries: deque[tuple[JournalEntry, Any]] = deque()
+        if path is not None:
+            self._session, entries = load_replay(path, resume_step, resume)
+            self._entries.extend(entries)
+
+    def __bool__(self) -> bool:
+        """Commands are left to replay."""
+        return bool(self._entries)
+
+    def notes(self, script_sha256: str | None) -> list[tuple[str, bool]]:
+        """What the replay says as the run starts (see :func:`replay_notes`)."""
+        if self._session is None or self.path is None:
+            return []
+        return replay_notes(self._session, len(self._entries), self.path, script_sha256)
+
+    def due(self, step: int) -> tuple[JournalEntry, Any] | None:
+        """The next command journaled at or before ``step`` (taken), or None."""
+        if self._entries and self._entries[0][0].step <= step:
+            return self._entries.popleft()
+        return None

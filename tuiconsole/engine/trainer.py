@@ -5,43 +5,41 @@ next forward, journaled (fsynced) first, then answered through a Future.
 Losses stay on the device until a snapshot or a log line is due (no per-step
 host sync). Front-ends pull snapshots; the trainer never calls into them.
 
-What the loop uses lives beside it: the optimizer operations (ops.py), the run
-state machine (runstate.py), the journal's records (journal.py), checkpoints
-(checkpoint.py), the data position (data.py), eval (evaluate.py) and fault
-handling (faults.py): a step that raises puts the run in ERROR and writes a
-checkpoint of the last good step; a non-finite loss pauses (NAN-PAUSED), stops
-or is ignored per ``RunConfig.nan``; every stop writes a final checkpoint and an
-``end`` journal record.
+The trainer keeps the loop, the queue, the step and the run's position; the
+rest lives beside it, each part given what it acts on (no calls back):
+
+- record.py: what the run did and shows (run files, log, losses, evals,
+  snapshots); the trainer tells it and asks it to publish RunFacts.
+- stopping.py: stop / close / abandon between the loop thread and a closer.
+- keeper.py: checkpoints (command, last good step, final).
+- failures.py: the error and NaN event (policy and hints in faults.py): a step
+  that raises puts the run in ERROR and keeps the last good step; a non-finite
+  loss pauses (NAN-PAUSED), stops or is ignored per ``RunConfig.nan``.
+- ops.py (optimizer operations) and control.py (pause, step, eval, checkpoint,
+  stop): the commands; runstate.py: the state machine; journal.py: every
+  record and the replay; data.py: the data position; evaluate.py: eval.
+
+Every stop writes a final checkpoint and an ``end`` journal record.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from tuiconsole.engine import commands as C
-from tuiconsole.engine import faults, ops
+from tuiconsole.engine import control, faults, ops
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
-from tuiconsole.engine.checkpoint import (
-    CheckpointContent,
-    CheckpointWriteError,
-    Restored,
-    load_checkpoint,
-    restore,
-    save_checkpoint,
-)
+from tuiconsole.engine.checkpoint import Restored, load_checkpoint, restore
 from tuiconsole.engine.config import (
     DEFAULT_LOG_EVERY,
     DEFAULT_LOG_MIN_INTERVAL,
@@ -49,23 +47,19 @@ from tuiconsole.engine.config import (
     resolve_device,
     stop_grace,
 )
-from tuiconsole.engine.data import END_OF_EPOCH, EpochData, rng_state, set_rng_state, to_device
-from tuiconsole.engine.evaluate import eval_text, evaluate
+from tuiconsole.engine.control import Stopped
+from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_device
+from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
+from tuiconsole.engine.keeper import Keeper
 from tuiconsole.engine.metrics import LossTracker
-from tuiconsole.engine.rundir import StorageError, checked_target
+from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
+from tuiconsole.engine.rundir import StorageError
 from tuiconsole.engine.runstate import RunControl
-from tuiconsole.engine.snapshot import (
-    EvalPoint,
-    LogEntry,
-    NanEvent,
-    RunError,
-    RunState,
-    RunStatus,
-    Snapshot,
-)
-from tuiconsole.engine.views import LOG_TEXT_CHARS, RunLog, Views
-from tuiconsole.errors import CommandError, TuiconsoleError
+from tuiconsole.engine.snapshot import LogEntry, NanEvent, RunError, RunState, Snapshot
+from tuiconsole.engine.stopping import Stopping
+from tuiconsole.engine.views import LOG_TEXT_CHARS
+from tuiconsole.errors import CommandError
 from tuiconsole.script import TrainingSpec
 
 # Commands applied at one step boundary, at most; the rest wait for the next one, so a
@@ -83,10 +77,6 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-class _Stop(Exception):
-    pass
-
-
 class Trainer:
     def __init__(self, spec: TrainingSpec, config: RunConfig | None = None) -> None:
         self.spec = spec
@@ -98,58 +88,53 @@ class Trainer:
         self.max_steps = self.config.max_steps
         self.step = 0
         self.epoch = 0
-        self.error: RunError | None = None
-        self.nan_event: NanEvent | None = None
-        self.last_checkpoint = ""
-        self.unfinished: str | None = None  # set by abandon(): what did not finish, and why
         self.run_dir = self.config.run_dir
-        self._files = J.RunFiles()  # none until the run starts (prepare, start, run)
+        self._record = RunRecord(
+            RunShape(
+                script=spec.name,
+                device=str(self.device),
+                max_steps=self.max_steps,
+                epochs=self.epochs,
+                run_dir=self.run_dir,
+                scheduler_interval=spec.scheduler_interval,
+            )
+        )
         self._control = RunControl(self.config.start_paused)
         self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
+        self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
+        self._controls = control.Controls(
+            self._control, self._record, self._keeper, self._ops, spec, self.device
+        )
+        self._failures = Failures(
+            self._record,
+            self._keeper,
+            self._control,
+            self.config.nan_policy,
+            self.criterion,
+            self.device,
+        )
         self._where = faults.Where()
-        self._nan = self.config.nan_policy
-        self._nan_each_step = self._nan.every_step(self.device)
-        self._nan_noted = False
+        self._nan_each_step = self.config.nan_policy.every_step(self.device)
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
         )
         self._step_ended = time.monotonic()  # when the last command boundary ended
         self._done = threading.Event()
-        # Set once the loop has written its end record (or was abandoned): close() waits on it.
-        self._released = threading.Event()
-        self._abandon_lock = threading.Lock()
-        self._stop_source: str | None = None  # who asked first to stop
-        self._finishing = False  # in _finish_up (final checkpoint, end record)
+        self._stopping = Stopping()
         # The loop runs once: in a thread of its own (start) or in the caller's (run).
         self._launched = False
-        self._looping = False  # inside the loop (set before it begins, cleared as it returns)
-        self._loop_ended = threading.Event()
-        self._closed = False
-        self._losses = LossTracker()
-        self._evals: deque[EvalPoint] = deque(maxlen=200)
-        self._runlog = RunLog()
-        self._views = Views()
         self._num_threads = torch.get_num_threads()
         self._on_cpu = self.device.type == "cpu"
-        self._snapshot_wanted = True
-        self._last_publish = 0.0
-        self._metrics_logged_at = -math.inf
-        self._t0 = time.monotonic()
         self._resumed: Restored | None = None
-        self._replay: deque[tuple[J.JournalEntry, C.Command]] = deque()
-        self._replay_session: J.JournalSession | None = None
         G.ensure_names(self.optimizer, self.model)
-        if self.config.resume is not None:
-            self._adopt(self.config.resume, load_checkpoint(self.config.resume))
-        if self.config.replay is not None:
-            resumed = self.config.resume is not None
-            self._replay_session, entries = J.load_replay(
-                self.config.replay, self.step if resumed else None, self.config.resume
-            )
-            self._replay.extend(entries)
-        self._snapshot = self._build_snapshot()
+        resume = self.config.resume
+        if resume is not None:
+            self._adopt(resume, load_checkpoint(resume))
+        resume_step = self.step if resume is not None else None
+        self._replay = J.Replay(self.config.replay, resume_step, resume)
+        self._record.snapshot = self._build_snapshot()
 
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Take over what a checkpoint restores: optimizer, group bookkeeping, position."""
@@ -164,7 +149,7 @@ class Trainer:
         o = self._ops
         o.optimizer, o.group_origin, o.state_reset = r.optimizer, r.group_origin, r.state_reset
         self.step, self.epoch = r.step, r.epoch
-        self._views.structure_version += 1
+        self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
         if not r.has_digest:
@@ -179,7 +164,36 @@ class Trainer:
 
     @property
     def journal(self) -> J.Journal | None:
-        return self._files.journal
+        return self._record.files.journal
+
+    @property
+    def error(self) -> RunError | None:
+        return self._failures.error
+
+    @property
+    def nan_event(self) -> NanEvent | None:
+        return self._failures.nan_event
+
+    @property
+    def last_checkpoint(self) -> str:
+        return self._keeper.last
+
+    @property
+    def unfinished(self) -> str | None:
+        """Set by abandon(): what did not finish, and why."""
+        return self._stopping.unfinished
+
+    @property
+    def _losses(self) -> LossTracker:
+        return self._record.losses
+
+    @property
+    def _snapshot_wanted(self) -> bool:
+        return self._record.wanted
+
+    @_snapshot_wanted.setter
+    def _snapshot_wanted(self, wanted: bool) -> None:
+        self._record.wanted = wanted
 
     @property
     def state(self) -> RunState:
@@ -235,7 +249,7 @@ class Trainer:
         """
         self._launch()
         self._run()
-        return self._snapshot
+        return self.latest_snapshot()
 
     def _launch(self) -> None:
         if self._launched:
@@ -243,9 +257,10 @@ class Trainer:
         try:
             self._open_run_files()
         except BaseException:
-            self._close_files()
+            self._record.close()
             raise
-        self._launched = self._looping = True
+        self._launched = True
+        self._stopping.begin()
 
     def prepare(self) -> Trainer:
         """Set the run up (device, run files, resume, due replay commands) without a thread.
@@ -257,7 +272,7 @@ class Trainer:
             raise RuntimeError("prepare() is for a trainer that is not started")
         if self.state == RunState.STARTING:
             self._setup()
-            with contextlib.suppress(_Stop):
+            with contextlib.suppress(Stopped):
                 self._apply_replay()
         return self
 
@@ -277,7 +292,7 @@ class Trainer:
             return C.CommandResult(False, str(exc), _shown(str(command)))
         try:
             return self._handle(cmd, source, None)
-        except _Stop:
+        except Stopped:
             return C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
 
     def submit(self, command: str | C.Command, source: str = "ui") -> Future[C.CommandResult]:
@@ -289,11 +304,11 @@ class Trainer:
             fut.set_result(C.CommandResult(False, str(exc), text))
             self._append_log("command", f"{text}: {exc}", ok=False, source=source)
             return fut
-        if self._launched and not self._looping:
+        if self._launched and not self._stopping.looping:
             fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
             return fut
-        if isinstance(cmd, C.Stop) and self._stop_source is None:
-            self._stop_source = source
+        if isinstance(cmd, C.Stop):
+            self._stopping.asked(source)
         self._queue.put((cmd, source, fut))
         return fut
 
@@ -311,18 +326,20 @@ class Trainer:
         for _ in range(n):
             try:
                 self._apply_replay()
-            except _Stop:
+            except Stopped:
                 break
             if self.state.is_terminal or self.state == RunState.NAN_PAUSED:
                 break
             self._train_step()
-        with contextlib.suppress(_Stop):
+        with contextlib.suppress(Stopped):
             self._apply_replay()  # commands due at the step reached, as the idle loop would
         return self.step
 
     def latest_snapshot(self) -> Snapshot:
-        self._snapshot_wanted = True
-        return self._snapshot
+        self._record.wanted = True
+        snapshot = self._record.snapshot
+        assert snapshot is not None  # published as the trainer is made
+        return snapshot
 
     def wait_done(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -330,80 +347,31 @@ class Trainer:
     def close(self, timeout: float | None = None) -> None:
         """Stop the run and wait for its end record, at most ``timeout`` seconds
         (default :func:`stop_grace`); then give up on the step in flight (abandon)."""
-        if self._looping and self.unfinished is None:
+        if self._stopping.looping and self.unfinished is None:
             grace = stop_grace() if timeout is None else timeout
             self.submit("stop", source="close")
-            released = self._released.wait(grace)
-            while not released and self._finishing and self._looping:
-                # writing the final checkpoint (a big model takes a while): not stuck;
-                # a second Ctrl+C still exits at once
-                released = self._released.wait(grace)
-            if released:
-                self._loop_ended.wait(grace)  # it ends right after its end record
-            else:
+            if not self._stopping.wait(grace):
                 self.abandon(grace)
-        elif not self._launched and self.state != RunState.STARTING and not self._closed:
+        elif not self._launched and self.state != RunState.STARTING and not self._record.closed:
             self._finish_up()  # a prepared, synchronously driven trainer ends the same way
-        self._close_files()
+        self._record.close()
 
     @property
     def alive(self) -> bool:
-        return self._looping
+        return self._stopping.looping
 
     def abandon(self, waited: float) -> None:
         """End the run's files without the loop thread, which is stuck in a step.
 
-        Called from another thread once a stop has waited ``waited`` seconds. The
-        loop thread is blocked inside the step (a loader that never yields...), so
-        it is not touching the journal: this journals the stop and an ``end``
-        record naming the step that did not finish, closes the files and marks
-        the run done. No final checkpoint (the loop thread owns the model); the
-        last one written stays the one to resume from. If the thread ever wakes
-        up it writes nothing more.
+        Called from another thread once a stop has waited ``waited`` seconds
+        (see stopping.py): the stop and an ``end`` record naming the step that
+        did not finish are journaled, the files closed, the run marked done.
         """
-        with self._abandon_lock:
-            if self._released.is_set() or self.unfinished is not None:
-                return
-            step, finishing = self.step, self._finishing
-            where = "in eval" if self.state == RunState.EVALUATING else self._where.stuck()
-            self.unfinished = faults.unfinished(step, waited, where, finishing)
-            self._append_log("error", f"stop: {self.unfinished}; exiting without it", ok=False)
-            # a full disk already said so (StorageError); the process leaves either way
-            with contextlib.suppress(TuiconsoleError):
-                if self._files.journal_whole:
-                    self._files.write(
-                        J.command_record(
-                            step=step,
-                            source=self._stop_source or "close",
-                            cmd="stop",
-                            ok=True,
-                            result=f"stopped at step {step}; {self.unfinished}",
-                            groups=G.groups_record(self.optimizer),
-                        )
-                    )
-                    phase = "final checkpoint" if finishing else self._where.phase
-                    self._files.write(
-                        J.end_record(
-                            step=step,
-                            state=RunState.STOPPED.value,
-                            checkpoint=None,
-                            unfinished_step=None if finishing else step + 1,
-                            unfinished_phase=phase,
-                        )
-                    )
-            self._close_files()
-            old = self._snapshot
-            status = dataclasses.replace(
-                old.status,
-                state=RunState.STOPPED,
-                step=step,
-                epoch=self.epoch_shown,
-                unfinished=self.unfinished or "",
-            )
-            self._snapshot = dataclasses.replace(  # a new seq: front-ends see a new view
-                old, seq=self._views.next_seq(), status=status, log=self._log_tail()
-            )
-            self._released.set()
+        evaluating = self.state == RunState.EVALUATING
+        where, step = self._where, self.step
+        if self._stopping.abandon(
+            self._record, self.optimizer, waited, step, self.epoch_shown, where, evaluating
+        ):
             self._done.set()
 
     # ------------------------------------------------------------------ the loop
@@ -422,10 +390,10 @@ class Trainer:
                     self._train_step()
                 else:
                     self._idle()
-        except _Stop:
+        except Stopped:
             pass
         except KeyboardInterrupt:  # in the main thread with no stop handler: a stop
-            self._stop_source = self._stop_source or "KeyboardInterrupt"
+            self._stopping.asked("KeyboardInterrupt")
             self._append_log("info", f"interrupted at step {self.step}; stopping")
         except StorageError as exc:  # the journal or metrics could not be written
             self._fail(exc, None, "data", step=self.step)
@@ -435,8 +403,7 @@ class Trainer:
             try:
                 self._finish_up()
             finally:
-                self._looping = False
-                self._loop_ended.set()
+                self._stopping.ended()
 
     def _setup(self) -> None:
         self.model.to(self.device)
@@ -448,21 +415,15 @@ class Trainer:
         self._open_run_files()
         if self._resumed is not None:
             self._restore_position(self._resumed)
-        if self._replay_session is not None and self.config.replay is not None:
-            notes = J.replay_notes(
-                self._replay_session, len(self._replay), self.config.replay, self.spec.sha256
-            )
-            for text, ok in notes:
-                self._append_log("info", text, ok=ok)
-        self._t0 = time.monotonic()
+        for text, ok in self._replay.notes(self.spec.sha256):
+            self._append_log("info", text, ok=ok)
+        self._record.started()
         self._control.begin()
         self._publish()
 
     def _open_run_files(self) -> None:
-        if self.run_dir is None or self._files.journal is not None:
-            return
-        self._files = J.RunFiles(self.run_dir)
-        self._files.write(self._header())
+        if self._record.unopened:
+            self._record.open(self._header())
 
     def _header(self) -> J.Record:
         resumed = self.config.resume if self._resumed is not None else None
@@ -492,7 +453,7 @@ class Trainer:
 
     def _idle(self) -> None:
         """Paused or finished: wait for a command, keep snapshots fresh."""
-        if self._snapshot_wanted:
+        if self._record.wanted:
             self._publish()
         try:
             item = self._queue.get(timeout=0.05)
@@ -503,10 +464,8 @@ class Trainer:
     def _apply_replay(self) -> None:
         """Journaled commands due at this step. Control commands are not replayed,
         except a resume/step that took the original run out of NAN-PAUSED."""
-        while self._replay and self._replay[0][0].step <= self.step:
-            if self.state == RunState.ERROR:
-                return
-            entry, cmd = self._replay.popleft()
+        while self.state != RunState.ERROR and (due := self._replay.due(self.step)):
+            entry, cmd = due
             if cmd.control:
                 if isinstance(cmd, C.Resume | C.Step) and self.state == RunState.NAN_PAUSED:
                     self._control.nan_resumed()
@@ -563,11 +522,11 @@ class Trainer:
             # It needs the metric on the host anyway (it compares floats). Flushing
             # here makes the metric the loss of *this* step, not of whenever the
             # last snapshot happened to read losses, so runs and replays agree.
-            if self._evals:
-                metric: float | None = self._evals[-1].loss
+            if self._record.evals:
+                metric: float | None = self._record.evals[-1].loss
             else:
                 self._flush_losses()
-                metric = self._losses.last
+                metric = self._record.losses.last
             if metric is not None:
                 sched.step(metric)
         else:
@@ -600,15 +559,14 @@ class Trainer:
         if loss is None:  # the run finished, or a non-finite loss was handled
             return
         self.step += 1
-        pending = self._losses.record(self.step, loss)
+        record = self._record
+        pending = record.losses.record(self.step, loss)
         if self._control.stepped():  # a `step N` is done: show the pause at once
-            self._snapshot_wanted = True
+            record.wanted = True
         log_every = self.config.log_every
-        if (log_every and self.step % log_every == 0) or pending >= self._losses.max_pending:
+        if (log_every and self.step % log_every == 0) or pending >= record.losses.max_pending:
             self._log_metrics()
-        if self._snapshot_wanted and time.monotonic() - self._last_publish >= (
-            self.config.snapshot_interval
-        ):
+        if record.due(self.config.snapshot_interval):
             self._publish()
 
     def _one_step(self, where: faults.Where) -> torch.Tensor | float | None:
@@ -656,13 +614,13 @@ class Trainer:
         try:
             error = ops.guarded_step(self._ops, undo, self.device)
         finally:
-            self._views.state_version += 1  # the first step after a change may add state
+            self._record.views.state_version += 1  # the first step after a change may add state
             if undo.restored:  # even if the step taken after it failed too
-                self._views.structure_version += 1
+                self._record.views.structure_version += 1
         if error is None:
             return
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
-        self._files.write(
+        self._record.write(
             J.undo_record(
                 step=self.step + 1,
                 commands=undo.commands,
@@ -676,109 +634,32 @@ class Trainer:
     def _nonfinite(self, step: int, value: float, skipped: bool) -> None:
         """A NaN/Inf loss at ``step``: pause (NAN-PAUSED), stop (ERROR) or just note it."""
         lrs = tuple((str(g.get("name")), float(g["lr"])) for g in self.optimizer.param_groups)
-        event = NanEvent(step, value, lrs, skipped, step if skipped else self.step)
-        mode = self._nan.mode
-        if self._nan.only_noted(self.state.is_terminal):
-            if not self._nan_noted:
-                self._nan_noted = True
-                self._append_log("nan", f"{event} (--nan={mode}: training goes on)", ok=False)
+        run_ended = self.state.is_terminal
+        outcome = self._failures.nonfinite(
+            step, value, skipped, self.step, lrs, run_ended, self.epoch
+        )
+        if outcome == "noted":
             return
-        self.nan_event = event
-        self._files.write(J.nan_record(event, mode))
-        self._files.metric(J.nan_metrics(step=step, loss=value))
-        if mode == "stop":
-            self._fail(NonFiniteLoss(str(event)), None, "forward" if skipped else None, step=step)
-            return
-        if skipped:
+        if outcome == "failed":
+            self._done.set()
+        elif skipped:
             # The step happened (its batch was used) but changed nothing: it still
             # counts, so commands made while NAN-PAUSED are journaled at this step
             # and a replay applies them after it, as the user did.
             self.step = step
-        self._control.nan_paused()
-        self._append_log(
-            "nan",
-            f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, or `stop`.",
-            ok=False,
-        )
         self._publish()
 
     def _fail(
         self, exc: BaseException, batch: Any, phase: str | None = None, step: int | None = None
     ) -> None:
-        """ERROR state, journal record, and a checkpoint of the last good step if there is one.
-
-        ``phase`` says how far the failing step got: before ``optimizer.step()``
-        ("data", "forward") the weights are still those of the last good step.
-        """
-        message = faults.hint(exc, batch, self.criterion)
+        """The step after the last good one (or ``step``) raised in ``phase``: ERROR."""
         step = self.step + 1 if step is None else step
-        self.error = RunError(type(exc).__name__, message, step)
-        self._control.fail()
-        self._append_log("error", f"training raised {self.error}", ok=False)
-        checkpoint = self._error_checkpoint(phase)
-        if isinstance(exc, StorageError):  # say what was kept, in the one line
-            self.error = RunError(type(exc).__name__, f"{message}; {self._kept()}", step)
-        self._write_quietly(
-            J.error_record(
-                step=step,
-                error=type(exc).__name__,
-                message=message,
-                phase=phase,
-                checkpoint=checkpoint,
-            )
-        )
+        self._failures.failed(exc, batch, phase, step, self.step, self.epoch)
         self._done.set()
         self._publish()
 
-    def _kept(self) -> str:
-        return faults.kept(self._files.journal_whole, self.step, self.last_checkpoint)
-
-    def _write_quietly(self, record: J.Record) -> None:
-        """On a failure/finish path a storage error is only logged: the run still ends."""
-        if (exc := self._files.write_quietly(record)) is not None:
-            self._append_log("error", str(exc), ok=False)
-
-    def _error_checkpoint(self, phase: str | None) -> str | None:
-        why_not = faults.last_good_checkpoint(phase, self.step, self.last_checkpoint)
-        if why_not is not None:
-            self._append_log("info", why_not, ok=False)
-            return None
-        if phase is None or self.run_dir is None:
-            return None
-        self.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        try:
-            path = self._write_checkpoint(None, "error")
-        except (CommandError, RuntimeError) as exc:
-            self._append_log("error", f"could not write a checkpoint: {exc}", ok=False)
-            return None
-        self._append_log("info", f"checkpoint of the last good step {self.step} written to {path}")
-        return str(path)
-
-    def _write_checkpoint(self, path: Path | None, reason: str) -> Path:
-        path = path or (self.run_dir or Path(".")) / f"checkpoint-step{self.step}.pt"
-        o = self._ops
-        content = CheckpointContent(
-            model=self.model,
-            optimizer=o.optimizer,
-            scheduler=o.scheduler,
-            group_origin=o.group_origin,
-            state_reset=o.state_reset,
-            step=self.step,
-            epoch=self.epoch,
-            rng=rng_state(self._data.generators),
-            data=self._data.position(),
-            script_sha256=self.spec.sha256,
-            journal=str(self.journal.path) if self.journal is not None else None,
-            reason=reason,
-        )
-        save_checkpoint(path, content)
-        self.last_checkpoint = str(path)
-        return path
-
     def _finish_up(self) -> None:
-        self._finishing = True
+        self._stopping.finishing = True
         checkpoint = None
         try:
             try:
@@ -793,29 +674,20 @@ class Trainer:
                 and self.state not in (RunState.ERROR, RunState.STARTING)
                 and self.unfinished is None  # abandoned: the process is leaving
             ):
-                try:
-                    checkpoint = str(self._write_checkpoint(None, "final"))
-                    self._append_log("info", f"final checkpoint written to {checkpoint}")
-                except (CommandError, RuntimeError) as exc:
-                    self._append_log("error", f"could not write the final checkpoint: {exc}")
-                    if isinstance(exc, CheckpointWriteError) and exc.disk_full:
-                        # what the user counts on is not on disk: that is an error (exit 1)
-                        self.error = RunError(
-                            "StorageError",
-                            f"disk full: could not write the final checkpoint; {self._kept()}",
-                            self.step,
-                        )
-                        self._control.fail()
+                checkpoint, disk_full = self._keeper.final(self.step, self.epoch)
+                if disk_full:
+                    self._failures.final_lost(self.step)
         finally:
             self._control.end()
-            self._write_quietly(
-                J.end_record(step=self.step, state=self.state.value, checkpoint=checkpoint)
+            self._record.write_quietly(
+                self.step,
+                J.end_record(step=self.step, state=self.state.value, checkpoint=checkpoint),
             )
             self._publish()
-            self._close_files()
+            self._record.close()
             self._answer_queued()
             self._done.set()
-            self._released.set()
+            self._stopping.released()
 
     def _answer_queued(self) -> None:
         """Commands that arrived too late: answer them, so no caller waits forever."""
@@ -827,14 +699,10 @@ class Trainer:
             if not fut.done():
                 fut.set_result(C.CommandResult(False, "the run has ended", cmd.text))
 
-    def _close_files(self) -> None:
-        self._closed = True
-        self._files.close()
-
     # ------------------------------------------------------------------ metrics
 
     def _flush_losses(self) -> list[tuple[int, float]]:
-        values = self._losses.flush()
+        values = self._record.losses.flush()
         # Checked here when the loss is not checked every step (--nan=ignore, or
         # an accelerator): the first bad step is named exactly, from these values.
         if values and self.state not in (RunState.NAN_PAUSED, RunState.ERROR):
@@ -845,28 +713,8 @@ class Trainer:
 
     def _log_metrics(self, force: bool = False) -> None:
         values = self._flush_losses()
-        loss = values[-1][1] if values else self._losses.last
-        if loss is None or not (values or force):
-            return
         lr = {str(g.get("name")): float(g["lr"]) for g in self.optimizer.param_groups}
-        mean = sum(v for _, v in values) / len(values) if values else loss
-        self._files.metric(
-            J.train_metrics(
-                step=self.step,
-                epoch=self.epoch_shown,
-                loss=loss,
-                loss_mean=mean,
-                lr=lr,
-                time=time.time(),
-            )
-        )
-        now = time.monotonic()
-        if values and (force or now - self._metrics_logged_at >= self.config.log_min_interval):
-            self._metrics_logged_at = now
-            lrs = " ".join(f"{name}={value:.3g}" for name, value in lr.items())
-            self._append_log(
-                "metrics", f"step {self.step} epoch {self.epoch_shown} loss {loss:.4g} lr {lrs}"
-            )
+        self._record.train_metrics(self._facts(), values, lr, self.config.log_min_interval, force)
 
     # ------------------------------------------------------------------ commands
 
@@ -882,16 +730,16 @@ class Trainer:
             raise
         except CommandError as exc:
             result = C.CommandResult(False, str(exc), cmd.text)
-        except _Stop:
+        except Stopped:
             result = C.CommandResult(True, f"stopped at step {self.step}", cmd.text)
-            self._record(cmd, source, result)
+            self._journal_command(cmd, source, result)
             if fut is not None:
                 fut.set_result(result)
             raise
         except Exception as exc:  # nothing a front-end sends may raise inside the loop
             result = C.CommandResult(False, f"{type(exc).__name__}: {exc}", cmd.text)
         try:
-            self._record(cmd, source, result)
+            self._journal_command(cmd, source, result)
         except StorageError as exc:  # not journaled: the run ends (see _run)
             result = C.CommandResult(False, f"{result.message}; but {exc}", cmd.text)
             raise
@@ -900,8 +748,8 @@ class Trainer:
                 fut.set_result(result)
         return result
 
-    def _record(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
-        self._files.write(
+    def _journal_command(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
+        self._record.write(
             J.command_record(
                 step=self.step,
                 source=source,
@@ -922,113 +770,36 @@ class Trainer:
         if ops.is_op(cmd):
             result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
             if result.structure_changed:
-                self._views.structure_version += 1
+                self._record.views.structure_version += 1
             return result.message
-        control = self._CONTROL.get(type(cmd))
-        if control is None:  # pragma: no cover - every command type has a handler
-            raise CommandError(f"unsupported command {cmd.text!r}")
-        return control(self, cmd)
-
-    def _pause(self, cmd: C.Pause) -> str:
-        self._control.pause()
-        return f"paused at step {self.step}"
-
-    def _resume(self, cmd: C.Resume) -> str:
-        self._control.resume()
-        return f"resumed at step {self.step}"
-
-    def _step(self, cmd: C.Step) -> str:
-        self._control.step(cmd.n)
-        return f"stepping {cmd.n} step(s) from step {self.step}"
-
-    def _eval(self, cmd: C.Eval) -> str:
-        loader = self.spec.eval_loader
-        if loader is None:
-            raise CommandError("the script defines no eval_loader")
-        with self._control.evaluating():
-            self._publish()
-            point = evaluate(
-                self.model, self.criterion, loader, self.device, self.step, self.spec.training_step
-            )
-        self._evals.append(point)
-        self._files.metric(
-            J.eval_metrics(step=point.step, loss=point.loss, accuracy=point.accuracy)
-        )
-        return eval_text(point)  # logged once, as the eval command's result
-
-    def _checkpoint(self, cmd: C.Checkpoint) -> str:
-        path = None
-        if cmd.path:  # a run's files stay together: relative paths are in the run dir
-            try:
-                path = checked_target(cmd.path, self.run_dir)
-            except TuiconsoleError as exc:
-                raise CommandError(str(exc)) from None
-        path = self._write_checkpoint(path, "command")
-        return f"checkpoint of step {self.step} written to {path}"
-
-    def _stop(self, cmd: C.Stop) -> str:
-        self._control.stop()
-        raise _Stop
-
-    # The commands that are not optimizer operations (those are ops.OPS).
-    _CONTROL: ClassVar[dict[type[C.Command], Callable[[Trainer, Any], str]]] = {
-        C.Pause: _pause,
-        C.Resume: _resume,
-        C.Step: _step,
-        C.Eval: _eval,
-        C.Checkpoint: _checkpoint,
-        C.Stop: _stop,
-    }
+        return control.apply(cmd, self._controls, self._facts())
 
     # ------------------------------------------------------------------ snapshots
 
     def _append_log(self, kind: str, text: str, ok: bool = True, source: str = "") -> None:
-        self._runlog.append(self.step, kind, text, ok, source)
-        self._snapshot_wanted = True
+        self._record.note(self.step, kind, text, ok, source)
 
     def _log_tail(self) -> tuple[LogEntry, ...]:
-        return self._runlog.tail()
+        return self._record.tail()
 
-    def _build_snapshot(self) -> Snapshot:
-        now = time.monotonic()
-        self._flush_losses()
-        views, o = self._views, self._ops
-        status = RunStatus(
-            script=self.spec.name,
+    def _facts(self) -> RunFacts:
+        return RunFacts(
             state=self.state,
-            epoch=self.epoch_shown,
             step=self.step,
-            steps_per_sec=views.steps_per_sec(now, self.step),
-            elapsed=now - self._t0,
-            device=str(self.device),
-            last_eval=self._evals[-1] if self._evals else None,
+            epoch=self.epoch,
+            epoch_shown=self.epoch_shown,
             error=self.error,
-            max_steps=self.max_steps,
-            epochs=self.epochs,
             nan=self.nan_event,
             checkpoint=self.last_checkpoint,
         )
-        return Snapshot(
-            seq=views.next_seq(),
-            status=status,
-            groups=views.groups(o),
-            modules=views.modules(o),
-            structure_version=views.structure_version,
-            loss_recent=self._losses.recent_series(),
-            loss_history=self._losses.history.series(),
-            loss_min=self._losses.min,
-            loss_last=self._losses.last,
-            evals=tuple(self._evals),
-            log=self._log_tail(),
-            run_dir=str(self.run_dir or ""),
-            optimizer=type(o.optimizer).__name__,
-            scheduler=views.scheduler(o, self.step, self.epoch, self.spec.scheduler_interval),
-        )
+
+    def _build_snapshot(self) -> Snapshot:
+        self._flush_losses()  # first: a non-finite loss it finds changes the facts
+        return self._record.build(self._facts(), self._ops)
 
     def _publish(self) -> None:
-        self._snapshot_wanted = False
-        self._last_publish = time.monotonic()
-        self._snapshot = self._build_snapshot()
+        self._flush_losses()
+        self._record.publish(self._facts(), self._ops)
 
 
 __all__ = [

@@ -1,0 +1,92 @@
+"""The run's checkpoints: what goes into one, where, and the last one written.
+
+Three things write one: the ``checkpoint`` command, a failed step (the last
+good step, when the weights are still those: faults.last_good_checkpoint) and
+the end of the run (the final checkpoint). The loop thread alone calls these:
+it owns the model and the optimizer. What each wrote, or why it could not, goes
+to the run's log; a journal record names the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tuiconsole.engine import faults
+from tuiconsole.engine.checkpoint import CheckpointContent, CheckpointWriteError, save_checkpoint
+from tuiconsole.engine.data import EpochData, rng_state
+from tuiconsole.engine.ops import Optimization
+from tuiconsole.engine.record import RunRecord
+from tuiconsole.errors import CommandError
+
+
+class Keeper:
+    def __init__(
+        self, o: Optimization, data: EpochData, script_sha256: str | None, record: RunRecord
+    ) -> None:
+        self._ops, self._data, self._sha256, self._record = o, data, script_sha256, record
+        self.last = ""  # the path of the last checkpoint written ("" before the first)
+
+    def write(self, path: Path | None, reason: str, step: int, epoch: int) -> Path:
+        """A checkpoint of the run now (``path``, or checkpoint-step{step}.pt in the run
+        dir); CheckpointWriteError (a CommandError) when it could not be written."""
+        run_dir, journal = self._record.shape.run_dir, self._record.files.journal
+        path = path or (run_dir or Path(".")) / f"checkpoint-step{step}.pt"
+        o = self._ops
+        content = CheckpointContent(
+            model=o.model,
+            optimizer=o.optimizer,
+            scheduler=o.scheduler,
+            group_origin=o.group_origin,
+            state_reset=o.state_reset,
+            step=step,
+            epoch=epoch,
+            rng=rng_state(self._data.generators),
+            data=self._data.position(),
+            script_sha256=self._sha256,
+            journal=str(journal.path) if journal is not None else None,
+            reason=reason,
+        )
+        save_checkpoint(path, content)
+        self.last = str(path)
+        return path
+
+    def after_error(
+        self, phase: str | None, step: int, epoch: int, device: torch.device
+    ) -> str | None:
+        """The last good step's checkpoint after a step failed in ``phase``, if the
+        weights are still those of ``step`` and the run keeps files; its path."""
+        why_not = faults.last_good_checkpoint(phase, step, self.last)
+        if why_not is not None:
+            self._record.note(step, "info", why_not, ok=False)
+            return None
+        if phase is None or self._record.shape.run_dir is None:
+            return None
+        self._ops.optimizer.zero_grad(set_to_none=True)  # free the failed step's gradients
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            path = self.write(None, "error", step, epoch)
+        except (CommandError, RuntimeError) as exc:
+            self._record.note(step, "error", f"could not write a checkpoint: {exc}", ok=False)
+            return None
+        self._record.note(
+            step, "info", f"checkpoint of the last good step {step} written to {path}"
+        )
+        return str(path)
+
+    def final(self, step: int, epoch: int) -> tuple[str | None, bool]:
+        """The final checkpoint: its path (None if it could not be written) and
+        whether the disk was full (what the user counts on is not on disk)."""
+        try:
+            path = str(self.write(None, "final", step, epoch))
+        except (CommandError, RuntimeError) as exc:
+            self._record.note(step, "error", f"could not write the final checkpoint: {exc}")
+            return None, isinstance(exc, CheckpointWriteError) and exc.disk_full
+        self._record.note(step, "info", f"final checkpoint written to {path}")
+        return path, False
+
+    def kept(self, step: int) -> str:
+        """What is on disk to resume from, in words (for a storage error's one line)."""
+        return faults.kept(self._record.files.journal_whole, step, self.last)
