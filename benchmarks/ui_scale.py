@@ -130,7 +130,13 @@ async def key_latency(presses: int = 100) -> list[float]:
 
     spec = load_script(ROOT / "sample_models" / "mlp.py")
     session = LocalSession(Trainer(spec, RunConfig(log_every=50))).start()
-    app = ConsoleApp(session)
+    times = await space_latency(ConsoleApp(session), presses)
+    session.close()
+    return times
+
+
+async def space_latency(app: ConsoleApp, presses: int) -> list[float]:
+    """ms from each space press until the status bar shows PAUSED / RUNNING."""
     times = []
     async with app.run_test(size=(120, 40)):
         await wait_visible(app, "RUNNING")
@@ -142,7 +148,6 @@ async def key_latency(presses: int = 100) -> list[float]:
             press(app, "space")
             await wait_visible(app, want)
             times.append((time.perf_counter() - t0) * 1000)
-    session.close()
     return times
 
 
@@ -200,16 +205,7 @@ async def remote_key_latency(presses: int = 60) -> list[float]:
             info = read_info(next(Path(f"{d}/rt").glob("*.json")))
             assert info is not None
             session = RemoteSession(info)
-            app = ConsoleApp(session)
-            times = []
-            async with app.run_test(size=(120, 40)):
-                await wait_visible(app, "RUNNING")
-                for i in range(presses):
-                    want = "PAUSED" if i % 2 == 0 else "RUNNING"
-                    t0 = time.perf_counter()
-                    press(app, "space")
-                    await wait_visible(app, want)
-                    times.append((time.perf_counter() - t0) * 1000)
+            times = await space_latency(ConsoleApp(session), presses)
             session.submit("stop").result(30)
             session.close()
             proc.wait(60)

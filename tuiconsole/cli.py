@@ -11,11 +11,12 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tuiconsole.errors import TuiconsoleError
+from tuiconsole.session import CatchSignals  # no torch: the seam's types only
 
 if TYPE_CHECKING:
     from tuiconsole.remote.detach import OwnerLink
@@ -356,7 +357,7 @@ def _run_headless(session: LocalSession) -> int:
     return _signal_exit(stops, code)
 
 
-def _signal_exit(stops: _Stops, code: int) -> int:
+def _signal_exit(stops: CatchSignals, code: int) -> int:
     """Exit code after a front-end returned: 128+N if a signal stopped the run."""
     if stops.exit_code is None or code == 1:  # a training error wins: look at that
         return code
@@ -371,16 +372,7 @@ def _signal_exit(stops: _Stops, code: int) -> int:
     return stops.exit_code
 
 
-class _Stops(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def exit_code(self) -> int | None: ...
-    @property
-    def unfinished(self) -> str | None: ...
-
-
-class ConsoleSignals:
+class ConsoleSignals(CatchSignals):
     """SIGINT, SIGTERM and SIGHUP of the console process (the run trains elsewhere).
 
     The handler only remembers the signal and asks the app to leave (Textual then
@@ -389,50 +381,15 @@ class ConsoleSignals:
     process, whose owner pipe closes with us, still stops cleanly.
     """
 
-    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
-    unfinished: str | None = None  # the training process reports its own stuck step
+    second_ctrl_c = b"tuiconsole: second Ctrl+C, leaving now (the run stops itself)\n"
 
     def __init__(self, leave: Callable[[int], None]) -> None:
-        self.leave = leave
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> ConsoleSignals:
-        import signal
-
-        for name in self.SIGNALS:
-            sig = getattr(signal, name)
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        import os
-        import signal
-
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                os.write(2, b"tuiconsole: second Ctrl+C, leaving now (the run stops itself)\n")
-                os._exit(128 + signum)
-            return
-        self.signum = signum
-        self.leave(signum)
+        super().__init__(leave)
+        self.stuck: str | None = None  # what the training process gave up on, if anything
 
     @property
-    def name(self) -> str:
-        import signal
-
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
+    def unfinished(self) -> str | None:
+        return self.stuck
 
 
 def _run_console(
@@ -492,7 +449,7 @@ def _run_console(
         session.submit("stop", source=f"signal:{signals.name}")
     code = session.finish()
     snap = session.snapshot()
-    signals.unfinished = snap.status.unfinished or None
+    signals.stuck = snap.status.unfinished or None
     if session.start_failed is not None:
         training.forget_failed_start()
         print(f"tuiconsole: {session.start_failed}", file=sys.stderr)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from tuiconsole.engine.commands import Command, CommandResult
 
@@ -157,17 +157,75 @@ def release_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
 
 
-class StopOnSignals:
+class CatchSignals:
+    """SIGINT, SIGTERM and SIGHUP while a front-end runs, in the main thread.
+
+    The first one is remembered (:attr:`signum`, :attr:`name`, :attr:`exit_code`
+    = 128 + N) and handed to :meth:`fired`; a second Ctrl+C leaves at once with
+    ``second_ctrl_c`` on stderr; other repeated signals are ignored, so a stop
+    already under way can finish its checkpoint. ``on_signal(signum)`` lets the
+    front-end leave its loop (the console exits its app). Stop signals held by
+    :func:`hold_stop_signals` are delivered once the handlers are in.
+    """
+
+    second_ctrl_c = b"tuiconsole: second Ctrl+C, exiting now (journal is on disk)\n"
+
+    def __init__(self, on_signal: Callable[[int], None] | None = None) -> None:
+        self.on_signal = on_signal
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python only delivers signals to the main thread
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        if hasattr(signal, "pthread_sigmask"):  # see hold_stop_signals: deliver what waited
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run stopped without its last step (a stuck step was abandoned)."""
+        return None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                os.write(2, self.second_ctrl_c)
+                os._exit(128 + signum)
+            return
+        self.signum = signum
+        self.fired(signum)
+
+    def fired(self, signum: int) -> None:
+        """The first signal (in the handler: only queue, set, or hand to a loop)."""
+        if self.on_signal is not None:
+            self.on_signal(signum)
+
+
+class StopOnSignals(CatchSignals):
     """Ctrl+C, SIGTERM and SIGHUP (the terminal or SSH connection went away) stop
     the run cleanly: the trainer stops at the next step boundary, writes a final
     checkpoint and flushes the journal and metrics; the process then exits with
-    128 + the signal number (130, 143, 129).
-
-    Used as a context manager around a front-end's main loop, in the main
-    thread. ``on_signal(signum)`` lets the front-end leave its loop (the console
-    exits its app). A second Ctrl+C while stopping exits at once (the journal is
-    already on disk: it is fsynced per command); other repeated signals are
-    ignored so a stop already under way can finish its checkpoint.
+    128 + the signal number (130, 143, 129). A second Ctrl+C while stopping exits
+    at once (the journal is already on disk: it is fsynced per command).
 
     A step that never ends (a loader blocked forever) cannot reach the step
     boundary: a watcher thread closes the session, which waits the stop grace
@@ -183,32 +241,21 @@ class StopOnSignals:
     ) -> None:
         """``on_abandoned``: called (from the watcher thread) once a stuck step was
         given up on, for a front-end whose main thread is the one stuck in it."""
+        super().__init__(on_signal)
         self.session = session
-        self.on_signal = on_signal
         self.on_abandoned = on_abandoned
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
         self._fired = threading.Event()
         self._leaving = False
 
-    def __enter__(self) -> StopOnSignals:
-        if threading.current_thread() is not threading.main_thread():
-            return self  # Python only delivers signals to the main thread
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        if hasattr(signal, "pthread_sigmask"):  # see hold_stop_signals: deliver what waited
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
-        # Started here, not in the handler: a signal handler only sets an Event.
-        threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
+    def __enter__(self) -> Self:
+        super().__enter__()
+        if threading.current_thread() is threading.main_thread():
+            # Started here, not in the handler: a signal handler only sets an Event.
+            threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
-        self._previous.clear()
+        super().__exit__(*exc)
         self._leaving = True
         self._fired.set()
 
@@ -221,26 +268,10 @@ class StopOnSignals:
 
     @property
     def unfinished(self) -> str | None:
-        """Why the run stopped without its last step (a stuck step was abandoned)."""
         return getattr(self.session, "unfinished", None)
 
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.signum is None else 128 + self.signum
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            if signum == signal.SIGINT:
-                os.write(2, b"tuiconsole: second Ctrl+C, exiting now (journal is on disk)\n")
-                os._exit(128 + signum)
-            return
-        self.signum = signum
+    def fired(self, signum: int) -> None:
         # Trainer.submit only parses and puts on a SimpleQueue: safe in a handler.
         self.session.submit("stop", source=f"signal:{signal.Signals(signum).name}")
         self._fired.set()
-        if self.on_signal is not None:
-            self.on_signal(signum)
+        super().fired(signum)

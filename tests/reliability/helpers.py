@@ -268,3 +268,31 @@ def hf_grouping_spec() -> TrainingSpec:
         lr=1e-3,
     )
     return spec
+
+
+# A tiny model, and one whose loader hangs after 5 batches (writing `stuck` beside the
+# script first), for the tests of a stop while a step is stuck.
+MODEL = """
+import pathlib, threading, time, torch
+from torch import nn
+HERE = pathlib.Path(__file__).parent
+g = torch.Generator().manual_seed(0)
+X = torch.randn(16, 4, generator=g)
+y = (X[:, 0] > 0).long()
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+criterion = nn.CrossEntropyLoss()
+epochs = 1000
+"""
+STUCK_SCRIPT = (
+    MODEL
+    + """
+class Loader:
+    def __iter__(self):
+        for _ in range(5):
+            yield X, y
+        (HERE / "stuck").write_text("")
+        threading.Event().wait()  # the next batch never comes
+train_loader = Loader()
+"""
+)

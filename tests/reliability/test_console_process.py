@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import SLOW_SCRIPT, wait_until, write_script
+from tests.reliability.helpers import SLOW_SCRIPT, STUCK_SCRIPT, wait_until, write_script
 from tests.reliability.test_stopping import ConsoleInPty, assert_clean_stop
 from tuiconsole.remote.registry import live_runs
 
@@ -148,27 +148,6 @@ def test_a_broken_script_is_one_line_and_exit_2_in_the_terminal(tmp_path):
         console.close()
 
 
-STUCK = """
-import pathlib, threading, torch
-from torch import nn
-HERE = pathlib.Path(__file__).parent
-g = torch.Generator().manual_seed(0)
-X = torch.randn(16, 4, generator=g)
-y = (X[:, 0] > 0).long()
-model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-criterion = nn.CrossEntropyLoss()
-epochs = 1000
-class Loader:
-    def __iter__(self):
-        for _ in range(5):
-            yield X, y
-        (HERE / "stuck").write_text("")
-        threading.Event().wait()  # the next batch never comes
-train_loader = Loader()
-"""
-
-
 def test_a_stop_from_the_console_gives_up_on_a_stuck_step_after_the_grace(tmp_path, monkeypatch):
     """q, or SIGTERM to the console, while the training process's main thread is stuck
     in the loader: after the stop grace the run's files are ended without that step,
@@ -178,7 +157,7 @@ def test_a_stop_from_the_console_gives_up_on_a_stuck_step_after_the_grace(tmp_pa
     for how in ("q", "SIGTERM"):
         folder = tmp_path / how
         folder.mkdir()
-        consoles[how] = ConsoleInPty(write_script(folder, STUCK), folder / "run")
+        consoles[how] = ConsoleInPty(write_script(folder, STUCK_SCRIPT), folder / "run")
     try:
         pids = {}
         for how, console in consoles.items():

@@ -14,20 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import ROOT, cli_env, finish, jsonl, write_script
-
-MODEL = """
-import pathlib, threading, time, torch
-from torch import nn
-HERE = pathlib.Path(__file__).parent
-g = torch.Generator().manual_seed(0)
-X = torch.randn(16, 4, generator=g)
-y = (X[:, 0] > 0).long()
-model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-criterion = nn.CrossEntropyLoss()
-epochs = 1000
-"""
+from tests.reliability.helpers import (
+    MODEL,
+    ROOT,
+    STUCK_SCRIPT,
+    cli_env,
+    finish,
+    jsonl,
+    write_script,
+)
 
 
 def start(script: Path, run_dir: Path, *args: str, **env: str) -> subprocess.Popen:
@@ -53,19 +48,7 @@ def wait_for_path(path: Path, proc: subprocess.Popen, timeout: float = 60) -> No
 @pytest.mark.subprocess
 def test_sigterm_while_a_step_is_stuck_in_the_loader_exits_with_the_journal_flushed(tmp_path):
     """Two SIGTERMs used to be ignored and the process hung until kill -9."""
-    script = write_script(
-        tmp_path,
-        MODEL
-        + """
-class Loader:
-    def __iter__(self):
-        for _ in range(5):
-            yield X, y
-        (HERE / "stuck").write_text("")
-        threading.Event().wait()  # the next batch never comes
-train_loader = Loader()
-""",
-    )
+    script = write_script(tmp_path, STUCK_SCRIPT)
     proc = start(script, tmp_path / "run", TUICONSOLE_STOP_GRACE="1")
     wait_for_path(tmp_path / "stuck", proc)
     proc.send_signal(signal.SIGTERM)
