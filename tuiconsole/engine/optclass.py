@@ -206,12 +206,19 @@ def check_lr_range(lr: float, params: Iterable[torch.Tensor], where: str) -> Non
             )
 
 
-def check_range(group: Mapping[str, Any], where: str) -> None:
-    """Every number in the group fits the dtype of its parameters (float32: 3.4e38)."""
-    limit = min(
-        (torch.finfo(_opmath(d)).max for d, _, _ in _kinds(group["params"]) if d.is_floating_point),
-        default=None,
-    )
+_FINFO_MAX = {d: torch.finfo(d).max for d in (torch.float32, torch.float64)}
+
+
+def check_range(
+    group: Mapping[str, Any],
+    where: str,
+    kinds: list[tuple[torch.dtype, torch.device, int]] | None = None,
+) -> None:
+    """Every number in the group fits the dtype of its parameters (float32: 3.4e38).
+
+    ``kinds``: the group's :func:`_kinds`, when the caller has them already."""
+    kinds = _kinds(group["params"]) if kinds is None else kinds
+    limit = min((_FINFO_MAX[_opmath(d)] for d, _, _ in kinds if d.is_floating_point), default=None)
     if limit is None:
         return
     for key, value in group.items():
@@ -233,19 +240,22 @@ def probe_all(cls: type, candidates: Sequence[tuple[Mapping[str, Any], str, Any]
     """
     seen: dict[tuple[Any, ...], tuple[Mapping[str, Any], str, Any]] = {}
     for group, where, before in candidates:
-        check_range(group, where)
-        key = _values_key(group)
+        kinds = _kinds(group["params"])  # once: 500 groups are 500 walks over their params
+        check_range(group, where, kinds)
+        key = _values_key(group, kinds)
         if key not in seen or float(group.get("lr", 0.0)) > float(seen[key][0].get("lr", 0.0)):
             seen[key] = (group, where, before)
     for group, where, before in seen.values():
         probe(cls, group, where, before)
 
 
-def _values_key(group: Mapping[str, Any]) -> tuple[Any, ...]:
+def _values_key(
+    group: Mapping[str, Any], kinds: list[tuple[torch.dtype, torch.device, int]]
+) -> tuple[Any, ...]:
     values = tuple(
         (k, repr(v)) for k, v in group.items() if k not in ("params", "lr", *CARRY_ALWAYS)
     )
-    return values, tuple(_kinds(group["params"]))
+    return values, tuple(kinds)
 
 
 def probe(
