@@ -387,9 +387,9 @@ class LaunchSession:
         remote = self._remote
         if remote is None:
             return
-        while not remote.wait(0.5) or not remote.disconnected:
-            if remote.disconnected or self._closed:
-                break
+        # remote.wait() returns at once for a run that ended but still serves: poll
+        while not remote.disconnected and not self._closed:
+            time.sleep(0.2)
         if self._closed:
             return
         code = self.training.wait(5.0)
