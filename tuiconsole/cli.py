@@ -307,32 +307,44 @@ def _serve_child(
 ) -> int:
     """The training process (remote/launch.py): train in this thread, serve, linger."""
     from tuiconsole.remote.detach import (
-        LOG_NAME,
-        StopRequest,
         ignore_hangup,
+        leave_abandoned,
         make_info,
         serve_training,
     )
+    from tuiconsole.remote.launch import LOG_NAME
     from tuiconsole.remote.registry import new_run_id
     from tuiconsole.remote.server import RemoteServer, setup_log_file
+    from tuiconsole.session import StopOnSignals
 
     ignore_hangup()
-    stop = StopRequest(session).install()
-    setup_log_file(None)  # stderr is the run's log file here
-    info = make_info(
-        run_id or new_run_id(),
-        script.resolve(),
-        run_dir,
-        detached=owner is None,
-        decay_factor=decay_factor,
-        log=run_dir.resolve() / LOG_NAME,
-    )
-    server = RemoteServer(session, info, owner_token=owner_token if owner else None).start()
-    stop.server = server
-    if owner is not None:
-        owner.adopt(session, server)
-    print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
-    return serve_training(session, server, linger=linger, stop=stop, owner=owner, out=sys.stdout)
+    served: list[RemoteServer] = []  # told the end if a stuck step is abandoned
+
+    def abandoned(stops: StopOnSignals) -> None:
+        leave_abandoned(session, served[0] if served else None, stops.exit_code or 143)
+
+    # SIGTERM/SIGINT stop the run (no SIGHUP: there is no terminal); with no one
+    # at a terminal, a second Ctrl+C is ignored like any repeat
+    stops = StopOnSignals(session, on_abandoned=abandoned, signals=("SIGINT", "SIGTERM"))
+    stops.second_ctrl_c = None
+    with stops:
+        setup_log_file(None)  # stderr is the run's log file here
+        info = make_info(
+            run_id or new_run_id(),
+            script.resolve(),
+            run_dir,
+            detached=owner is None,
+            decay_factor=decay_factor,
+            log=run_dir.resolve() / LOG_NAME,
+        )
+        server = RemoteServer(session, info, owner_token=owner_token if owner else None).start()
+        served.append(server)
+        if owner is not None:
+            owner.adopt(session, server)
+        print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
+        return serve_training(
+            session, server, linger=linger, stop=stops, owner=owner, out=sys.stdout
+        )
 
 
 def _run_headless(session: LocalSession) -> int:

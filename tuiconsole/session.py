@@ -168,17 +168,23 @@ class CatchSignals:
     :func:`hold_stop_signals` are delivered once the handlers are in.
     """
 
-    second_ctrl_c = b"tuiconsole: second Ctrl+C, exiting now (journal is on disk)\n"
+    # None: a second Ctrl+C is ignored like the other repeats (a run with no terminal)
+    second_ctrl_c: bytes | None = b"tuiconsole: second Ctrl+C, exiting now (journal is on disk)\n"
 
-    def __init__(self, on_signal: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_signal: Callable[[int], None] | None = None,
+        signals: tuple[str, ...] = STOP_SIGNALS,
+    ) -> None:
         self.on_signal = on_signal
+        self.signals = signals
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Self:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python only delivers signals to the main thread
-        for name in STOP_SIGNALS:
+        for name in self.signals:
             sig = getattr(signal, name, None)
             if sig is not None:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -207,7 +213,7 @@ class CatchSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None:
-            if signum == signal.SIGINT:
+            if signum == signal.SIGINT and self.second_ctrl_c is not None:
                 os.write(2, self.second_ctrl_c)
                 os._exit(128 + signum)
             return
@@ -238,10 +244,11 @@ class StopOnSignals(CatchSignals):
         session: Session,
         on_signal: Callable[[int], None] | None = None,
         on_abandoned: Callable[[StopOnSignals], None] | None = None,
+        signals: tuple[str, ...] = STOP_SIGNALS,
     ) -> None:
         """``on_abandoned``: called (from the watcher thread) once a stuck step was
         given up on, for a front-end whose main thread is the one stuck in it."""
-        super().__init__(on_signal)
+        super().__init__(on_signal, signals)
         self.session = session
         self.on_abandoned = on_abandoned
         self._fired = threading.Event()
@@ -269,6 +276,10 @@ class StopOnSignals(CatchSignals):
     @property
     def unfinished(self) -> str | None:
         return getattr(self.session, "unfinished", None)
+
+    def asked(self, timeout: float = 0.0) -> bool:
+        """Has a signal asked to stop (waiting up to ``timeout`` s for one)?"""
+        return self._fired.wait(timeout) and self.signum is not None
 
     def fired(self, signum: int) -> None:
         # Trainer.submit only parses and puts on a SimpleQueue: safe in a handler.

@@ -23,14 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from tuiconsole.errors import TuiconsoleError
+from tuiconsole.remote.launch import TrainingProcess
 from tuiconsole.remote.registry import RunInfo, runtime_dir, socket_path, write_info
 
 if TYPE_CHECKING:
     from tuiconsole.remote.server import RemoteServer
-    from tuiconsole.session import LocalSession
+    from tuiconsole.session import LocalSession, StopOnSignals
 
-LOG_NAME = "tuiconsole.log"
 REMOTE_LOG_NAME = "remote.log"
 READY_TIMEOUT = 120.0  # loading a script may build a dataset
 DEFAULT_LINGER = 300.0
@@ -50,25 +49,21 @@ def spawn_detached(
     Raises TuiconsoleError with the child's own message if it exits first
     (a script contract error, say).
     """
-    from tuiconsole.remote.launch import TrainingProcess
-
     training = TrainingProcess.start(script, run_dir, run_id, options, owner=False)
-    try:
-        return training.wait_serving(timeout)
-    except TuiconsoleError:
-        if training.poll() is not None:
-            raise
-        # still loading after `timeout`: it goes on; report what it will be
-        return RunInfo(
-            id=run_id,
-            pid=training.pid,
-            script=str(script),
-            run_dir=str(run_dir),
-            started=time.time(),
-            socket=str(socket_path(run_id)),
-            detached=True,
-            log=str(training.log_path),
-        )
+    info = training.wait_serving(timeout)
+    if info is not None:
+        return info
+    # still loading after `timeout`: it goes on; report what it will be
+    return RunInfo(
+        id=run_id,
+        pid=training.pid,
+        script=str(script),
+        run_dir=str(run_dir),
+        started=time.time(),
+        socket=str(socket_path(run_id)),
+        detached=True,
+        log=str(training.log_path),
+    )
 
 
 def make_info(
@@ -106,48 +101,6 @@ def leave_abandoned(session: LocalSession, server: RemoteServer | None, code: in
         print(f"stopped: {session.unfinished}; journal flushed", flush=True)
     logging.shutdown()
     os._exit(code)
-
-
-class StopRequest:
-    """SIGTERM/SIGINT in a training process with no terminal: stop cleanly, then exit.
-
-    The run gets a ``stop`` command journaled as ``signal:SIGTERM`` (as a
-    console's stop is); the process does not linger for attached clients. A
-    step that never ends (a loader blocked forever) can't reach the boundary: a
-    watcher waits the stop grace period, ends the run's files without that step
-    and leaves the process (the main thread is the one that is stuck).
-    """
-
-    def __init__(self, session: LocalSession | None = None) -> None:
-        self.session = session
-        self.server: RemoteServer | None = None  # told the end if a stuck step is abandoned
-        self.event = threading.Event()
-        self.signum: int | None = None
-
-    def install(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-        threading.Thread(target=self._watch, name="tuiconsole-stop-watch", daemon=True).start()
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            return
-        self.signum = signum
-        self.event.set()
-        if self.session is not None:  # submit only parses and queues: safe in a handler
-            self.session.submit("stop", source=f"signal:{signal.Signals(signum).name}")
-
-    def _watch(self) -> None:
-        self.event.wait()
-        if self.session is None:
-            return
-        self.session.close()  # waits for the stop; gives up on a stuck step
-        if self.session.unfinished is not None:
-            leave_abandoned(self.session, self.server, 128 + (self.signum or signal.SIGTERM))
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
 
 
 def ignore_hangup() -> None:
@@ -234,7 +187,7 @@ def serve_training(
     server: RemoteServer,
     *,
     linger: float,
-    stop: StopRequest,
+    stop: StopOnSignals,
     owner: OwnerLink | None = None,
     out: TextIO | None = None,
 ) -> int:
@@ -261,7 +214,7 @@ def serve_training(
         session.wait()
         ended = time.monotonic()
         wait = 0.0 if session.snapshot().status.state.value == "STOPPED" else linger
-        while not stop.is_set():
+        while not stop.asked():
             if printer is not None:
                 printer.print_new()
             if owner is not None and not owner.detached:
@@ -272,7 +225,7 @@ def serve_training(
             quiet = time.monotonic() - max(ended, server.last_client_left)
             if server.clients == 0 and quiet >= wait:
                 break
-            stop.event.wait(0.2)
+            stop.asked(0.2)
         session.close()
 
     threading.Thread(target=print_log, name="tuiconsole-log", daemon=True).start()
@@ -290,4 +243,4 @@ def serve_training(
         print(f"{snap.status.state.value.lower()} at step {snap.status.step}", file=out, flush=True)
     if snap.status.state.value == "ERROR":
         return 1
-    return 128 + stop.signum if stop.signum is not None else 0
+    return stop.exit_code or 0

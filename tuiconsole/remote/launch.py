@@ -148,8 +148,9 @@ class TrainingProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def wait_serving(self, timeout: float) -> RunInfo:
-        """Wait until it serves; its own one-line error (TuiconsoleError) if it exits first."""
+    def wait_serving(self, timeout: float) -> RunInfo | None:
+        """Wait until it serves (None: still loading after ``timeout`` s); its own
+        one-line error (TuiconsoleError) if it exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.serving()
@@ -161,10 +162,7 @@ class TrainingProcess:
                 self.forget_failed_start()
                 raise TuiconsoleError(failure)
             time.sleep(POLL_S)
-        raise TuiconsoleError(
-            f"the training process (pid {self.pid}) did not serve within {timeout:g} s; "
-            f"it goes on loading (log: {self.log_path})"
-        )
+        return None
 
     def failure(self, code: int) -> str:
         """Why it ended before serving: its own one-line error, else how and the log's tail."""
@@ -254,7 +252,9 @@ class LaunchSession:
         self.start_failed: str | None = None
         self.start_code: int | None = None
         self._remote: RemoteSession | None = None
-        self._died: str | None = None  # how the training process died, once known
+        # what became of the training process once the connection is gone: how it
+        # died, or that it ended the run and left (see _watch)
+        self._died: str | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._changed = threading.Event()  # connected, failed to start, or died
