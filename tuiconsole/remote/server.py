@@ -475,13 +475,18 @@ class RemoteServer:
         client's view already shows the change when its future resolves: a key
         press is visible without waiting for the client's next frame.
         """
-        if not client.hello or client.lite or client.has_snapshot_queued:
+        if not client.hello or client.lite:
             return
         try:
             snap = self.session.snapshot()
         except Exception:  # a broken session: the result still goes out
             return
-        if snap.seq != client.last_seq:
+        self._offer(client, snap)
+
+    def _offer(self, client: _Client, snap: Any) -> None:
+        """Queue ``snap`` for ``client`` unless it has it, or its last is still on its way
+        (a slow client skips frames)."""
+        if snap.seq != client.last_seq and not client.has_snapshot_queued:
             self._queue(client, self._snapshot_frame(client, snap), is_snapshot=True)
 
     # ------------------------------------------------------------------ writing
@@ -507,9 +512,7 @@ class RemoteServer:
         snap = self.session.snapshot()
         for client in due:
             client.next_due = max(client.next_due + client.interval, now + client.interval / 2)
-            if snap.seq == client.last_seq or client.has_snapshot_queued:
-                continue  # unchanged, or the last one is still on its way: skip a frame
-            self._queue(client, self._snapshot_frame(client, snap), is_snapshot=True)
+            self._offer(client, snap)
 
     def _snapshot_frame(self, client: _Client, snap: Any) -> bytes:
         """The frame that brings ``client`` up to ``snap`` (a delta; see protocol.py)."""
