@@ -365,7 +365,7 @@ def _run_headless(session: LocalSession) -> int:
         os._exit(code)
 
     with StopOnSignals(session, on_abandoned=abandoned) as stops:
-        code = run_headless(session, stdin=stdin, train=session.run, printer=printer)
+        code = run_headless(session, session.run, stdin=stdin, printer=printer)
     return _signal_exit(stops, code)
 
 

@@ -66,19 +66,15 @@ class HeadlessPrinter:
 
 def run_headless(
     session: Session,
+    train: Callable[[], object],
     *,
     stdin: TextIO | None = None,
-    out: TextIO = sys.stdout,
-    train: Callable[[], object] | None = None,
     printer: HeadlessPrinter | None = None,
 ) -> int:
-    """Print progress until the run ends. Returns the process exit code (0 ok, 1 error).
-
-    ``train``: the training loop, run in this thread (the process's main thread)
-    while the printer runs in a thread beside it; without it, the run trains
-    elsewhere and this thread prints.
-    """
-    printer = printer or HeadlessPrinter(session, out)
+    """Run ``train`` (the training loop) in this thread, the process's main thread,
+    while a thread beside it prints progress and another reads commands from
+    ``stdin``. Returns the process exit code (0 ok, 1 error)."""
+    printer = printer or HeadlessPrinter(session)
     reading = False
 
     def read_once_started(snap: Snapshot) -> None:
@@ -93,22 +89,15 @@ def run_headless(
         read_once_started(printer.print_new())
         while not session.wait(POLL_SECONDS):
             read_once_started(printer.print_new())
-        if train is not None:  # a finished run's loop idles until asked to stop
-            session.close()
+        session.close()  # a finished run's loop idles until asked to stop
 
-    beside = None
+    beside = threading.Thread(target=print_until_done, name="tuiconsole-print", daemon=True)
+    beside.start()
     try:
-        if train is None:
-            print_until_done()
-        else:
-            beside = threading.Thread(target=print_until_done, name="tuiconsole-print")
-            beside.daemon = True
-            beside.start()
-            train()
+        train()
     finally:
         session.close()  # stop (if still running), final checkpoint, files flushed
-        if beside is not None:
-            beside.join(POLL_SECONDS * 5)
+        beside.join(POLL_SECONDS * 5)
     return printer.finish()
 
 
