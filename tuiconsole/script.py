@@ -148,26 +148,38 @@ def validate(spec: TrainingSpec) -> None:
         raise ScriptError(
             f'{p}: `scheduler_interval` must be "step" or "epoch", got {spec.scheduler_interval!r}'
         )
-    if (
-        spec.scheduler is not None
-        and getattr(spec.scheduler, "optimizer", None) is not spec.optimizer
-    ):
-        raise ScriptError(f"{p}: `scheduler` must be an lr scheduler attached to `optimizer`")
+    check_scheduler(spec.scheduler, spec.optimizer, f"{p}: `scheduler`", "`optimizer`")
     if spec.training_step is not None and not callable(spec.training_step):
         raise _type_error(
             p, "training_step", "callable(model, batch, criterion)", spec.training_step
         )
-    model_ids = {id(q) for q in spec.model.parameters()}
-    foreign = [
-        q for g in spec.optimizer.param_groups for q in g["params"] if id(q) not in model_ids
-    ]
+    check_optimizer(spec.optimizer, spec.model, f"{p}: `optimizer`", "`model`'s")
+    check_first_batch(spec)
+
+
+def check_optimizer(
+    optimizer: Any, model: nn.Module, what: str, owner: str = "the model's"
+) -> None:
+    """``optimizer`` is a torch optimizer over ``model``'s parameters only."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ScriptError(
+            f"{what}: must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    model_ids = {id(q) for q in model.parameters()}
+    foreign = [q for g in optimizer.param_groups for q in g["params"] if id(q) not in model_ids]
     if foreign:
         shapes = ", ".join(str(tuple(q.shape)) for q in foreign[:3])
         raise ScriptError(
-            f"{p}: `optimizer` holds {len(foreign)} parameter(s) that are not `model`'s "
+            f"{what} holds {len(foreign)} parameter(s) that are not {owner} "
             f"(shapes {shapes}); build it from model.parameters()"
         )
-    check_first_batch(spec)
+
+
+def check_scheduler(
+    scheduler: Any, optimizer: torch.optim.Optimizer, what: str, on: str = "the optimizer"
+) -> None:
+    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ScriptError(f"{what} must be an lr scheduler attached to {on}")
 
 
 def check_first_batch(spec: TrainingSpec) -> None:

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from tuiconsole.engine import commands as C
-from tuiconsole.engine.evaluate import eval_text, evaluate
+from tuiconsole.engine.evaluate import eval_text
 from tuiconsole.engine.keeper import Keeper
 from tuiconsole.engine.ops import Optimization
 from tuiconsole.engine.record import RunFacts, RunRecord
 from tuiconsole.engine.rundir import checked_target
 from tuiconsole.engine.runstate import RunControl
-from tuiconsole.engine.snapshot import RunState
+from tuiconsole.engine.snapshot import EvalPoint, RunState
 from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import TrainingSpec
 
@@ -41,6 +41,8 @@ class Controls:
     ops: Optimization
     spec: TrainingSpec
     device: torch.device
+    # The run's eval at a step (the eval_loader's, or a library user's own callable)
+    evaluator: Callable[[int], EvalPoint]
 
 
 def pause(cmd: C.Pause, c: Controls, facts: RunFacts) -> str:
@@ -59,15 +61,10 @@ def step(cmd: C.Step, c: Controls, facts: RunFacts) -> str:
 
 
 def evaluate_now(cmd: C.Eval, c: Controls, facts: RunFacts) -> str:
-    """The eval_loader now; EVALUATING is published first (an eval can take a while)."""
-    spec = c.spec
-    if spec.eval_loader is None:
-        raise CommandError("the script defines no eval_loader")
+    """The run's eval now; EVALUATING is published first (an eval can take a while)."""
     with c.control.evaluating():
         c.record.publish(dataclasses.replace(facts, state=RunState.EVALUATING), c.ops)
-        point = evaluate(
-            spec.model, spec.criterion, spec.eval_loader, c.device, facts.step, spec.training_step
-        )
+        point = c.evaluator(facts.step)
     c.record.evaluated(point)
     return eval_text(point)  # logged once, as the eval command's result
 

@@ -885,6 +885,63 @@ def _track_step(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step = wrapper  # type: ignore[method-assign]
 
 
+# What stays the old object's through become(): the hooks registered on it
+# (by the user, a framework, a profiler) go on firing on the rebuilt optimizer.
+_KEPT_ON_BECOME = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+
+
+def check_become(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
+    """Refuse (CommandError) a rebuild that :func:`become` could not do in place."""
+    if type(old) is type(new):
+        return
+    try:
+        probe = object.__new__(type(old))
+        probe.__class__ = type(new)
+    except TypeError as exc:
+        raise CommandError(
+            f"rebuild as {type(new).__name__}: the {type(old).__name__} object your code "
+            f"holds cannot become one in place ({exc}); rebuild it as "
+            f"{type(old).__name__} (state dropped, new hyper-parameters)"
+        ) from None
+
+
+def become(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make ``old`` the optimizer ``new`` is, in place; returns ``old``.
+
+    For a loop that is not tuiconsole's: the user's code, its scheduler and a
+    framework's wrapper (Lightning's LightningOptimizer copies the optimizer's
+    attributes, sharing its containers) all hold the optimizer object. So the
+    object stays; its class becomes the new one's, and its ``param_groups``,
+    ``state`` and ``defaults`` containers are refilled in place (every alias
+    sees the new groups and the dropped state). Hooks registered on it stay.
+    A scheduler's ``step`` wrapper is made anew for the new class.
+    """
+    check_become(old, new)
+    wrapped = hasattr(old.__dict__.get("step"), "_wrapped_by_lr_sched")
+    groups, state, defaults = old.param_groups, old.state, old.defaults
+    kept = {k: old.__dict__[k] for k in _KEPT_ON_BECOME if k in old.__dict__}
+    old.__class__ = type(new)
+    old.__dict__.clear()
+    old.__dict__.update(new.__dict__)
+    old.__dict__.update(kept)
+    groups[:] = new.param_groups
+    state.clear()
+    state.update(new.state)
+    defaults.clear()
+    defaults.update(new.defaults)
+    old.__dict__.update(param_groups=groups, state=state, defaults=defaults)
+    if wrapped:
+        _track_step(old)
+    return old
+
+
 def rescale_after_rebuild(
     optimizer: torch.optim.Optimizer, scheduler: Any, old_lrs: Sequence[float]
 ) -> None:

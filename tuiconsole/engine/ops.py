@@ -40,12 +40,22 @@ class Optimization:
     scheduler: Any
     group_origin: list[int]
     state_reset: list[int | None]
+    # rebuild turns the optimizer object itself into the new one (G.become): for a
+    # loop that is not ours, whose code (and scheduler, and framework) hold it.
+    in_place: bool = False
 
     @classmethod
-    def of(cls, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> Optimization:
+    def of(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        in_place: bool = False,
+    ) -> Optimization:
         """The script's own optimizer: each group its own origin, no state reset yet."""
         n = len(optimizer.param_groups)
-        return cls(model, optimizer, scheduler, list(range(n)), [None] * n)
+        return cls(model, optimizer, scheduler, list(range(n)), [None] * n, in_place)
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,11 @@ def rebuild(cmd: C.Rebuild, o: Optimization, step: int) -> OpResult:
     rebuilt = G.build_optimizer(opt, cmd.cls, cmd.items, o.model)
     new_opt = rebuilt.optimizer
     had_state = len(opt.state)
+    if o.in_place:
+        G.check_become(opt, new_opt)  # may refuse: nothing changed yet
     G.rescale_after_rebuild(new_opt, sched, old_lrs)  # may refuse: nothing attached yet
+    if o.in_place:
+        new_opt = G.become(opt, new_opt)  # the same object, now the new optimizer
     G.reattach_scheduler(sched, new_opt)
     o.optimizer = new_opt
     o.state_reset = [step] * len(new_opt.param_groups)

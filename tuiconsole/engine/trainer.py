@@ -49,6 +49,7 @@ from tuiconsole.engine.config import (
 )
 from tuiconsole.engine.control import Stopped
 from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_device
+from tuiconsole.engine.evaluate import evaluate
 from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.keeper import Keeper
@@ -56,7 +57,14 @@ from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
 from tuiconsole.engine.rundir import StorageError
 from tuiconsole.engine.runstate import RunControl
-from tuiconsole.engine.snapshot import LogEntry, NanEvent, RunError, RunState, Snapshot
+from tuiconsole.engine.snapshot import (
+    EvalPoint,
+    LogEntry,
+    NanEvent,
+    RunError,
+    RunState,
+    Snapshot,
+)
 from tuiconsole.engine.stopping import Stopping
 from tuiconsole.engine.views import LOG_TEXT_CHARS
 from tuiconsole.errors import CommandError
@@ -78,13 +86,20 @@ def _shown(text: str) -> str:
 
 
 class Trainer:
+    # The loop is someone else's (engine/ownloop.py): rebuild keeps the optimizer object.
+    OWN_LOOP = False
+
     def __init__(self, spec: TrainingSpec, config: RunConfig | None = None) -> None:
         self.spec = spec
         self.config = config or RunConfig()
         self.model = spec.model
         self.criterion = spec.criterion
         self.device = resolve_device(self.config.device or spec.device)
-        self.epochs = self.config.epochs or spec.epochs or (None if self.config.max_steps else 1)
+        self.epochs = (
+            None  # an own loop counts its epochs itself
+            if self.OWN_LOOP
+            else self.config.epochs or spec.epochs or (None if self.config.max_steps else 1)
+        )
         self.max_steps = self.config.max_steps
         self.step = 0
         self.epoch = 0
@@ -100,12 +115,14 @@ class Trainer:
             )
         )
         self._control = RunControl(self.config.start_paused)
-        self._ops = ops.Optimization.of(spec.model, spec.optimizer, spec.scheduler)
+        self._ops = ops.Optimization.of(
+            spec.model, spec.optimizer, spec.scheduler, in_place=self.OWN_LOOP
+        )
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
         self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
         self._controls = control.Controls(
-            self._control, self._record, self._keeper, self._ops, spec, self.device
+            self._control, self._record, self._keeper, self._ops, spec, self.device, self._evaluate
         )
         self._failures = Failures(
             self._record,
@@ -136,6 +153,13 @@ class Trainer:
         self._replay = J.Replay(self.config.replay, resume_step, resume)
         self._record.snapshot = self._build_snapshot()
 
+    def _evaluate(self, step: int) -> EvalPoint:
+        """The ``eval`` command: the eval_loader under model.eval() and no_grad()."""
+        spec = self.spec
+        return evaluate(
+            spec.model, spec.criterion, spec.eval_loader, self.device, step, spec.training_step
+        )
+
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Take over what a checkpoint restores: optimizer, group bookkeeping, position."""
         r = restore(
@@ -147,7 +171,11 @@ class Trainer:
             generators=self._data.generators,
         )
         o = self._ops
-        o.optimizer, o.group_origin, o.state_reset = r.optimizer, r.group_origin, r.state_reset
+        opt = r.optimizer
+        if o.in_place and opt is not o.optimizer:  # a rebuild had changed its class
+            opt = G.become(o.optimizer, opt)
+            G.reattach_scheduler(o.scheduler, opt)
+        o.optimizer, o.group_origin, o.state_reset = opt, r.group_origin, r.state_reset
         self.step, self.epoch = r.step, r.epoch
         self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
@@ -384,26 +412,39 @@ class Trainer:
             torch.set_num_threads(self._num_threads)
         try:
             self._setup()
-            while True:
-                self._apply_pending()
-                if self._control.can_step:
-                    self._train_step()
-                else:
-                    self._idle()
-        except Stopped:
-            pass
-        except KeyboardInterrupt:  # in the main thread with no stop handler: a stop
+            self._loop(train=True)
+        except BaseException as exc:
+            self._ended_by(exc)
+        finally:
+            self._end()
+
+    def _loop(self, *, train: bool) -> None:
+        """Steps and commands until a stop (Stopped); without ``train``, only commands."""
+        while True:
+            self._apply_pending()
+            if train and self._control.can_step:
+                self._train_step()
+            else:
+                self._idle()
+
+    def _ended_by(self, exc: BaseException) -> None:
+        """What ended the loop, if it was not a stop: noted, or the run's error."""
+        if isinstance(exc, Stopped):
+            return
+        if isinstance(exc, KeyboardInterrupt):  # in the main thread, no stop handler: a stop
             self._stopping.asked("KeyboardInterrupt")
             self._append_log("info", f"interrupted at step {self.step}; stopping")
-        except StorageError as exc:  # the journal or metrics could not be written
+        elif isinstance(exc, StorageError):  # the journal or metrics could not be written
             self._fail(exc, None, "data", step=self.step)
-        except BaseException as exc:  # pragma: no cover - last-resort guard
+        else:  # pragma: no cover - last-resort guard
             self._fail(exc, None)
+
+    def _end(self) -> None:
+        """The final checkpoint and the end record; the loop is over."""
+        try:
+            self._finish_up()
         finally:
-            try:
-                self._finish_up()
-            finally:
-                self._stopping.ended()
+            self._stopping.ended()
 
     def _setup(self) -> None:
         self.model.to(self.device)

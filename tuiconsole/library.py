@@ -1,0 +1,321 @@
+"""The library API: steer a training loop of your own.
+
+::
+
+    import tuiconsole
+
+    steer = tuiconsole.steer(model, optimizer, scheduler=sched, evaluate=my_eval)
+    for batch in loader:
+        loss = compute(model, batch)
+        loss.backward()
+        optimizer.step(); sched.step(); optimizer.zero_grad()
+        steer.step(loss)  # the step boundary
+
+``steer.step(loss)`` is the one call per step: the commands queued from any
+front-end are applied there, in the loop's thread, and journaled before it
+returns; the loss is recorded without a host sync. While the run is paused it
+blocks there, serving commands. When the run ends (``stop``, ``--max-steps``,
+``--nan stop``) it raises :class:`~tuiconsole.errors.StopTraining`, a
+``SystemExit``: a plain loop ends there and ``python train.py`` exits without
+a traceback (0, or 1 for a failed run), the final checkpoint and the journal's
+end record written. ``with tuiconsole.steer(...) as steer:`` swallows it, so
+code after the ``with`` block runs.
+
+Run as ``python train.py``, the run is served on a private Unix socket (one
+stderr line says how to attach). Under ``tuiconsole run train.py`` the script is
+the training process's main program and the console opens on it; ``run``'s
+options (``--run-dir``, ``--max-steps``, ``--nan``, ``--replay``, ``--resume``,
+``--paused``) then apply, over the keyword arguments given here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from tuiconsole.engine.config import DEFAULT_LOG_EVERY, DEFAULT_LOG_MIN_INTERVAL, RunConfig
+from tuiconsole.engine.ownloop import Evaluate, LoopEnds, OwnLoop
+from tuiconsole.engine.snapshot import RunState
+from tuiconsole.errors import StopTraining, TuiconsoleError
+from tuiconsole.script import check_optimizer, check_scheduler
+from tuiconsole.session import LocalSession
+
+if TYPE_CHECKING:
+    from tuiconsole.engine.snapshot import Snapshot
+    from tuiconsole.remote.server import RemoteServer
+
+
+class Host(Protocol):
+    """What runs a library user's script as its main program (``tuiconsole run``)."""
+
+    config: RunConfig
+    script: Path
+
+    def started(self, session: LocalSession) -> None:
+        """The script began its run: serve it (called in the loop's thread)."""
+        ...
+
+
+@dataclass
+class _Hosting:
+    host: Host | None = None
+    steers: list[Steer] = field(default_factory=list)
+
+
+_hosting = _Hosting()
+
+
+@contextlib.contextmanager
+def hosted(host: Host) -> Iterator[list[Steer]]:
+    """While the block runs, :func:`steer` takes its run's options from ``host`` and
+    tells it the run began; yields the runs begun (one, for a normal script)."""
+    if _hosting.host is not None:
+        raise RuntimeError("a host is in place already")
+    _hosting.host, _hosting.steers = host, []
+    try:
+        yield _hosting.steers
+    finally:
+        _hosting.host = None
+
+
+def _main_script() -> Path | None:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return Path(path).resolve() if path else None
+
+
+def _default_run_dir(script: Path | None) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{script.stem if script else 'steer'}-{stamp}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TuiconsoleError(
+            f"tuiconsole.steer(model, ...): model must be an nn.Module, got {type(model).__name__}"
+        )
+
+
+class Steer:
+    """A run steered at the step boundaries of the caller's own loop."""
+
+    def __init__(self, run: OwnLoop, session: LocalSession, hosted: bool) -> None:
+        self._run = run
+        self.session = session  # the run's Session: for tests and tools (snapshot, submit)
+        self._hosted = hosted
+        self._server: RemoteServer | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ the loop's calls
+
+    def step(self, loss: torch.Tensor | float) -> None:
+        """The step boundary: call it once per step, after ``optimizer.step()``.
+
+        Raises StopTraining once the run has ended (a stop, --max-steps, --nan stop).
+        """
+        try:
+            self._run.boundary(loss)
+        except LoopEnds as ends:
+            raise StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0) from None
+
+    def close(self) -> None:
+        """End the run now (final checkpoint, the journal's end record), if it has not."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._hosted:
+            return  # the host serves the run after the script and ends it
+        self._run.close()
+        if self._server is not None:
+            self._server.close("the run has ended")
+        _say(_ended_line(self._run))
+
+    def __enter__(self) -> Steer:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._run.loop_returned(None if isinstance(exc, StopTraining) else exc)
+        self.close()
+        return isinstance(exc, StopTraining)
+
+    # ------------------------------------------------------------------ what the loop reads
+
+    @property
+    def steps(self) -> int:
+        """Steps taken: the step numbers of the journal and the console."""
+        return self._run.step
+
+    @property
+    def start_step(self) -> int:
+        """Where the run goes on: the checkpoint's step after --resume, else 0. A loop
+        that resumes skips this many steps (its data) before its first."""
+        return self._run.start_step
+
+    @property
+    def stopped(self) -> bool:
+        """The run has ended (stopped, finished or failed): no more steps."""
+        return self._run.state.is_terminal
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._run.run_dir
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer (the object given: ``rebuild`` changes it in place)."""
+        return self._run.optimizer
+
+    def snapshot(self) -> Snapshot:
+        return self.session.snapshot()
+
+
+def steer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: Any = None,
+    evaluate: Evaluate | None = None,
+    scheduler_interval: str = "step",
+    run_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    nan: str | None = None,
+    paused: bool = False,
+    resume: str | Path | None = None,
+    replay: str | Path | None = None,
+    log_every: int | None = None,
+    listen: bool = True,
+) -> Steer:
+    """Steer ``optimizer`` (over ``model``'s parameters) from the console, at ``step()``.
+
+    ``scheduler``: an lr scheduler on ``optimizer`` the loop steps itself (lr
+    commands keep it in step: its base lrs scale with them); ``scheduler_interval``
+    says how often ("step" or "epoch"), for the console's "next lr".
+    ``evaluate``: a callable with no arguments returning the eval loss (or a dict
+    with "loss" and "accuracy"); ``eval`` runs it under ``model.eval()`` and
+    ``torch.no_grad()``, the RNG forked. Without it, ``eval`` is refused.
+    The rest are ``tuiconsole run``'s options; under ``tuiconsole run`` its own
+    command line decides them. ``listen``: serve the run for ``tuiconsole attach``.
+    """
+    check_model(model)
+    check_optimizer(optimizer, model, "tuiconsole.steer(model, optimizer)")
+    check_scheduler(scheduler, optimizer, "tuiconsole.steer(..., scheduler=)")
+    if evaluate is not None and not callable(evaluate):
+        raise TuiconsoleError(
+            f"tuiconsole.steer(..., evaluate=): must be a callable, got {type(evaluate).__name__}"
+        )
+    host = _hosting.host
+    if host is not None:
+        if _hosting.steers:
+            raise TuiconsoleError(
+                "tuiconsole.steer() was called a second time: one run per process"
+            )
+        config = host.config
+        script: Path | None = host.script
+    else:
+        script = _main_script()
+        interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+        config = RunConfig(
+            run_dir=Path(run_dir) if run_dir is not None else _default_run_dir(script),
+            max_steps=max_steps,
+            log_every=log_every or DEFAULT_LOG_EVERY,
+            log_min_interval=0.0 if log_every else DEFAULT_LOG_MIN_INTERVAL,
+            nan=nan or ("pause" if interactive or listen else "stop"),
+            start_paused=paused,
+            resume=Path(resume) if resume is not None else None,
+            replay=Path(replay) if replay is not None else None,
+        )
+    run = OwnLoop(
+        model,
+        optimizer,
+        scheduler=scheduler,
+        evaluate=evaluate,
+        config=config,
+        path=script if script is not None and script.is_file() else None,
+        scheduler_interval=scheduler_interval,
+    )
+    session = LocalSession(run)
+    handle = Steer(run, session, hosted=host is not None)
+    run.open()  # the run dir first: one that cannot be written ends here, before serving
+    if host is not None:
+        _hosting.steers.append(handle)
+        host.started(session)
+    else:
+        if listen:
+            handle._server = _serve(session, script, config)
+        atexit.register(_at_exit, handle)
+    try:
+        run.begin()
+    except LoopEnds as ends:  # stopped while it waited to start (--paused)
+        raise StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0) from None
+    return handle
+
+
+def _serve(session: LocalSession, script: Path | None, config: RunConfig) -> RemoteServer | None:
+    """Serve a ``python train.py`` run on its socket; a failure never stops the run."""
+    from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
+    from tuiconsole.remote.registry import new_run_id
+    from tuiconsole.remote.server import RemoteServer, setup_log_file
+
+    run_dir = config.run_dir
+    assert run_dir is not None
+    try:
+        setup_log_file(run_dir / REMOTE_LOG_NAME)
+        info = make_info(
+            new_run_id(),
+            script or Path("<steer>"),
+            run_dir,
+            detached=False,
+            decay_factor=0.1,
+        )
+        server = RemoteServer(session, info).start()
+    except (OSError, TuiconsoleError) as exc:
+        _say(f"not attachable from other terminals: {exc}")
+        return None
+    _say(f"steering this run (journal in {run_dir}); attach: tuiconsole attach {info.id}")
+    return server
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"tuiconsole: {text}", file=sys.stderr, flush=True)
+
+
+def _ended_line(run: OwnLoop) -> str:
+    where = f"; last checkpoint {run.last_checkpoint}" if run.last_checkpoint else ""
+    return f"{run.state.value.lower()} at step {run.step}{where}"
+
+
+def _at_exit(handle: Steer) -> None:
+    """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
+    if handle._closed:
+        return
+    exc = getattr(sys, "last_value", None)
+    handle._run.loop_returned(None if isinstance(exc, StopTraining) else exc)
+    handle.close()
+
+
+def steered() -> list[Steer]:
+    """The runs :func:`steer` began under the current host (for the host)."""
+    return list(_hosting.steers)
+
+
+__all__ = ["Host", "Steer", "StopTraining", "hosted", "steer", "steered"]
