@@ -119,6 +119,7 @@ class Steer:
         self._hosted = hosted
         self._server: RemoteServer | None = None
         self._closed = False
+        self.ended: StopTraining | None = None  # why the loop must end, once it must
 
     # ------------------------------------------------------------------ the loop's calls
 
@@ -127,10 +128,26 @@ class Steer:
 
         Raises StopTraining once the run has ended (a stop, --max-steps, --nan stop).
         """
+        if not self.boundary(loss):
+            assert self.ended is not None
+            raise self.ended
+
+    def boundary(self, loss: torch.Tensor | float) -> bool:
+        """The step boundary for a framework's callback: as :meth:`step`, but returns
+        False (and sets :attr:`ended`) where ``step`` raises: the loop must end."""
         try:
             self._run.boundary(loss)
         except LoopEnds as ends:
-            raise StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0) from None
+            self.ended = StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0)
+            return False
+        return True
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The loop is over (``error``: it raised that): a loop that ran out ends the
+        run as FINISHED, one that raised as ERROR; then, outside ``tuiconsole run``,
+        the run is closed (final checkpoint, end record)."""
+        self._run.loop_returned(None if isinstance(error, StopTraining) else error)
+        self.close()
 
     def close(self) -> None:
         """End the run now (final checkpoint, the journal's end record), if it has not."""
@@ -153,8 +170,7 @@ class Steer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._run.loop_returned(None if isinstance(exc, StopTraining) else exc)
-        self.close()
+        self.end(exc)
         return isinstance(exc, StopTraining)
 
     # ------------------------------------------------------------------ what the loop reads
@@ -308,9 +324,7 @@ def _at_exit(handle: Steer) -> None:
     """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
     if handle._closed:
         return
-    exc = getattr(sys, "last_value", None)
-    handle._run.loop_returned(None if isinstance(exc, StopTraining) else exc)
-    handle.close()
+    handle.end(getattr(sys, "last_value", None))
 
 
 def steered() -> list[Steer]:
