@@ -19,10 +19,8 @@ from tuiconsole.errors import TuiconsoleError
 from tuiconsole.session import CatchSignals  # no torch: the seam's types only
 
 if TYPE_CHECKING:
-    from tuiconsole.remote.detach import OwnerLink
     from tuiconsole.remote.registry import RunInfo
-    from tuiconsole.remote.server import RemoteServer
-    from tuiconsole.session import LocalSession, Session
+    from tuiconsole.session import Session
 
 app = typer.Typer(
     add_completion=False,
@@ -54,9 +52,16 @@ def default_run_dir(script: Path) -> Path:
     return path
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
-    script: Annotated[Path, typer.Argument(help="Training script (see the script contract).")],
+    ctx: typer.Context,
+    script: Annotated[
+        Path,
+        typer.Argument(
+            help="Training script: one following the script contract, or a program of its "
+            "own calling tuiconsole.steer() (ARGS after it are its own)."
+        ),
+    ],
     headless: Annotated[
         bool, typer.Option(help="Plain progress lines instead of the console.")
     ] = False,
@@ -119,7 +124,22 @@ def run(
     The console runs in this process and imports no torch; SCRIPT loads and trains
     in the main thread of a training process beside it, which serves the run on a
     private Unix socket: the console is a client of it, as `tuiconsole attach` is.
+    A SCRIPT that imports tuiconsole is that process's main program, with ARGS.
     """
+    from tuiconsole.hosting import uses_library
+
+    program = uses_library(script)
+    script_args = list(ctx.args)
+    if script_args and not program:
+        raise TuiconsoleError(
+            f"{script} follows the script contract and takes no arguments "
+            f"(got {' '.join(script_args)}); run options go before or after it: "
+            "tuiconsole run --help"
+        )
+    if program and epochs is not None:
+        # a loop of its own counts its epochs: the option is the script's
+        script_args += ["--epochs", str(epochs)]
+        epochs = None
     run_dir = run_dir or default_run_dir(script)
     options: dict[str, object] = {
         "max_steps": max_steps,
@@ -135,12 +155,12 @@ def run(
     }
     if detach and not detached_child:
         # nobody watches a background run's stdin; one attaches to resume it
-        _start_detached(script, run_dir, **options, nan=nan.value if nan else "pause")
+        _start_detached(script, run_dir, script_args, **options, nan=nan.value if nan else "pause")
         return
     use_console = not detached_child and not headless and sys.stdout.isatty() and sys.stdin.isatty()
     if use_console:
         args = _child_args(**options, nan=nan.value if nan else "pause")  # a terminal: pause
-        raise typer.Exit(_run_console(script, run_dir, args, decay_factor, refresh_hz))
+        raise typer.Exit(_run_console(script, run_dir, args, decay_factor, refresh_hz, script_args))
     if not headless and not detached_child:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
     owner = None
@@ -169,71 +189,41 @@ def run(
         resume=resume,
         nan=_nan_mode(nan, attachable=detached_child),
     )
+    from tuiconsole.hosting import ChildFront, Front, HeadlessFront, leave_script_threads
+
+    front: Front
+    if detached_child:
+        front = ChildFront(
+            script,
+            run_dir,
+            run_id,
+            decay_factor=decay_factor,
+            linger=linger,
+            owner=owner,
+            owner_token=owner_token,
+        )
+    else:
+        front = HeadlessFront(script, run_dir, decay_factor=decay_factor, listen=listen)
     try:
-        session = LocalSession.from_script(script, config)
+        if program:
+            from tuiconsole.hosting import run_program
+
+            code = run_program(script, script_args, config, front)
+        else:
+            session = LocalSession.from_script(script, config)
+            front.start(session)
+            code = front.run(session.run)
     except KeyboardInterrupt:  # here, not in main(): Typer turns it into "Aborted!"
         print(
             f"tuiconsole: {script}: interrupted while loading the script; nothing written",
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
-    if detached_child:
-        code = _serve_child(
-            session, script, run_dir, run_id, decay_factor, linger, owner, owner_token
-        )
-        _leave_script_threads(code)
-        raise typer.Exit(code)
-    from tuiconsole.session import hold_stop_signals, release_stop_signals
-
-    hold_stop_signals()  # until the front-end's StopOnSignals is in: none is lost
-    try:
-        server = _start_server(session, script, run_dir, decay_factor) if listen else None
-        try:
-            code = _run_headless(session)
-        finally:
-            if server is not None:
-                server.close("the run has ended")
     finally:
-        # on every way out (a run dir it cannot write in ends before the handlers are
-        # in): a blocked mask would outlive the run in-process and pass to every child
-        release_stop_signals()
-    _leave_script_threads(code)
+        if isinstance(front, HeadlessFront):
+            front.abort()  # a run that never started: undo what its front did
+    leave_script_threads(code)
     raise typer.Exit(code)
-
-
-def _leave_script_threads(code: int) -> None:
-    """Exit now, without the interpreter's finalization, if any other thread is left.
-
-    A non-daemon thread the script started would keep the process alive (a run
-    that has ended would never return the prompt). A daemon thread still inside
-    torch code (the loop thread after a stop grace, a loader's thread) is killed
-    by finalization mid-call, which aborts the process ("terminate called
-    without an active exception", exit -6). The run's files are closed and
-    flushed by now, so leaving at once loses nothing.
-    """
-    import logging
-    import os
-    import threading
-
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
-    if not others:
-        return
-    alive = [t for t in others if not t.daemon]
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        if alive:
-            names = ", ".join(repr(t.name) for t in alive)
-            many = len(alive) > 1
-            print(
-                f"tuiconsole: the run has ended, but the script's thread{'s' if many else ''} "
-                f"{names} {'are' if many else 'is'} still running; exiting without waiting "
-                f"for {'them' if many else 'it'}",
-                file=sys.stderr,
-                flush=True,
-            )
-        sys.stderr.flush()
-    logging.shutdown()  # the run dir's remote.log
-    os._exit(code)  # the journal and metrics are closed; only those threads are left
 
 
 def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
@@ -258,130 +248,20 @@ def _child_args(**options: object) -> list[str]:
     return args
 
 
-def _start_detached(script: Path, run_dir: Path, **options: object) -> None:
+def _start_detached(script: Path, run_dir: Path, script_args: list[str], **options: object) -> None:
     """The parent of `run --detach`: start the background process, report, return."""
     from tuiconsole.remote.detach import spawn_detached
     from tuiconsole.remote.registry import new_run_id
 
-    info = spawn_detached(script.resolve(), run_dir.resolve(), new_run_id(), _child_args(**options))
+    info = spawn_detached(
+        script.resolve(), run_dir.resolve(), new_run_id(), _child_args(**options), script_args
+    )
     print(info.id)
     print(
         f"tuiconsole: run {info.id} started in the background (pid {info.pid}); "
         f"attach: tuiconsole attach {info.id}; list: tuiconsole ls; output: {info.log}",
         file=sys.stderr,
     )
-
-
-def _start_server(
-    session: LocalSession, script: Path, run_dir: Path | None, decay_factor: float
-) -> RemoteServer | None:
-    """Make a headless run attachable; a failure here never stops the run."""
-    from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
-    from tuiconsole.remote.registry import new_run_id
-    from tuiconsole.remote.server import RemoteServer, setup_log_file
-
-    if run_dir is None:
-        return None
-    try:
-        setup_log_file(run_dir / REMOTE_LOG_NAME)
-        info = make_info(
-            new_run_id(), script.resolve(), run_dir, detached=False, decay_factor=decay_factor
-        )
-        server = RemoteServer(session, info).start()
-    except (OSError, TuiconsoleError) as exc:
-        print(f"tuiconsole: not attachable from other terminals: {exc}", file=sys.stderr)
-        return None
-    print(f"tuiconsole: attach from another terminal: tuiconsole attach {info.id}", file=sys.stderr)
-    return server
-
-
-def _serve_child(
-    session: LocalSession,
-    script: Path,
-    run_dir: Path,
-    run_id: str | None,
-    decay_factor: float,
-    linger: float,
-    owner: OwnerLink | None,
-    owner_token: str | None,
-) -> int:
-    """The training process (remote/launch.py): train in this thread, serve, linger."""
-    from tuiconsole.remote.detach import (
-        ignore_hangup,
-        leave_abandoned,
-        make_info,
-        serve_training,
-    )
-    from tuiconsole.remote.launch import LOG_NAME
-    from tuiconsole.remote.registry import new_run_id
-    from tuiconsole.remote.server import RemoteServer, setup_log_file
-    from tuiconsole.session import StopOnSignals
-
-    ignore_hangup()
-    served: list[RemoteServer] = []  # told the end if a stuck step is abandoned
-
-    def abandoned(stops: StopOnSignals) -> None:
-        leave_abandoned(session, served[0] if served else None, stops.exit_code or 143)
-
-    # SIGTERM/SIGINT stop the run (no SIGHUP: there is no terminal); with no one
-    # at a terminal, a second Ctrl+C is ignored like any repeat
-    stops = StopOnSignals(session, on_abandoned=abandoned, signals=("SIGINT", "SIGTERM"))
-    stops.second_ctrl_c = None
-    with stops:
-        setup_log_file(None)  # stderr is the run's log file here
-        info = make_info(
-            run_id or new_run_id(),
-            script.resolve(),
-            run_dir,
-            detached=owner is None,
-            decay_factor=decay_factor,
-            log=run_dir.resolve() / LOG_NAME,
-        )
-        server = RemoteServer(session, info, owner_token=owner_token if owner else None).start()
-        served.append(server)
-        if owner is not None:
-            owner.adopt(session, server)
-        print(f"run {info.id} (pid {info.pid}) serving on {info.socket}", flush=True)
-        return serve_training(
-            session, server, linger=linger, stop=stops, owner=owner, out=sys.stdout
-        )
-
-
-def _run_headless(session: LocalSession) -> int:
-    """Train in this (the main) thread; the printer and stdin reader run beside it."""
-    from tuiconsole.headless import HeadlessPrinter, run_headless
-    from tuiconsole.session import StopOnSignals
-
-    stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin
-    printer = HeadlessPrinter(session)
-
-    def abandoned(stops: StopOnSignals) -> None:
-        # this thread's stop gave up on a step stuck in the main thread: leave now
-        import logging
-        import os
-
-        code = _signal_exit(stops, printer.finish())
-        logging.shutdown()
-        os._exit(code)
-
-    with StopOnSignals(session, on_abandoned=abandoned) as stops:
-        code = run_headless(session, session.run, stdin=stdin, printer=printer)
-    return _signal_exit(stops, code)
-
-
-def _signal_exit(stops: CatchSignals, code: int) -> int:
-    """Exit code after a front-end returned: 128+N if a signal stopped the run."""
-    if stops.exit_code is None or code == 1:  # a training error wins: look at that
-        return code
-    unfinished = stops.unfinished
-    what = (
-        f"{unfinished}, so no final checkpoint was written; journal flushed"
-        if unfinished
-        else "final checkpoint written, journal and metrics flushed"
-    )
-    with contextlib.suppress(OSError, ValueError):  # SIGHUP: the terminal may be gone
-        print(f"tuiconsole: stopped by {stops.name}; {what}", file=sys.stderr, flush=True)
-    return stops.exit_code
 
 
 class ConsoleSignals(CatchSignals):
@@ -405,12 +285,18 @@ class ConsoleSignals(CatchSignals):
 
 
 def _run_console(
-    script: Path, run_dir: Path, args: list[str], decay_factor: float, refresh_hz: float
+    script: Path,
+    run_dir: Path,
+    args: list[str],
+    decay_factor: float,
+    refresh_hz: float,
+    script_args: list[str],
 ) -> int:
     """The console in this process, the run in a training process it starts beside it."""
     import asyncio
 
     from tuiconsole.headless import final_line
+    from tuiconsole.hosting import signal_exit
     from tuiconsole.remote.launch import LaunchSession, TrainingProcess, exit_code
     from tuiconsole.remote.registry import new_run_id
     from tuiconsole.session import DETACHED
@@ -419,7 +305,7 @@ def _run_console(
     if refresh_hz <= 0:
         raise TuiconsoleError("--refresh-hz must be > 0")
     training = TrainingProcess.start(
-        script.resolve(), run_dir.resolve(), new_run_id(), args, owner=True
+        script.resolve(), run_dir.resolve(), new_run_id(), args, script_args, owner=True
     )
     session = LaunchSession(training, script=str(script), rate=refresh_hz)
     console = ConsoleApp(
@@ -476,7 +362,7 @@ def _run_console(
             print(f"{snap.status.unfinished}: no final checkpoint was written", flush=True)
         if snap.status.checkpoint:
             print(f"last checkpoint: {snap.status.checkpoint}", flush=True)
-    return _signal_exit(signals, 1 if snap.status.state.value == "ERROR" else 0)
+    return signal_exit(signals, 1 if snap.status.state.value == "ERROR" else 0)
 
 
 @app.command("ls")

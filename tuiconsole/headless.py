@@ -64,6 +64,52 @@ class HeadlessPrinter:
         return snap
 
 
+class HeadlessRun:
+    """The threads beside a headless run's loop: the printer, and the stdin reader
+    once the run has started (one that can't, for its run dir..., must not leave a
+    thread behind that reads the terminal)."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        stdin: TextIO | None = None,
+        printer: HeadlessPrinter | None = None,
+    ) -> None:
+        self.session, self.stdin = session, stdin
+        self.printer = printer or HeadlessPrinter(session)
+        self._reading = False
+        self._beside = threading.Thread(
+            target=self._print_until_done, name="tuiconsole-print", daemon=True
+        )
+
+    def start(self) -> HeadlessRun:
+        self._beside.start()
+        return self
+
+    def _read_once_started(self, snap: Snapshot) -> None:
+        if self.stdin is not None and not self._reading and snap.status.state != RunState.STARTING:
+            self._reading = True
+            threading.Thread(
+                target=_read_commands, args=(self.session, self.stdin), daemon=True
+            ).start()
+
+    def _print_until_done(self) -> None:
+        self._read_once_started(self.printer.print_new())
+        while not self.session.wait(POLL_SECONDS):
+            self._read_once_started(self.printer.print_new())
+        self.session.close()  # a finished run's loop idles until asked to stop
+
+    def run(self, train: Callable[[], object]) -> int:
+        """Run ``train`` (the loop) in this thread; the exit code (0 ok, 1 error)."""
+        try:
+            train()
+        finally:
+            self.session.close()  # stop (if still running), final checkpoint, files flushed
+            self._beside.join(POLL_SECONDS * 5)
+        return self.printer.finish()
+
+
 def run_headless(
     session: Session,
     train: Callable[[], object],
@@ -74,31 +120,7 @@ def run_headless(
     """Run ``train`` (the training loop) in this thread, the process's main thread,
     while a thread beside it prints progress and another reads commands from
     ``stdin``. Returns the process exit code (0 ok, 1 error)."""
-    printer = printer or HeadlessPrinter(session)
-    reading = False
-
-    def read_once_started(snap: Snapshot) -> None:
-        # not before the run has started: a run that can't (its run dir...) must not
-        # leave a thread behind that reads the terminal
-        nonlocal reading
-        if stdin is not None and not reading and snap.status.state != RunState.STARTING:
-            reading = True
-            threading.Thread(target=_read_commands, args=(session, stdin), daemon=True).start()
-
-    def print_until_done() -> None:
-        read_once_started(printer.print_new())
-        while not session.wait(POLL_SECONDS):
-            read_once_started(printer.print_new())
-        session.close()  # a finished run's loop idles until asked to stop
-
-    beside = threading.Thread(target=print_until_done, name="tuiconsole-print", daemon=True)
-    beside.start()
-    try:
-        train()
-    finally:
-        session.close()  # stop (if still running), final checkpoint, files flushed
-        beside.join(POLL_SECONDS * 5)
-    return printer.finish()
+    return HeadlessRun(session, stdin=stdin, printer=printer).start().run(train)
 
 
 def final_line(snap: Snapshot) -> str:

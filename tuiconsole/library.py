@@ -161,6 +161,10 @@ class Steer:
             self._server.close("the run has ended")
         _say(_ended_line(self._run))
 
+    def serve_rest(self) -> None:
+        """After the loop (for a host): serve commands until a front-end ends the run."""
+        self._run.serve_rest()
+
     def __enter__(self) -> Steer:
         return self
 

@@ -16,7 +16,7 @@ import random
 import runpy
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _raised_at(exc: BaseException, path: Path) -> str:
+def raised_at(exc: BaseException, path: Path) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
     return f" (line {frames[-1].lineno})" if frames else ""
 
@@ -81,9 +81,25 @@ def execute(path: Path) -> dict[str, Any]:
         raise ScriptError(f"{path}: the script called exit({exc.code}) while loading") from None
     except Exception as exc:
         raise ScriptError(
-            f"{path}{_raised_at(exc, path.resolve())}: the script raised "
-            f"{type(exc).__name__}: {exc}"
+            f"{path}{raised_at(exc, path.resolve())}: the script raised {type(exc).__name__}: {exc}"
         ) from None
+
+
+def run_main(path: Path, argv: Sequence[str], seed: int = 0) -> None:
+    """Run the script as ``python script.py ARGS`` would: ``__main__``, its folder first
+    on sys.path, ``sys.argv = [script, *argv]``. Its exceptions propagate."""
+    if not path.is_file():
+        raise ScriptError(f"{path}: no such file")
+    seed_everything(seed)
+    folder = str(path.parent.resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def load_script(path: str | Path, seed: int = 0) -> TrainingSpec:

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -41,6 +41,7 @@ def spawn_detached(
     run_dir: Path,
     run_id: str,
     options: Sequence[str],
+    script_args: Sequence[str] = (),
     *,
     timeout: float = READY_TIMEOUT,
 ) -> RunInfo:
@@ -49,7 +50,7 @@ def spawn_detached(
     Raises TuiconsoleError with the child's own message if it exits first
     (a script contract error, say).
     """
-    training = TrainingProcess.start(script, run_dir, run_id, options, owner=False)
+    training = TrainingProcess.start(script, run_dir, run_id, options, script_args, owner=False)
     info = training.wait_serving(timeout)
     if info is not None:
         return info
@@ -182,6 +183,79 @@ class OwnerLink:
                 write_info(info)  # `ls` now shows it as a background run
 
 
+class Serving:
+    """The training process's threads beside the loop: the log printer and the one
+    that decides when the run leaves (see :func:`serve_training`)."""
+
+    def __init__(
+        self,
+        session: LocalSession,
+        server: RemoteServer,
+        *,
+        linger: float,
+        stop: StopOnSignals,
+        owner: OwnerLink | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        from tuiconsole.headless import HeadlessPrinter
+
+        self.session, self.server, self.linger, self.stop = session, server, linger, stop
+        self.owner, self.out = owner, out
+        self.printer = HeadlessPrinter(session, out) if out is not None else None
+        self._leaving = threading.Thread(
+            target=self._linger_then_leave, name="tuiconsole-linger", daemon=True
+        )
+
+    def start(self) -> Serving:
+        threading.Thread(target=self._print_log, name="tuiconsole-log", daemon=True).start()
+        self._leaving.start()
+        return self
+
+    def _print_log(self) -> None:
+        while self.printer is not None and not self.session.wait(PRINT_EVERY):
+            self.printer.print_new()
+
+    def _linger_then_leave(self) -> None:
+        # A finished (or failed) run's loop idles, still serving eval, checkpoint...:
+        # this thread decides when it is time to go, then stops it.
+        session, server, owner, stop = self.session, self.server, self.owner, self.stop
+        session.wait()
+        ended = time.monotonic()
+        wait = 0.0 if session.snapshot().status.state.value == "STOPPED" else self.linger
+        while not stop.asked():
+            if self.printer is not None:
+                self.printer.print_new()
+            if owner is not None and not owner.detached:
+                if owner.gone.is_set():
+                    break  # its console left (it waits for our goodbye): so do we
+                owner.gone.wait(0.2)  # the console shows the end until its user quits
+                continue
+            quiet = time.monotonic() - max(ended, server.last_client_left)
+            if server.clients == 0 and quiet >= wait:
+                break
+            stop.asked(0.2)
+        session.close()
+
+    def run(self, train: Callable[[], object]) -> int:
+        """Train (``train``, in this thread) until the run ends and it is time to leave;
+        returns the exit code: 0, 1 if training raised, 128 + N if signal N stopped it."""
+        session, server, out = self.session, self.server, self.out
+        try:
+            train()
+            while self._leaving.is_alive():  # in steps: a signal handler must get to run here
+                self._leaving.join(0.2)
+        finally:
+            session.close()
+            server.close("the run has ended" if session.wait(0) else "the run's process is exiting")
+        snap = self.printer.print_new() if self.printer is not None else session.snapshot()
+        if out is not None:
+            state = snap.status.state.value.lower()
+            print(f"{state} at step {snap.status.step}", file=out, flush=True)
+        if snap.status.state.value == "ERROR":
+            return 1
+        return self.stop.exit_code or 0
+
+
 def serve_training(
     session: LocalSession,
     server: RemoteServer,
@@ -200,47 +274,5 @@ def serve_training(
     log file) from a thread. Returns the exit code: 0, 1 if training raised,
     128 + N if signal N stopped it.
     """
-    from tuiconsole.headless import HeadlessPrinter
-
-    printer = HeadlessPrinter(session, out) if out is not None else None
-
-    def print_log() -> None:
-        while printer is not None and not session.wait(PRINT_EVERY):
-            printer.print_new()
-
-    def linger_then_leave() -> None:
-        # A finished (or failed) run's loop idles, still serving eval, checkpoint...:
-        # this thread decides when it is time to go, then stops it.
-        session.wait()
-        ended = time.monotonic()
-        wait = 0.0 if session.snapshot().status.state.value == "STOPPED" else linger
-        while not stop.asked():
-            if printer is not None:
-                printer.print_new()
-            if owner is not None and not owner.detached:
-                if owner.gone.is_set():
-                    break  # its console left (it waits for our goodbye): so do we
-                owner.gone.wait(0.2)  # the console shows the end until its user quits
-                continue
-            quiet = time.monotonic() - max(ended, server.last_client_left)
-            if server.clients == 0 and quiet >= wait:
-                break
-            stop.asked(0.2)
-        session.close()
-
-    threading.Thread(target=print_log, name="tuiconsole-log", daemon=True).start()
-    leaving = threading.Thread(target=linger_then_leave, name="tuiconsole-linger", daemon=True)
-    leaving.start()
-    try:
-        session.run()
-        while leaving.is_alive():  # in steps: a signal handler must get to run here
-            leaving.join(0.2)
-    finally:
-        session.close()
-        server.close("the run has ended" if session.wait(0) else "the run's process is exiting")
-    snap = printer.print_new() if printer is not None else session.snapshot()
-    if out is not None:
-        print(f"{snap.status.state.value.lower()} at step {snap.status.step}", file=out, flush=True)
-    if snap.status.state.value == "ERROR":
-        return 1
-    return stop.exit_code or 0
+    serving = Serving(session, server, linger=linger, stop=stop, owner=owner, out=out)
+    return serving.start().run(session.run)

@@ -76,9 +76,17 @@ class TrainingProcess:
 
     @classmethod
     def start(
-        cls, script: Path, run_dir: Path, run_id: str, options: Sequence[str], *, owner: bool
+        cls,
+        script: Path,
+        run_dir: Path,
+        run_id: str,
+        options: Sequence[str],
+        script_args: Sequence[str] = (),
+        *,
+        owner: bool,
     ) -> TrainingProcess:
-        """Start the training process; ``owner``: tie it to this process (see module doc)."""
+        """Start the training process; ``owner``: tie it to this process (see module doc).
+        ``script_args``: the arguments of a script that is a program of its own."""
         from tuiconsole.engine.rundir import open_private, prepare_run_dir
 
         created = not run_dir.exists()
@@ -105,6 +113,8 @@ class TrainingProcess:
             token = secrets.token_hex(16)
             env[OWNER_TOKEN_ENV] = token
             cmd += ["--owner-fd", str(read_fd)]
+        if script_args:
+            cmd += ["--", *script_args]
         log_fd = open_private(run_dir / LOG_NAME, "the run log", os.O_WRONLY | os.O_APPEND)
         try:
             proc = subprocess.Popen(
