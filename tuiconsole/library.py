@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,7 +49,7 @@ from tuiconsole.engine.ownloop import Evaluate, LoopEnds, OwnLoop
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.errors import StopTraining, TuiconsoleError
 from tuiconsole.script import check_optimizer, check_scheduler
-from tuiconsole.session import LocalSession
+from tuiconsole.session import LocalSession, StopOnSignals
 
 if TYPE_CHECKING:
     from tuiconsole.engine.snapshot import Snapshot
@@ -120,6 +121,7 @@ class Steer:
         self._server: RemoteServer | None = None
         self._closed = False
         self.ended: StopTraining | None = None  # why the loop must end, once it must
+        self._signals: StopOnSignals | None = None  # python train.py: Ctrl+C stops cleanly
 
     # ------------------------------------------------------------------ the loop's calls
 
@@ -138,9 +140,15 @@ class Steer:
         try:
             self._run.boundary(loss)
         except LoopEnds as ends:
-            self.ended = StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0)
+            self.ended = StopTraining(ends.reason, self._exit_code(ends.state))
             return False
         return True
+
+    def _exit_code(self, state: RunState) -> int:
+        if state == RunState.ERROR:
+            return 1
+        stops = self._signals
+        return stops.exit_code if stops is not None and stops.exit_code is not None else 0
 
     def end(self, error: BaseException | None = None) -> None:
         """The loop is over (``error``: it raised that): a loop that ran out ends the
@@ -159,6 +167,8 @@ class Steer:
         self._run.close()
         if self._server is not None:
             self._server.close("the run has ended")
+        if self._signals is not None:
+            self._signals.__exit__(None, None, None)
         _say(_ended_line(self._run))
 
     def serve_rest(self) -> None:
@@ -281,12 +291,40 @@ def steer(
     else:
         if listen:
             handle._server = _serve(session, script, config)
+        handle._signals = _stop_on_signals(session)
         atexit.register(_at_exit, handle)
     try:
         run.begin()
     except LoopEnds as ends:  # stopped while it waited to start (--paused)
-        raise StopTraining(ends.reason, 1 if ends.state == RunState.ERROR else 0) from None
+        raise StopTraining(ends.reason, handle._exit_code(ends.state)) from None
     return handle
+
+
+def _stop_on_signals(session: LocalSession) -> StopOnSignals | None:
+    """``python train.py``: Ctrl+C and SIGTERM stop the run at its next step boundary
+    (final checkpoint; exit 130 / 143), a second Ctrl+C leaves at once, as under
+    ``tuiconsole run``. Not where the script set handlers of its own, nor off the
+    main thread (Python delivers signals there only)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    defaults = {"SIGINT": signal.default_int_handler, "SIGTERM": signal.SIG_DFL}
+    ours = tuple(
+        name for name, h in defaults.items() if signal.getsignal(getattr(signal, name)) is h
+    )
+    if not ours:
+        return None
+
+    def abandoned(stops: StopOnSignals) -> None:  # a step stuck past the stop grace
+        import logging
+        import os
+
+        _say(f"stopped by {stops.name}: {session.unfinished}; journal flushed")
+        logging.shutdown()
+        os._exit(stops.exit_code or 1)
+
+    return StopOnSignals(session, on_abandoned=abandoned, signals=ours).__enter__()
 
 
 def _serve(session: LocalSession, script: Path | None, config: RunConfig) -> RemoteServer | None:
