@@ -189,3 +189,58 @@ def test_a_stop_from_the_console_gives_up_on_a_stuck_step_after_the_grace(tmp_pa
     finally:
         for console in consoles.values():
             console.close()
+
+
+OWN_LOOP_SCRIPT = """
+import time
+import torch
+from torch import nn
+import tuiconsole
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+
+
+def main():
+    steer = tuiconsole.steer(model, optimizer)
+    while True:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        steer.step(loss)
+        time.sleep(0.002)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_the_console_steers_a_program_with_a_loop_of_its_own(tmp_path):
+    """`tuiconsole run own.py`: the console opens on the script's steer() run; a command
+    typed there reaches the script's optimizer; quitting stops it with a final checkpoint."""
+    script = tmp_path / "own.py"
+    script.write_text(OWN_LOOP_SCRIPT)
+    console = ConsoleInPty(script, tmp_path / "run")
+    try:
+        console.wait_running()
+        mark = len(console.output)
+        console.type(":")
+        time.sleep(0.3)
+        console.type("lr all 0.02\r")
+        console.wait_for(b"0.1->0.02", since=mark)
+        mark = len(console.output)
+        console.type("q")
+        console.wait_for(b"Quit tuiconsole?", since=mark)
+        console.type("y")
+        assert console.proc.wait(60) == 0
+        step = assert_clean_stop(tmp_path / "run", "ui")
+        records = [json.loads(x) for x in (tmp_path / "run" / "journal.jsonl").open()]
+        (lr,) = [r for r in records if r.get("cmd") == "lr all 0.02"]
+        assert lr["ok"] and 0 < lr["step"] <= step
+        assert lr["groups"][0]["lr"] == 0.02
+    finally:
+        console.close()
