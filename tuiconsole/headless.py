@@ -129,7 +129,8 @@ def final_line(snap: Snapshot) -> str:
     if status.state == RunState.ERROR and status.error is not None:
         return f"training failed: {status.error}"
     return (
-        f"{status.state.value.lower()} at step {status.step} (epoch {status.epoch})"
+        f"{status.state.value.lower()} at step {status.step}"
+        + (f" (epoch {status.epoch})" if status.epoch else "")
         + (f", loss {snap.loss_last:.4g}" if snap.loss_last is not None else "")
         + (f"; run dir {snap.run_dir}" if snap.run_dir else "")
     )

@@ -135,6 +135,11 @@ class OwnLoop(Trainer):
         self._ended = False  # the final checkpoint and end record are written
         self.start_step = self.step  # where a resumed run goes on (0 for a new one)
 
+    @property
+    def epoch_shown(self) -> int:
+        """0: the loop counts its epochs itself (front-ends then show none)."""
+        return 0
+
     def _stepped_hook(self, *_: Any) -> None:
         self._optimizer_steps += 1
 

@@ -143,7 +143,8 @@ class RunRecord:
         if values and (force or now - self._metrics_logged_at >= min_interval):
             self._metrics_logged_at = now
             lrs = " ".join(f"{name}={value:.3g}" for name, value in lr.items())
-            self.note(step, "metrics", f"step {step} epoch {epoch} loss {loss:.4g} lr {lrs}")
+            at = f"step {step} epoch {epoch}" if epoch else f"step {step}"  # 0: a loop of its own
+            self.note(step, "metrics", f"{at} loss {loss:.4g} lr {lrs}")
 
     # ------------------------------------------------------------------ snapshots
 

@@ -19,7 +19,8 @@ def render_status(
     text.append(f" {status.state.value} ", style=state_style(status.state))
     epoch = f"{status.epoch}/{status.epochs}" if status.epochs else str(status.epoch)
     step = f"{status.step}/{status.max_steps}" if status.max_steps else str(status.step)
-    text.append(f"  epoch {epoch}  step {step}  ")
+    # epoch 0: a loop of its own, which counts its epochs itself
+    text.append(f"  epoch {epoch}  step {step}  " if status.epoch else f"  step {step}  ")
     text.append(f"{status.steps_per_sec:.1f} steps/s", style="bold")
     text.append(f"  {fmt_elapsed(status.elapsed)}  {status.device}")
     if optimizer:
