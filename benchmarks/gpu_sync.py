@@ -1,12 +1,13 @@
 """No host sync per step on an accelerator, checked with torch's sync debug mode.
 
-    python benchmarks/gpu_sync.py cuda
+    python benchmarks/gpu_sync.py cuda [MODEL...]
 
 300 steps of vgg (SGD) and resnet_adam (Adam) with every read disabled (no log
 lines, no snapshot reader): torch warns on each synchronizing call it detects.
 """
 
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from tuiconsole.engine.trainer import RunConfig, Trainer  # noqa: E402
 from tuiconsole.script import load_script  # noqa: E402
 
 dev = sys.argv[1]
-for name in ("vgg", "resnet_adam"):
+for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered loop below
+    if name == "none":
+        continue
     spec = load_script(f"sample_models/{name}.py")
     t = Trainer(spec, RunConfig(max_steps=10**6, log_every=0, snapshot_interval=1e9, device=dev))
     t.prepare()
@@ -40,3 +43,41 @@ for name in ("vgg", "resnet_adam"):
     t._flush_losses()
     print(f"   loss last {t._losses.last:.4f}, state {t.state.value}")
     t.close()
+
+# The library API: a loop of its own with steer.step(loss) at its boundary.
+from torch import nn  # noqa: E402
+
+from tuiconsole.library import steer as make_steer  # noqa: E402
+
+spec = load_script("sample_models/vgg.py")
+model = spec.model.to(dev)
+opt = spec.optimizer
+steer = make_steer(model, opt, listen=False, log_every=10**9, run_dir=tempfile.mkdtemp())
+steer.session.snapshot()  # nobody reads snapshots after this: none is built
+batches = [(x.to(dev), y.to(dev)) for x, y in list(spec.train_loader)[:8]]
+
+
+def steps(n: int) -> None:
+    for i in range(n):
+        x, y = batches[i % len(batches)]
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steer.step(loss)
+
+
+steps(5)
+if dev.startswith("cuda"):
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    steps(300)
+if dev.startswith("cuda"):
+    torch.cuda.set_sync_debug_mode(0)
+syncs = [x for x in w if "synchroniz" in str(x.message)]
+print(f"steer (own loop, vgg): steps {steer.steps}: {len(syncs)} sync warnings in 300 steps")
+for x in syncs[:3]:
+    print("   ", x.filename, x.lineno, str(x.message)[:160])
+steer.close()
