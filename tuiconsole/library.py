@@ -134,11 +134,13 @@ class Steer:
             assert self.ended is not None
             raise self.ended
 
-    def boundary(self, loss: torch.Tensor | float) -> bool:
+    def boundary(self, loss: torch.Tensor | float, *, skipped: bool = False) -> bool:
         """The step boundary for a framework's callback: as :meth:`step`, but returns
-        False (and sets :attr:`ended`) where ``step`` raises: the loop must end."""
+        False (and sets :attr:`ended`) where ``step`` raises: the loop must end.
+        ``skipped``: the framework skipped this step's ``optimizer.step()`` (an fp16
+        overflow); without it a first step skipped so is refused as a misuse."""
         try:
-            self._run.boundary(loss)
+            self._run.boundary(loss, skipped=skipped)
         except LoopEnds as ends:
             self.ended = StopTraining(ends.reason, self._exit_code(ends.state))
             return False
@@ -208,6 +210,12 @@ class Steer:
     @property
     def run_dir(self) -> Path | None:
         return self._run.run_dir
+
+    @property
+    def last_checkpoint(self) -> str:
+        """The path of the last checkpoint written ("" before the first): a framework's
+        callback compares it across a boundary to see that one was written there."""
+        return self._run.last_checkpoint
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

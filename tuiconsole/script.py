@@ -194,7 +194,13 @@ def check_optimizer(
 def check_scheduler(
     scheduler: Any, optimizer: torch.optim.Optimizer, what: str, on: str = "the optimizer"
 ) -> None:
-    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+    if scheduler is None:
+        return
+    held = getattr(scheduler, "optimizer", None)
+    # A framework may attach it to its wrapper of the optimizer (accelerate's
+    # AcceleratedOptimizer, as the Hugging Face Trainer does): fine when the wrapper's
+    # param_groups are the optimizer's own list, which the scheduler then writes.
+    if held is not optimizer and getattr(held, "param_groups", None) is not optimizer.param_groups:
         raise ScriptError(f"{what} must be an lr scheduler attached to {on}")
 
 

@@ -163,9 +163,11 @@ class OwnLoop(Trainer):
         except BaseException as exc:
             self._leave(exc)
 
-    def boundary(self, loss: Any) -> None:
+    def boundary(self, loss: Any, *, skipped: bool = False) -> None:
         """A step was taken: record ``loss``, apply commands, wait while paused.
 
+        ``skipped``: the framework skipped this step's ``optimizer.step()`` on purpose
+        (a GradScaler found inf gradients under fp16); the step counts all the same.
         Raises LoopEnds when the loop must end (and TuiconsoleError for invalid use).
         """
         if self._ended or self.state in (RunState.FINISHED, RunState.ERROR):
@@ -174,7 +176,7 @@ class OwnLoop(Trainer):
             raise TuiconsoleError(
                 "steer.step() was called from another thread than the one that began the run"
             )
-        if self._optimizer_steps == 0 and not self._ever_stepped:
+        if self._optimizer_steps == 0 and not self._ever_stepped and not skipped:
             raise TuiconsoleError(
                 "steer.step() was called before optimizer.step() ever ran: call it once per "
                 "step, after optimizer.step() (and your scheduler's step)"
