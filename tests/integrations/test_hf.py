@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -491,3 +493,52 @@ def test_outside_a_trainer_it_says_so(tmp_path: Path) -> None:
 def test_options_it_does_not_take(options: dict[str, Any], says: str) -> None:
     with pytest.raises(TuiconsoleError, match=says.replace("(", r"\(").replace(")", r"\)")):
         TuiconsoleCallback(**options)
+
+
+# --------------------------------------------------------------------------- the sample
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "hf_tiny.py"
+
+
+def run_sample(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.subprocess
+def test_the_sample_runs_with_python(tmp_path: Path) -> None:
+    """Its own --epochs (1 epoch of 64 sequences, batch 32: 2 steps, before --max-steps 6)."""
+    done = run_sample(
+        [sys.executable, str(SAMPLE), *("--epochs", "1", "--max-steps", "6", "--train-size", "64")],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").glob("hf_tiny-2*")
+    end = end_record(run_dir)
+    assert end["state"] == "FINISHED" and end["step"] == 2
+    assert "tuiconsole attach" in done.stderr  # served for attach while it ran
+
+
+@pytest.mark.subprocess
+def test_the_sample_runs_under_tuiconsole_run(tmp_path: Path) -> None:
+    """run's own --max-steps is applied by the steer: the Trainer stops at step 3 of its 4
+    (2 epochs of 64 sequences, batch 32)."""
+    done = run_sample(
+        [
+            *(sys.executable, "-m", "tuiconsole", "run", str(SAMPLE)),
+            *("--headless", "--no-listen", "--run-dir", "run", "--max-steps", "3"),
+            *("--epochs", "2", "--", "--train-size", "64"),
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    end = end_record(tmp_path / "run")
+    assert end["state"] == "FINISHED" and end["step"] == 3
+    assert "reached --max-steps 3" in done.stdout
