@@ -13,9 +13,10 @@ optimizer inside accelerate's ``AcceleratedOptimizer``, the Trainer's
 ``lr_scheduler``) at the Trainer's own step boundary: ``on_step_end``, once per
 optimizer step (after ``optimizer.step()``, the scheduler's step and
 ``zero_grad``), before the Trainer logs, evaluates or saves for that step. So
-the journal's step N is the Trainer's ``state.global_step`` N (of this
-``train()`` call) and a command journaled at step N is in force from optimizer
-step N + 1 on. How each command maps onto the Trainer:
+the journal's step N is the Trainer's ``state.global_step`` N and a command
+journaled at step N is in force from optimizer step N + 1 on. (The journal counts
+the steps of this ``train()`` call: after ``resume_from_checkpoint`` at global
+step G, its step N is global step G + N.) How each command maps onto the Trainer:
 
 - ``lr`` / ``decay`` / ``set`` / ``split``: applied to the optimizer in place
   (state kept); the scheduler's base lrs follow an lr change, so its schedule

@@ -356,6 +356,76 @@ def test_max_steps_option_ends_the_trainer(tmp_path: Path) -> None:
     assert Path(end["checkpoint"]).is_file()
 
 
+def test_a_nan_loss_under_nan_stop_ends_the_training_there(tmp_path: Path) -> None:
+    model = tiny_gpt2()
+
+    def poison(module: torch.nn.Module, inputs: Any, outputs: Any) -> Any:
+        if poison.calls == 3:  # type: ignore[attr-defined]
+            outputs["loss"] = outputs["loss"] * float("nan")
+        poison.calls += 1  # type: ignore[attr-defined]
+        return outputs
+
+    poison.calls = 0  # type: ignore[attr-defined]
+    model.register_forward_hook(poison)
+    trainer = make_trainer(tmp_path, [steering(tmp_path, nan="stop")], model=model)
+    trainer.train()
+
+    (nan,) = [r for r in records(tmp_path / "run") if r["type"] == "nan"]
+    assert nan["step"] == 4 and nan["action"] == "stop"
+    assert end_record(tmp_path / "run")["state"] == "ERROR"
+    assert trainer.state.global_step == 4  # not the 8 it was set to
+    assert not list((tmp_path / "out").glob("checkpoint-*"))  # no Trainer save of NaN weights
+
+
+def test_replay_applies_the_journal_again_at_the_same_steps(tmp_path: Path) -> None:
+    """The same seeds and the journal replayed: the same commands at the same steps, so
+    the same weights at the end, bit for bit; without the replay they differ."""
+    first = tmp_path / "first"
+    tc = TuiconsoleCallback(run_dir=first / "run", listen=False)
+    at = At(tc, {2: "lr all 0.02", 5: "split emb transformer.wte lr=0.005"})
+    one = make_trainer(first, [at, tc])
+    one.train()
+    assert all(f.result(timeout=30).ok for f in at.results.values())
+
+    again = tmp_path / "again"
+    replayed = TuiconsoleCallback(
+        run_dir=again / "run", listen=False, replay=first / "run" / "journal.jsonl"
+    )
+    two = make_trainer(again, [replayed])
+    two.train()
+    plain = make_trainer(tmp_path / "plain", [steering(tmp_path / "plain")])
+    plain.train()
+
+    steps = [(r["step"], r["cmd"]) for r in records(first / "run") if r["type"] == "command"]
+    assert [(r["step"], r["cmd"]) for r in records(again / "run") if r["type"] == "command"] == (
+        steps
+    )
+    assert [g["name"] for g in two.optimizer.param_groups][-1] == "emb"
+    for a, b in zip(one.model.parameters(), two.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(
+        torch.equal(a, c)
+        for a, c in zip(one.model.parameters(), plain.model.parameters(), strict=True)
+    )
+
+
+def test_after_resume_from_checkpoint_the_journal_counts_from_that_train(
+    tmp_path: Path,
+) -> None:
+    """The Trainer resumes itself (its weights, optimizer, scheduler, data position); the
+    journal's steps count the steps of this train() call: step N is global step G + N."""
+    make_trainer(tmp_path, [], save_strategy="steps", save_steps=4, max_steps=8).train()
+    assert (tmp_path / "out" / "checkpoint-4").is_dir()
+
+    tc = steering(tmp_path)
+    at = At(tc, {6: "lr all 0.02"})
+    trainer = make_trainer(tmp_path, [at, tc], max_steps=8)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+
+    assert journal_step(tmp_path / "run", at, "lr all 0.02") == 6 - 4
+    assert end_record(tmp_path / "run")["step"] == 4 and trainer.state.global_step == 8
+
+
 # --------------------------------------------------------------------------- eval, checkpoint
 
 
