@@ -502,6 +502,17 @@ def test_checkpoint_writes_ours_and_the_trainers(tmp_path: Path) -> None:
     assert end["state"] == "FINISHED" and Path(end["checkpoint"]).name == "checkpoint-step8.pt"
 
 
+def test_stop_has_the_trainer_save_its_checkpoint_too(tmp_path: Path) -> None:
+    tc = steering(tmp_path)
+    at = At(tc, {3: "stop"})
+    trainer = make_trainer(tmp_path, [at, tc], save_strategy="steps", save_steps=1000)
+    trainer.train()
+
+    assert at.result("stop").ok and trainer.state.global_step == 3
+    assert Path(end_record(tmp_path / "run")["checkpoint"]).name == "checkpoint-step3.pt"
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-3"]
+
+
 def test_no_trainer_checkpoint_when_it_saves_none(tmp_path: Path) -> None:
     tc = steering(tmp_path)
     at = At(tc, {3: "checkpoint"})
