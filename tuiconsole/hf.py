@@ -25,7 +25,9 @@ step G, its step N is global step G + N.) How each command maps onto the Trainer
   the Trainer, accelerate's wrapper and the scheduler all hold; under fp16
   (accelerate's GradScaler) the wrapper's step is re-pointed at the new class.
 - ``stop`` (and ``--max-steps``, ``--nan stop``): ``control.should_training_stop``;
-  the Trainer ends its loop after this step.
+  the Trainer ends its loop after this step. Ctrl+C or SIGTERM under ``python
+  train.py`` stop so too, and then ``train()`` raises the StopTraining (exit 130 /
+  143, no traceback), as a steered loop of your own ends.
 - ``eval``: the Trainer's own ``evaluate()`` on its ``eval_dataset`` (its
   ``eval_loss``; ``eval_accuracy`` too when ``compute_metrics`` gives one), run
   at once, inside the boundary: it is logged to the Trainer's log history and
@@ -177,7 +179,9 @@ class TuiconsoleCallback(TrainerCallback):
         self._follow_rebuild()
         if not going_on:
             control.should_training_stop = True
-            failed = run.ended is not None and run.ended.code != 0
+            # Exit code 1: the run failed (a stop by a signal has 130 or 143): no Trainer
+            # checkpoint of weights that may be NaN.
+            failed = run.ended is not None and run.ended.code == 1
             control.should_save = control.should_save or (self._saves and not failed)
         elif run.last_checkpoint != checkpoint and self._saves:
             control.should_save = True
@@ -190,6 +194,11 @@ class TuiconsoleCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self._end(None)
+        ended = self.steer.ended if self.steer is not None else None
+        if ended is not None and ended.code not in (0, 1):
+            # Stopped by Ctrl+C or SIGTERM (``python train.py``): leave as any steered loop
+            # does, exit 130 / 143 without a traceback, not on into the code after train().
+            raise ended
 
     # ------------------------------------------------------------------ the step's loss
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from tuiconsole.errors import TuiconsoleError  # noqa: E402
+from tuiconsole.errors import StopTraining, TuiconsoleError  # noqa: E402
 from tuiconsole.hf import TuiconsoleCallback  # noqa: E402
 
 VOCAB, SEQ = 16, 8
@@ -623,3 +624,28 @@ def test_the_sample_runs_under_tuiconsole_run(tmp_path: Path) -> None:
     end = end_record(tmp_path / "run")
     assert end["state"] == "FINISHED" and end["step"] == 3
     assert "reached --max-steps 3" in done.stdout
+
+
+def test_ctrl_c_stops_at_the_boundary_and_leaves_train_with_130(tmp_path: Path) -> None:
+    """In the main thread (as ``python train.py``) the steer catches SIGINT: the stop is
+    applied at this step's boundary, the Trainer saves, and train() raises StopTraining."""
+    assert threading.current_thread() is threading.main_thread()
+    tc = steering(tmp_path)
+    sent: list[bool] = []
+
+    def ctrl_c() -> None:
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ours is in
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    at = At(tc, {3: ctrl_c})
+    trainer = make_trainer(tmp_path, [at, tc], save_strategy="steps", save_steps=1000)
+    with pytest.raises(StopTraining) as stop:
+        trainer.train()
+
+    assert sent and stop.value.code == 130
+    (record,) = [r for r in records(tmp_path / "run") if r.get("cmd") == "stop"]
+    assert record["step"] == 3 and record["source"] == "signal:SIGINT"
+    assert end_record(tmp_path / "run")["state"] == "STOPPED"
+    assert trainer.state.global_step == 3 and (tmp_path / "out" / "checkpoint-3").is_dir()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
