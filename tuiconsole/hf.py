@@ -26,8 +26,9 @@ step G, its step N is global step G + N.) How each command maps onto the Trainer
   (accelerate's GradScaler) the wrapper's step is re-pointed at the new class.
 - ``stop`` (and ``--max-steps``, ``--nan stop``): ``control.should_training_stop``;
   the Trainer ends its loop after this step. Ctrl+C or SIGTERM under ``python
-  train.py`` stop so too, and then ``train()`` raises the StopTraining (exit 130 /
-  143, no traceback), as a steered loop of your own ends.
+  train.py`` stop so too. ``train()`` then returns, except where a steered loop of
+  one's own would exit non-zero: after a Ctrl+C / SIGTERM (130 / 143) or a failed run
+  (``--nan stop``: 1) it raises that StopTraining (a SystemExit: no traceback).
 - ``eval``: the Trainer's own ``evaluate()`` on its ``eval_dataset`` (its
   ``eval_loss``; ``eval_accuracy`` too when ``compute_metrics`` gives one), run
   at once, inside the boundary: it is logged to the Trainer's log history and
@@ -195,9 +196,10 @@ class TuiconsoleCallback(TrainerCallback):
     ) -> None:
         self._end(None)
         ended = self.steer.ended if self.steer is not None else None
-        if ended is not None and ended.code not in (0, 1):
-            # Stopped by Ctrl+C or SIGTERM (``python train.py``): leave as any steered loop
-            # does, exit 130 / 143 without a traceback, not on into the code after train().
+        if ended is not None and ended.code != 0:
+            # Failed (--nan stop: 1), or stopped by Ctrl+C / SIGTERM under ``python train.py``
+            # (130 / 143): leave as a steered loop of one's own does, with that exit code and
+            # no traceback, not on into the code after train().
             raise ended
 
     # ------------------------------------------------------------------ the step's loss

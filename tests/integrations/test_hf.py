@@ -369,7 +369,10 @@ def test_a_nan_loss_under_nan_stop_ends_the_training_there(tmp_path: Path) -> No
     poison.calls = 0  # type: ignore[attr-defined]
     model.register_forward_hook(poison)
     trainer = make_trainer(tmp_path, [steering(tmp_path, nan="stop")], model=model)
-    trainer.train()
+    with pytest.raises(StopTraining) as failed:  # python train.py exits 1
+        trainer.train()
+
+    assert failed.value.code == 1
 
     (nan,) = [r for r in records(tmp_path / "run") if r["type"] == "nan"]
     assert nan["step"] == 4 and nan["action"] == "stop"
