@@ -1,0 +1,439 @@
+"""TuiconsoleCallback over real Lightning fits of tiny models.
+
+Each test starts a real ``Trainer.fit`` in the test's thread. Commands go through the
+run's session (``steer.session.submit``) from a callback of the test's own, placed
+before TuiconsoleCallback: it queues them at a chosen step and records what the real
+optimizer looks like before every batch, so the assertions read the optimizer
+Lightning steps, at the step the journal names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from tuiconsole.engine.commands import CommandResult  # noqa: E402
+from tuiconsole.errors import TuiconsoleError  # noqa: E402
+from tuiconsole.lightning import TuiconsoleCallback  # noqa: E402
+
+# Lightning's own deprecation noise (its _pytree) and its hints about tiny test fits.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
+    pytest.mark.filterwarnings("ignore::UserWarning:lightning"),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+]
+
+BATCHES = 8  # per epoch
+
+
+def data(n: int = 8 * BATCHES, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+class Tiny(pl.LightningModule):
+    """Two named parts (``body``, ``head``), SGD with momentum, an optional StepLR."""
+
+    def __init__(self, scheduler: bool = False, validate: bool = True) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+        self.head = nn.Linear(8, 1)
+        self.with_scheduler = scheduler
+        if not validate:
+            self.validation_step = None  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        if not self.with_scheduler:
+            return opt
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Script(pl.Callback):
+    """Queues commands at given steps; records the optimizer before each batch."""
+
+    def __init__(self, console: TuiconsoleCallback, at: dict[int, str]) -> None:
+        self.console = console
+        self.at = dict(at)
+        self.results: dict[str, Future[CommandResult]] = {}
+        self.seen: list[dict[str, Any]] = []  # before the batch of step len(seen) + 1
+        self.hooks: dict[int, Callable[[Any], None]] = {}
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        opt = trainer.optimizers[0]
+        self.seen.append(
+            {
+                "global_step": trainer.global_step,
+                "opt": opt,
+                "cls": type(opt).__name__,
+                "lrs": [float(g["lr"]) for g in opt.param_groups],
+                "names": [g.get("name") for g in opt.param_groups],
+                "state": {id(p): dict(s) for p, s in opt.state.items()},
+            }
+        )
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, out: Any, b: Any, i: int) -> None:
+        step = trainer.global_step
+        if step in self.hooks:
+            self.hooks[step](trainer)
+        if step in self.at:  # once (accumulating, two batches end at one step)
+            assert self.console.steer is not None
+            text = self.at.pop(step)
+            self.results[text] = self.console.steer.session.submit(text)
+
+
+def fit(
+    tmp_path: Path,
+    model: pl.LightningModule,
+    at: dict[int, str] | None = None,
+    val: bool = True,
+    epochs: int = 3,
+    hooks: dict[int, Callable[[Any], None]] | None = None,
+    trainer_kw: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[Any, Script, TuiconsoleCallback]:
+    console = TuiconsoleCallback(run_dir=tmp_path / "run", listen=False, **options)
+    script = Script(console, at or {})
+    script.hooks = hooks or {}
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[script, console],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **(trainer_kw or {}),
+    )
+    trainer.fit(model, data(), data(32, seed=1) if val else None)
+    return trainer, script, console
+
+
+def journal(tmp_path: Path, name: str = "journal.jsonl") -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp_path / "run" / name).read_text().splitlines()]
+
+
+def command(tmp_path: Path, text: str) -> dict[str, Any]:
+    hits = [r for r in journal(tmp_path) if r["type"] == "command" and r["cmd"] == text]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def end(tmp_path: Path) -> dict[str, Any]:
+    return journal(tmp_path)[-1]
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------- optimizer commands
+
+
+def test_lr_lands_at_the_step_the_journal_names_and_keeps_momentum(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, Tiny(), at={3: "lr all 0.01"}, epochs=1)
+    assert script.results["lr all 0.01"].result().ok
+    rec = command(tmp_path, "lr all 0.01")
+    assert rec["step"] == 3
+    lrs = [s["lrs"][0] for s in script.seen]
+    # seen[k] is the optimizer step k+1 used: steps 1..3 at 0.05, from step 4 on at 0.01
+    assert lrs[:3] == [0.05] * 3 and set(lrs[3:]) == {0.01}
+    opt = trainer.optimizers[0]
+    assert script.seen[3]["opt"] is opt is script.seen[0]["opt"]
+    # the momentum buffers step 4 starts from are the tensors step 3 left (same objects)
+    before = script.seen[3]["state"]
+    p = opt.param_groups[0]["params"][0]
+    assert before[id(p)]["momentum_buffer"] is script.seen[2]["state"][id(p)]["momentum_buffer"]
+    assert before[id(p)]["momentum_buffer"].abs().sum() > 0
+    assert end(tmp_path)["state"] == "FINISHED"
+
+
+def test_lr_keeps_the_scheduler_in_step(tmp_path: Path) -> None:
+    """StepLR halves every 4 steps; an lr command at step 2 is where it goes on from."""
+    _, script, _ = fit(tmp_path, Tiny(scheduler=True), at={2: "lr all 0.2"}, epochs=1)
+    assert command(tmp_path, "lr all 0.2")["step"] == 2
+    lrs = [s["lrs"][0] for s in script.seen]
+    assert lrs == [0.05, 0.05, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1]
+
+
+def test_set_changes_a_hyper_parameter_in_place(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, Tiny(), at={2: "set all momentum=0.5"}, epochs=1)
+    assert command(tmp_path, "set all momentum=0.5")["step"] == 2
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5
+
+
+def test_split_makes_a_new_group_with_its_state_kept(tmp_path: Path) -> None:
+    trainer, script, _ = fit(
+        tmp_path, Tiny(scheduler=True), at={3: "split head head lr=0.3"}, epochs=1
+    )
+    assert script.results["split head head lr=0.3"].result().ok
+    rec = command(tmp_path, "split head head lr=0.3")
+    assert rec["step"] == 3
+    assert [g["name"] for g in rec["groups"]] == ["group0", "head"]
+    opt = trainer.optimizers[0]
+    assert [g["name"] for g in opt.param_groups] == ["group0", "head"]
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    head = trainer.lightning_module.head.weight
+    assert any(head is p for p in opt.param_groups[1]["params"])
+    # the head's momentum buffer went with it: step 4 starts from step 3's tensor
+    assert (
+        script.seen[3]["state"][id(head)]["momentum_buffer"]
+        is script.seen[2]["state"][id(head)]["momentum_buffer"]
+    )
+    assert script.seen[3]["names"] == ["group0", "head"]
+    # the StepLR goes on over both groups (halved at step 4 and 8)
+    assert script.seen[3]["lrs"] == [0.05, 0.3]
+    assert script.seen[4]["lrs"] == [0.025, 0.15]
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert len(sched.base_lrs) == 2
+
+
+def test_rebuild_changes_the_optimizer_lightning_steps_in_place(tmp_path: Path) -> None:
+    trainer, script, _ = fit(
+        tmp_path, Tiny(scheduler=True), at={5: "rebuild Adam lr=0.01"}, epochs=1
+    )
+    assert script.results["rebuild Adam lr=0.01"].result().ok
+    assert command(tmp_path, "rebuild Adam lr=0.01")["step"] == 5
+    opt = trainer.optimizers[0]
+    assert opt is script.seen[0]["opt"]  # the object Lightning and the scheduler hold
+    assert [s["cls"] for s in script.seen] == ["SGD"] * 5 + ["Adam"] * 3
+    assert isinstance(opt, torch.optim.Adam)
+    # Adam's own state from step 6 on, none of SGD's
+    p = opt.param_groups[0]["params"][0]
+    assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert float(opt.state[p]["step"]) == 3  # steps 6, 7, 8
+    # the scheduler kept stepping this optimizer: halved at step 8 from the rebuilt lr
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.optimizer is opt
+    assert [s["lrs"][0] for s in script.seen[5:]] == [0.01, 0.01, 0.01]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
+    # Lightning's wrapper (what self.optimizers() gives) says Adam too
+    (wrapper,) = trainer.strategy._lightning_optimizers
+    assert isinstance(wrapper, torch.optim.Adam) and type(wrapper).__name__ == "LightningAdam"
+
+
+def test_a_refused_command_changes_nothing(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, Tiny(), at={2: "lr nowhere 0.1"}, epochs=1)
+    result = script.results["lr nowhere 0.1"].result()
+    assert not result.ok and "nowhere" in result.message
+    assert {s["lrs"][0] for s in script.seen} == {0.05}
+
+
+# ---------------------------------------------------------------------- control
+
+
+def test_stop_ends_the_fit_at_that_step_with_a_final_checkpoint(tmp_path: Path) -> None:
+    trainer, script, console = fit(tmp_path, Tiny(), at={5: "stop"}, epochs=50)
+    assert script.results["stop"].result().ok
+    assert trainer.global_step == 5 < 50 * BATCHES
+    assert trainer.should_stop
+    last = end(tmp_path)
+    assert last["type"] == "end" and last["state"] == "STOPPED" and last["step"] == 5
+    ckpt = torch.load(last["checkpoint"], weights_only=False)
+    assert ckpt["step"] == 5
+    weights = trainer.lightning_module.state_dict()
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in weights.items())
+    assert console.steer is not None and console.steer.ended is not None
+    assert "stopped at step 5" in console.steer.ended.reason
+
+
+def test_max_steps_ends_the_fit(tmp_path: Path) -> None:
+    trainer, _, _ = fit(tmp_path, Tiny(), epochs=50, max_steps=6)
+    assert trainer.global_step == 6
+    last = end(tmp_path)
+    assert last["state"] == "FINISHED" and last["step"] == 6
+    assert Path(last["checkpoint"]).is_file()
+
+
+def test_the_fits_own_end_finishes_the_run(tmp_path: Path) -> None:
+    trainer, _, console = fit(tmp_path, Tiny(), epochs=2)
+    assert trainer.global_step == 2 * BATCHES
+    last = end(tmp_path)
+    assert last["state"] == "FINISHED" and last["step"] == 2 * BATCHES
+    assert Path(last["checkpoint"]).is_file()
+    assert console.steer is not None and console.steer.steps == 2 * BATCHES
+
+
+def test_checkpoint_writes_model_and_optimizer_at_that_step(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, Tiny(scheduler=True), at={4: "checkpoint"}, epochs=1)
+    assert script.results["checkpoint"].result().ok
+    ckpts = sorted((tmp_path / "run").glob("checkpoint-step4*.pt"))
+    assert ckpts, list((tmp_path / "run").iterdir())
+    ckpt = torch.load(ckpts[0], weights_only=False)
+    assert ckpt["step"] == 4
+    assert len(ckpt["optimizer"]["state"]) == 4  # momentum for each of the 4 tensors
+
+
+def test_a_failing_step_ends_the_run_in_error(tmp_path: Path) -> None:
+    class Fails(Tiny):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.trainer.global_step == 3:
+                raise RuntimeError("boom at step 4")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tmp_path, Fails(), epochs=1)
+    last = end(tmp_path)
+    assert last["state"] == "ERROR" and last["step"] == 3
+
+
+# ---------------------------------------------------------------------- eval
+
+
+def test_eval_gives_the_validation_loss(tmp_path: Path) -> None:
+    expected: list[float] = []
+
+    def val_loss(trainer: Any) -> None:  # the same loss, computed apart, right then
+        module = trainer.lightning_module
+        with torch.no_grad():
+            losses = [nn.functional.mse_loss(module(x), y) for x, y in data(32, seed=1)]
+        expected.append(float(torch.stack(losses).mean()))
+
+    trainer, script, _ = fit(tmp_path, Tiny(), at={4: "eval"}, hooks={4: val_loss}, epochs=1)
+    result = script.results["eval"].result()
+    assert result.ok, result.message
+    evals = [r for r in journal(tmp_path, "metrics.jsonl") if r["type"] == "eval"]
+    assert [e["step"] for e in evals] == [4]
+    assert evals[0]["loss"] == pytest.approx(expected[0], rel=1e-6)
+    assert trainer.lightning_module.training  # put back in train mode
+    assert command(tmp_path, "eval")["step"] == 4
+
+
+def test_eval_reads_what_validation_step_returns(tmp_path: Path) -> None:
+    class Returns(Tiny):
+        def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+            x, y = batch
+            return {"loss": torch.tensor(2.0), "accuracy": torch.tensor(0.25)}
+
+    fit(tmp_path, Returns(), at={2: "eval"}, epochs=1)
+    (ev,) = [r for r in journal(tmp_path, "metrics.jsonl") if r["type"] == "eval"]
+    assert ev["loss"] == pytest.approx(2.0) and ev["accuracy"] == pytest.approx(0.25)
+
+
+def test_eval_without_val_data_is_refused(tmp_path: Path) -> None:
+    _, script, _ = fit(tmp_path, Tiny(), at={2: "eval"}, val=False, epochs=1)
+    result = script.results["eval"].result()
+    assert not result.ok
+    assert "no val data" in result.message
+
+
+def test_eval_without_validation_step_is_refused(tmp_path: Path) -> None:
+    class NoVal(Tiny):
+        validation_step = pl.LightningModule.validation_step
+
+    _, script, _ = fit(tmp_path, NoVal(), at={2: "eval"}, val=False, epochs=1)
+    result = script.results["eval"].result()
+    assert not result.ok and "no validation_step" in result.message
+
+
+# ---------------------------------------------------------------------- loops
+
+
+def test_gradient_accumulation_boundary_is_the_optimizer_step(tmp_path: Path) -> None:
+    trainer, script, console = fit(
+        tmp_path,
+        Tiny(),
+        at={2: "lr all 0.01"},
+        epochs=1,
+        trainer_kw={"accumulate_grad_batches": 2},
+    )
+    assert trainer.global_step == BATCHES // 2
+    assert console.steer is not None and console.steer.steps == BATCHES // 2
+    assert command(tmp_path, "lr all 0.01")["step"] == 2
+    # batches 1-4 make steps 1-2 at the old lr; batches 5-8 steps 3-4 at the new one
+    assert [s["lrs"][0] for s in script.seen] == [0.05] * 4 + [0.01] * 4
+
+
+class Manual(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
+def test_manual_optimization_is_steered(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, Manual(), at={3: "lr all 0.01", 6: "stop"}, epochs=5)
+    assert command(tmp_path, "lr all 0.01")["step"] == 3
+    assert [s["lrs"][0] for s in script.seen] == [0.05] * 3 + [0.01] * 3
+    assert trainer.global_step == 6 and end(tmp_path)["state"] == "STOPPED"
+
+
+def test_a_training_step_without_a_loss_is_one_clear_error(tmp_path: Path) -> None:
+    class Silent(Manual):
+        def training_step(self, batch: Any, batch_idx: int) -> None:  # type: ignore[override]
+            super().training_step(batch, batch_idx)
+
+    with pytest.raises(TuiconsoleError, match="no loss under 'loss'.*loss=") as info:
+        fit(tmp_path, Silent(), epochs=1)
+    assert "\n" not in str(info.value)
+    assert end(tmp_path)["state"] == "ERROR"
+
+
+def test_the_loss_is_the_steps_loss(tmp_path: Path) -> None:
+    class Recorded(Tiny):
+        losses: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.losses.append(float(loss.detach()))
+            return loss
+
+    model = Recorded()
+    fit(tmp_path, model, epochs=1, log_every=1)
+    trains = {
+        r["step"]: r["loss"] for r in journal(tmp_path, "metrics.jsonl") if r["type"] == "train"
+    }
+    assert sorted(trains) == list(range(1, BATCHES + 1))
+    assert [trains[s] for s in sorted(trains)] == pytest.approx(model.losses, rel=1e-6)
+
+
+def test_an_accumulated_steps_loss_is_its_micro_batches_mean(tmp_path: Path) -> None:
+    class Recorded(Tiny):
+        losses: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.losses.append(float(loss.detach()))
+            return loss
+
+    model = Recorded()
+    fit(tmp_path, model, epochs=1, log_every=1, trainer_kw={"accumulate_grad_batches": 2})
+    trains = {
+        r["step"]: r["loss"] for r in journal(tmp_path, "metrics.jsonl") if r["type"] == "train"
+    }
+    pairs = [(a + b) / 2 for a, b in zip(model.losses[::2], model.losses[1::2], strict=True)]
+    assert [trains[s] for s in sorted(trains)] == pytest.approx(pairs, rel=1e-6)

@@ -1,0 +1,378 @@
+"""Steer a PyTorch Lightning fit: ``Trainer(callbacks=[TuiconsoleCallback()])``.
+
+::
+
+    from tuiconsole.lightning import TuiconsoleCallback
+
+    trainer = L.Trainer(max_epochs=10, callbacks=[TuiconsoleCallback()])
+    trainer.fit(model, train_loader, val_loader)
+
+The callback steers the optimizer(s) and lr scheduler(s) the Trainer built
+from ``configure_optimizers`` (the real torch objects, not Lightning's
+wrappers) through :func:`tuiconsole.steer`, at Lightning's own step boundary:
+``on_train_batch_end`` of a batch in which an optimizer stepped, after the
+step-interval schedulers stepped (so a batch of gradient accumulation is no
+step, and a ``step`` command pauses between two optimizer steps).
+
+- ``stop`` (and ``--max-steps``, ``--nan stop``) sets ``trainer.should_stop``:
+  Lightning ends the fit at that batch as it does for EarlyStopping (running
+  the validation that is due then). The final checkpoint and the journal's end
+  record are written at the boundary; the fit's own end (``max_epochs``...)
+  ends the run as FINISHED in ``on_train_end``, an exception as ERROR.
+- ``eval`` runs the LightningModule's ``validation_step`` over the Trainer's val
+  dataloaders (``limit_val_batches`` applies) under ``eval()`` and ``no_grad()``;
+  the loss is what it returns (a tensor, or ``"loss"`` / ``"val_loss"`` in a
+  dict) or else what it logs under a name with ``loss`` in it (``val_loss``);
+  the accuracy likewise (``acc``). Its ``self.log`` calls are caught, not sent
+  to Lightning's loggers. Without val data or a ``validation_step``, ``eval``
+  is refused.
+- ``checkpoint`` writes tuiconsole's checkpoint (model, optimizer, scheduler,
+  step) as in any run; Lightning's ModelCheckpoint goes on as it was set up.
+- ``rebuild`` changes the optimizer object in place (its class too), so
+  Lightning's optimizer step, its LightningOptimizer wrapper and the lr
+  scheduler configs all go on with the new optimizer.
+
+The loss each step is ``training_step``'s loss (the ``"loss"`` of its output,
+detached, read only when a snapshot is due); for manual optimization return
+it (or a dict with ``"loss"``), or name the key with ``loss=``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from tuiconsole import library
+from tuiconsole.engine.ownloop import Evaluate
+from tuiconsole.errors import CommandError, TuiconsoleError
+
+# What a training_step's output may hold the loss under, when ``loss=`` names none.
+DEFAULT_LOSS_KEY = "loss"
+
+
+class TuiconsoleCallback(pl.Callback):
+    """Steer the fit from tuiconsole's console (see the module's docstring).
+
+    ``evaluate``: a callable of your own for ``eval`` (no arguments; the loss, or a
+    dict with "loss" and "accuracy"); by default the module's validation.
+    ``loss``: the key of training_step's output that holds the loss, or a
+    callable ``(outputs) -> loss``. The rest are :func:`tuiconsole.steer`'s:
+    ``run_dir``, ``max_steps``, ``nan``, ``paused``, ``replay``, ``log_every``,
+    ``listen`` (under ``tuiconsole run`` its command line decides them).
+    """
+
+    def __init__(
+        self,
+        *,
+        evaluate: Evaluate | None = None,
+        loss: str | Callable[[Any], Any] = DEFAULT_LOSS_KEY,
+        run_dir: str | Path | None = None,
+        max_steps: int | None = None,
+        nan: str | None = None,
+        paused: bool = False,
+        replay: str | Path | None = None,
+        log_every: int | None = None,
+        listen: bool = True,
+    ) -> None:
+        super().__init__()
+        if evaluate is not None and not callable(evaluate):
+            raise TuiconsoleError(
+                f"TuiconsoleCallback(evaluate=): must be a callable, got {type(evaluate).__name__}"
+            )
+        if not isinstance(loss, str) and not callable(loss):
+            raise TuiconsoleError(
+                f"TuiconsoleCallback(loss=): a key of training_step's output or a callable, "
+                f"got {type(loss).__name__}"
+            )
+        self._evaluate = evaluate
+        self._loss = loss
+        self._options: dict[str, Any] = dict(
+            run_dir=run_dir,
+            max_steps=max_steps,
+            nan=nan,
+            paused=paused,
+            replay=replay,
+            log_every=log_every,
+            listen=listen,
+        )
+        self.steer: library.Steer | None = None  # the run, from on_train_start on
+        self._stepped = 0  # optimizer steps since the last boundary
+        self._window: torch.Tensor | None = None  # the accumulation window's loss so far
+        self._hooks: list[Any] = []
+
+    # ------------------------------------------------------------------ Lightning's hooks
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.steer is not None:
+            raise TuiconsoleError(
+                "TuiconsoleCallback steers one fit: give each Trainer.fit() a new callback"
+            )
+        if trainer.world_size > 1:
+            raise TuiconsoleError(
+                f"TuiconsoleCallback steers a fit in one process; this one runs on "
+                f"{trainer.world_size} (strategy {type(trainer.strategy).__name__})"
+            )
+        optimizers = [_real(o) for o in trainer.optimizers]
+        if not optimizers:
+            raise TuiconsoleError(
+                "TuiconsoleCallback: configure_optimizers() gave the Trainer no optimizer"
+            )
+        if len(optimizers) > 1:
+            raise TuiconsoleError(
+                f"TuiconsoleCallback: the LightningModule has {len(optimizers)} optimizers; "
+                "steering more than one is not supported yet"
+            )
+        optimizer = optimizers[0]
+        scheduler, interval = _scheduler_of(trainer, optimizer)
+        evaluate = self._evaluate or _Validation(trainer, pl_module)
+        for opt in optimizers:
+            self._hooks.append(opt.register_step_post_hook(self._count_step))
+        self.steer = library.steer(
+            pl_module,
+            optimizer,
+            scheduler=scheduler,
+            scheduler_interval=interval,
+            evaluate=evaluate,
+            **self._options,
+        )
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        steer = self.steer
+        if steer is None:
+            return
+        if steer.ended is not None:  # min_steps / min_epochs kept the fit going
+            trainer.should_stop = True
+            return
+        stepped = self._stepped > 0
+        loss = self._loss_of(outputs, required=stepped)
+        if not stepped:  # accumulating gradients (or a skipped step): no boundary
+            if pl_module.automatic_optimization and isinstance(loss, torch.Tensor):
+                # Lightning divides each micro-batch's loss by accumulate_grad_batches:
+                # the step's loss is their sum (kept on the device)
+                self._window = loss if self._window is None else self._window + loss
+            return
+        self._stepped = 0
+        if self._window is not None:
+            if isinstance(loss, torch.Tensor):
+                loss = self._window + loss
+            self._window = None
+        assert loss is not None
+        going_on = steer.boundary(loss)
+        _rewrap(trainer)
+        if not going_on:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(None)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._end(exception)
+
+    # ------------------------------------------------------------------ inside
+
+    def _count_step(self, *_: Any) -> None:
+        self._stepped += 1
+
+    def _end(self, error: BaseException | None) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self.steer is not None:
+            self.steer.end(error)
+
+    def _loss_of(self, outputs: Any, required: bool) -> torch.Tensor | float | None:
+        if callable(self._loss):
+            loss = self._loss(outputs)
+        elif isinstance(outputs, torch.Tensor):
+            loss = outputs
+        elif isinstance(outputs, Mapping) and self._loss in outputs:
+            loss = outputs[self._loss]
+        elif not required:
+            return None
+        else:
+            got = (
+                f"a dict with keys {', '.join(map(str, outputs)) or 'none'}"
+                if isinstance(outputs, Mapping)
+                else type(outputs).__name__
+            )
+            raise TuiconsoleError(
+                f"TuiconsoleCallback: training_step gave no loss under {self._loss!r} "
+                f"(it returned {got}); return the loss (or a dict with it), or pass "
+                "loss=<its key or a callable> to TuiconsoleCallback"
+            )
+        if isinstance(loss, torch.Tensor):
+            return loss.detach()
+        return loss  # type: ignore[no-any-return]
+
+
+def _rewrap(trainer: pl.Trainer) -> None:
+    """After a ``rebuild`` to another class: Lightning's wrapper of that optimizer takes
+    the new class too (its step goes to the real optimizer anyway; this keeps
+    ``isinstance`` and the class name that ``self.optimizers()`` shows true)."""
+    for wrapper in trainer.strategy._lightning_optimizers:
+        real = type(wrapper._optimizer)
+        if real not in type(wrapper).__bases__:
+            wrapper.__class__ = type("Lightning" + real.__name__, (LightningOptimizer, real), {})
+
+
+def _real(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind Lightning's wrapper."""
+    real = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+    assert isinstance(real, torch.optim.Optimizer)
+    return real
+
+
+def _scheduler_of(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> tuple[Any, str]:
+    """The lr scheduler(s) on ``optimizer`` (several: one ChainedScheduler over them, a
+    container the engine keeps in step; Lightning steps each as configured) and how
+    often they step."""
+    configs = [c for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+    if not configs:
+        return None, "step"
+    interval = "step" if all(c.interval == "step" for c in configs) else "epoch"
+    if len(configs) == 1:
+        return configs[0].scheduler, interval
+    try:
+        chained = torch.optim.lr_scheduler.ChainedScheduler(
+            [c.scheduler for c in configs],
+            optimizer,
+        )
+    except (TypeError, ValueError) as exc:
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: the optimizer has {len(configs)} lr schedulers that cannot "
+            f"be steered together ({exc})"
+        ) from None
+    return chained, interval
+
+
+# ---------------------------------------------------------------------- eval
+
+
+_LOSS_NAMES = ("val_loss", "val/loss", "loss", "valid_loss", "validation_loss")
+_ACCURACY_NAMES = ("val_acc", "val_accuracy", "val/acc", "val/accuracy", "accuracy", "acc")
+
+
+class _Validation:
+    """``eval`` as the LightningModule's validation_step over the Trainer's val data.
+
+    Called by the engine under ``model.eval()`` and ``torch.no_grad()``, the RNG
+    forked, in the training thread between two steps. What validation_step logs
+    is caught here (a dict per batch), not sent to Lightning's loggers.
+    """
+
+    def __init__(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
+        self._module = pl_module
+
+    def __call__(self) -> dict[str, float | None]:
+        trainer, module = self._trainer, self._module
+        if not is_overridden("validation_step", module):
+            raise CommandError("eval: the LightningModule has no validation_step")
+        no_data = CommandError(
+            "eval: the fit has no val data (give trainer.fit(val_dataloaders=...) or "
+            "define val_dataloader(); limit_val_batches=0 turns it off)"
+        )
+        loop = trainer.fit_loop.epoch_loop.val_loop
+        if not loop._data_source.is_defined():
+            raise no_data
+        loop.setup_data()  # what Lightning does before its first validation
+        combined = loop._combined_loader
+        limits = list(loop.max_batches)
+        if combined is None or not combined.flattened or not any(limits):
+            raise no_data
+        losses: list[torch.Tensor] = []
+        accuracies: list[torch.Tensor] = []
+        loaders: Sequence[Any] = combined.flattened
+        for index, loader in enumerate(loaders):
+            limit = limits[index] if index < len(limits) else math.inf
+            for batch_idx, batch in enumerate(loader):
+                if batch_idx >= limit:
+                    break
+                loss, accuracy = self._one(batch, batch_idx, index, len(loaders))
+                losses.append(loss)
+                if accuracy is not None:
+                    accuracies.append(accuracy)
+        if not losses:
+            raise CommandError("eval: the val dataloaders gave no batch")
+        mean_loss = float(torch.stack(losses).float().mean().item())
+        mean_acc = float(torch.stack(accuracies).float().mean().item()) if accuracies else None
+        return {"loss": mean_loss, "accuracy": mean_acc}
+
+    def _one(
+        self, batch: Any, batch_idx: int, loader_idx: int, n_loaders: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        trainer, module = self._trainer, self._module
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=loader_idx)
+        logged: dict[str, Any] = {}
+        with _caught_logs(module, logged), trainer.precision_plugin.val_step_context():
+            if n_loaders > 1:
+                out = module.validation_step(batch, batch_idx, loader_idx)
+            else:
+                out = module.validation_step(batch, batch_idx)
+        values = dict(logged)
+        if isinstance(out, torch.Tensor):
+            values["loss"] = out
+        elif isinstance(out, Mapping):
+            values.update({str(k): v for k, v in out.items()})
+        loss = _pick(values, _LOSS_NAMES, "loss")
+        if loss is None:
+            raise CommandError(
+                "eval: validation_step returned no loss and logged none (return it, or "
+                "self.log('val_loss', loss))"
+            )
+        return loss, _pick(values, _ACCURACY_NAMES, "acc")
+
+
+def _pick(values: Mapping[str, Any], names: Sequence[str], part: str) -> torch.Tensor | None:
+    """The first of ``names`` in ``values``, else the first key containing ``part``."""
+    keys = [k for k in names if k in values]
+    keys += [k for k in values if part in k.lower() and k not in keys]
+    for key in keys:
+        value = values[key]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return value.detach().reshape(())
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return torch.tensor(float(value))
+    return None
+
+
+class _caught_logs:  # noqa: N801 - a context manager, used as one
+    """While it is entered, ``module.log`` / ``log_dict`` put values in ``into``."""
+
+    def __init__(self, module: pl.LightningModule, into: dict[str, Any]) -> None:
+        self._module, self._into = module, into
+
+    def __enter__(self) -> None:
+        into = self._into
+
+        def log(name: str, value: Any, *_: Any, **__: Any) -> None:
+            into[name] = value
+
+        def log_dict(dictionary: Mapping[str, Any], *_: Any, **__: Any) -> None:
+            into.update({str(k): v for k, v in dictionary.items()})
+
+        self._module.__dict__["log"] = log
+        self._module.__dict__["log_dict"] = log_dict
+
+    def __exit__(self, *_: Any) -> None:
+        self._module.__dict__.pop("log", None)
+        self._module.__dict__.pop("log_dict", None)
+
+
+__all__ = ["TuiconsoleCallback"]
