@@ -50,6 +50,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from tuiconsole import library
+from tuiconsole.engine import joined
 from tuiconsole.engine.ownloop import Evaluate
 from tuiconsole.errors import CommandError, TuiconsoleError
 
@@ -63,7 +64,9 @@ class TuiconsoleCallback(pl.Callback):
     ``evaluate``: a callable of your own for ``eval`` (no arguments; the loss, or a
     dict with "loss" and "accuracy"); by default the module's validation.
     ``loss``: the key of training_step's output that holds the loss, or a
-    callable ``(outputs) -> loss``. The rest are :func:`tuiconsole.steer`'s:
+    callable ``(outputs) -> loss``. ``optimizer_names``: with several optimizers,
+    the name of each (its groups are named after it); by default the module
+    path its parameters share (``generator``), else ``opt0``, ``opt1``... The rest are :func:`tuiconsole.steer`'s:
     ``run_dir``, ``max_steps``, ``nan``, ``paused``, ``replay``, ``log_every``,
     ``listen`` (under ``tuiconsole run`` its command line decides them).
     """
@@ -73,6 +76,7 @@ class TuiconsoleCallback(pl.Callback):
         *,
         evaluate: Evaluate | None = None,
         loss: str | Callable[[Any], Any] = DEFAULT_LOSS_KEY,
+        optimizer_names: Sequence[str] | None = None,
         run_dir: str | Path | None = None,
         max_steps: int | None = None,
         nan: str | None = None,
@@ -93,6 +97,15 @@ class TuiconsoleCallback(pl.Callback):
             )
         self._evaluate = evaluate
         self._loss = loss
+        self._names = list(optimizer_names) if optimizer_names is not None else None
+        if self._names is not None and not all(
+            isinstance(n, str) and n and n != "all" and not any(c.isspace() for c in n)
+            for n in self._names
+        ):
+            raise TuiconsoleError(
+                f"TuiconsoleCallback(optimizer_names=): names a user can type (no spaces, "
+                f"not 'all'), got {self._names!r}"
+            )
         self._options: dict[str, Any] = dict(
             run_dir=run_dir,
             max_steps=max_steps,
@@ -124,13 +137,11 @@ class TuiconsoleCallback(pl.Callback):
             raise TuiconsoleError(
                 "TuiconsoleCallback: configure_optimizers() gave the Trainer no optimizer"
             )
-        if len(optimizers) > 1:
-            raise TuiconsoleError(
-                f"TuiconsoleCallback: the LightningModule has {len(optimizers)} optimizers; "
-                "steering more than one is not supported yet"
-            )
-        optimizer = optimizers[0]
-        scheduler, interval = _scheduler_of(trainer, optimizer)
+        if len(optimizers) == 1:
+            (optimizer,) = optimizers
+            scheduler, interval = _scheduler_of(trainer, optimizer)
+        else:
+            optimizer, scheduler, interval = self._joined(trainer, pl_module, optimizers)
         evaluate = self._evaluate or _Validation(trainer, pl_module)
         for opt in optimizers:
             self._hooks.append(opt.register_step_post_hook(self._count_step))
@@ -142,6 +153,36 @@ class TuiconsoleCallback(pl.Callback):
             evaluate=evaluate,
             **self._options,
         )
+        if self.steer.start_step:
+            raise TuiconsoleError(
+                "--resume does not apply to a Lightning fit (its loop would start over at "
+                "step 0): resume it with trainer.fit(..., ckpt_path=<Lightning's checkpoint>)"
+            )
+
+    def _joined(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizers: list[torch.optim.Optimizer],
+    ) -> tuple[torch.optim.Optimizer, Any, str]:
+        """Several optimizers as one (engine/joined.py), each group named after its own."""
+        names = self._names or joined.member_names(pl_module, optimizers)
+        if len(names) != len(optimizers) or len(set(names)) != len(names):
+            raise TuiconsoleError(
+                f"TuiconsoleCallback(optimizer_names=): {len(optimizers)} distinct names "
+                f"needed (configure_optimizers gave {len(optimizers)} optimizers), got {names}"
+            )
+        members = []
+        intervals = []
+        for name, opt in zip(names, optimizers, strict=True):
+            joined.name_groups(pl_module, name, opt)
+            sched, interval = _scheduler_of(trainer, opt)
+            if sched is not None:
+                intervals.append(interval)
+            members.append(joined.Member(name, opt, sched))
+        optimizer = joined.JoinedOptimizer.of(members)
+        interval = "step" if all(i == "step" for i in intervals) else "epoch"
+        return optimizer, joined.JoinedScheduler.of(optimizer), interval
 
     def on_train_batch_end(
         self,

@@ -19,7 +19,7 @@ import inspect
 import math
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -426,13 +426,22 @@ def _commit_lrs(
         _set_group_lr(optimizer.param_groups[i], v)
 
 
-def set_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]) -> None:
-    """Set several groups' lrs: everything is checked before anything is written."""
+def plan_lrs(
+    optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]
+) -> Callable[[], None]:
+    """:func:`set_lrs` in two halves: everything is checked now (CommandError), and
+    nothing is written until the returned function is called (engine/joined.py
+    checks several optimizers before it writes to any)."""
     writes = _plan_lrs(optimizer, scheduler, new_lrs)
     _probe_groups(
         optimizer, {i: {**optimizer.param_groups[i], "lr": v} for i, v in new_lrs.items()}
     )
-    _commit_lrs(optimizer, writes, new_lrs)
+    return functools.partial(_commit_lrs, optimizer, writes, new_lrs)
+
+
+def set_lrs(optimizer: torch.optim.Optimizer, scheduler: Any, new_lrs: dict[int, float]) -> None:
+    """Set several groups' lrs: everything is checked before anything is written."""
+    plan_lrs(optimizer, scheduler, new_lrs)()
 
 
 # --------------------------------------------------------------------------- set
@@ -505,6 +514,16 @@ def set_hparams(
     indices: list[int],
     items: Sequence[tuple[str, Value]],
 ) -> None:
+    plan_hparams(optimizer, scheduler, indices, items)()
+
+
+def plan_hparams(
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    indices: list[int],
+    items: Sequence[tuple[str, Value]],
+) -> Callable[[], None]:
+    """:func:`set_hparams` in two halves, as :func:`plan_lrs`."""
     names = group_names(optimizer)
     plan: list[tuple[int, str, Any]] = []
     lrs: dict[int, float] = {}
@@ -525,9 +544,13 @@ def set_hparams(
     for i, key, value in plan:
         candidates[i][key] = value
     _probe_groups(optimizer, candidates)
-    _commit_lrs(optimizer, writes, lrs)
-    for i, key, value in plan:
-        optimizer.param_groups[i][key] = value
+
+    def commit() -> None:
+        _commit_lrs(optimizer, writes, lrs)
+        for i, key, value in plan:
+            optimizer.param_groups[i][key] = value
+
+    return commit
 
 
 # --------------------------------------------------------------------------- split

@@ -22,6 +22,7 @@ from torch import nn
 from tuiconsole.engine import commands as C
 from tuiconsole.engine import groups as G
 from tuiconsole.engine.faults import one_line
+from tuiconsole.engine.snapshot import SchedulerView
 
 
 @dataclass
@@ -53,9 +54,24 @@ class Optimization:
         *,
         in_place: bool = False,
     ) -> Optimization:
-        """The script's own optimizer: each group its own origin, no state reset yet."""
+        """The script's own optimizer: each group its own origin, no state reset yet.
+
+        Several optimizers joined into one (engine/joined.py) get a JoinedOptimization.
+        """
+        from tuiconsole.engine import joined  # it builds on this module
+
+        if isinstance(optimizer, joined.JoinedOptimizer):
+            return joined.JoinedOptimization.of_joined(model, optimizer, scheduler)
         n = len(optimizer.param_groups)
         return cls(model, optimizer, scheduler, list(range(n)), [None] * n, in_place)
+
+    def operation(self, kind: type[C.Command]) -> Op:
+        """The function that applies an optimizer command of this kind here."""
+        return OPS[kind]
+
+    def scheduler_view(self, interval: str) -> SchedulerView | None:
+        """The scheduler as the console shows it (None without one)."""
+        return G.scheduler_view(self.scheduler, self.optimizer, interval)
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,7 @@ def apply(cmd: C.Command, o: Optimization, step: int, undo: Undo | None) -> tupl
     changed nothing: the caller keeps its ``undo`` as it was.
     """
     armed = undo if undo is not None else Undo.capture(o)
-    result = OPS[type(cmd)](cmd, o, step)
+    result = o.operation(type(cmd))(cmd, o, step)
     armed.commands.append(cmd.text)
     return result, armed
 

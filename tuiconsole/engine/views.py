@@ -109,5 +109,5 @@ class Views:
             tuple(float(g["lr"]) for g in opt.param_groups),
         )
         if self._sched is None or self._sched[0] != key:
-            self._sched = (key, G.scheduler_view(o.scheduler, opt, interval))
+            self._sched = (key, o.scheduler_view(interval))
         return self._sched[1]
