@@ -437,3 +437,235 @@ def test_an_accumulated_steps_loss_is_its_micro_batches_mean(tmp_path: Path) -> 
     }
     pairs = [(a + b) / 2 for a, b in zip(model.losses[::2], model.losses[1::2], strict=True)]
     assert [trains[s] for s in sorted(trains)] == pytest.approx(pairs, rel=1e-6)
+
+
+# ---------------------------------------------------------------------- several optimizers
+
+
+class TwoOptimizers(pl.LightningModule):
+    """A tiny GAN: manual optimization, Adam for the generator (with a StepLR the
+    module steps itself), SGD with momentum for the discriminator. Each batch steps
+    both, so Lightning's global_step is twice tuiconsole's step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4))
+        self.discriminator = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        g_opt, d_opt = self.optimizers()
+        bce = nn.functional.binary_cross_entropy_with_logits
+        real, _ = batch
+        fake = self.generator(torch.randn_like(real))
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        d_loss = bce(self.discriminator(real), ones) + bce(self.discriminator(fake.detach()), zeros)
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+        g_loss = bce(self.discriminator(fake), ones)
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.lr_schedulers().step()
+        return {"loss": (g_loss + d_loss).detach()}
+
+    def configure_optimizers(self) -> Any:
+        g = torch.optim.Adam(self.generator.parameters(), lr=1e-3)
+        d = torch.optim.SGD(self.discriminator.parameters(), lr=0.01, momentum=0.9)
+        return [g, d], [torch.optim.lr_scheduler.StepLR(g, step_size=4, gamma=0.5)]
+
+
+def lrs_of(trainer: Any) -> list[list[float]]:
+    return [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
+
+
+def test_several_optimizers_are_named_after_their_modules(tmp_path: Path) -> None:
+    trainer, _, _ = fit(tmp_path, TwoOptimizers(), epochs=1)
+    header = journal(tmp_path)[0]
+    assert header["optimizer"] == "Adam+SGD" and header["scheduler"] == "StepLR+none"
+    assert [g["name"] for g in header["groups"]] == ["generator", "discriminator"]
+    assert end(tmp_path)["step"] == BATCHES  # one step a batch; Lightning counts two
+    assert trainer.global_step == 2 * BATCHES
+
+
+def test_lr_on_one_optimizers_group_keeps_its_scheduler_and_state(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def before(trainer: Any) -> None:
+        g_opt = trainer.optimizers[0]
+        seen["adam"] = {id(p): s["exp_avg"] for p, s in g_opt.state.items()}
+
+    # global_step 6: after batch 3 (two optimizer steps a batch)
+    trainer, script, _ = fit(
+        tmp_path, TwoOptimizers(), at={6: "lr generator 0.01"}, hooks={6: before}, epochs=1
+    )
+    assert script.results["lr generator 0.01"].result().ok
+    rec = command(tmp_path, "lr generator 0.01")
+    assert rec["step"] == 3
+    assert [(g["name"], g["lr"]) for g in rec["groups"]] == [
+        ("generator", 0.01),
+        ("discriminator", 0.01),
+    ]
+    g_opt, d_opt = trainer.optimizers
+    # StepLR (step_size 4) went on from 0.01: halved after step 4 and step 8
+    assert g_opt.param_groups[0]["lr"] == pytest.approx(0.0025)
+    assert d_opt.param_groups[0]["lr"] == 0.01
+    # Adam's state went on: the moments step 3 left are the tensors steps 4.. updated
+    assert all(
+        g_opt.state[p]["exp_avg"] is t for p, t in ((p, seen["adam"][id(p)]) for p in g_opt.state)
+    )
+    assert float(next(iter(g_opt.state.values()))["step"]) == BATCHES
+
+
+def test_a_command_on_several_optimizers_is_checked_on_all_before_any_changes(
+    tmp_path: Path,
+) -> None:
+    trainer, script, _ = fit(
+        tmp_path, TwoOptimizers(), at={4: "set all momentum=0.5", 6: "decay 0.5"}, epochs=1
+    )
+    refused = script.results["set all momentum=0.5"].result()
+    assert not refused.ok and "momentum" in refused.message
+    assert trainer.optimizers[1].param_groups[0]["momentum"] == 0.9  # SGD's: not half-applied
+    assert script.results["decay 0.5"].result().ok
+    assert command(tmp_path, "decay 0.5 all")["step"] == 3
+    g_opt, d_opt = trainer.optimizers
+    assert d_opt.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert g_opt.param_groups[0]["lr"] == pytest.approx(0.0005 * 0.25)  # and StepLR twice
+
+
+def test_split_within_one_optimizer_keeps_state_and_names(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def before(trainer: Any) -> None:
+        seen["buf"] = trainer.optimizers[1].state[trainer.lightning_module.discriminator[2].weight][
+            "momentum_buffer"
+        ]
+
+    trainer, script, _ = fit(
+        tmp_path,
+        TwoOptimizers(),
+        at={4: "split dhead discriminator.2", 8: "lr dhead 0.5"},
+        hooks={4: before},
+        epochs=1,
+    )
+    result = script.results["split dhead discriminator.2"].result()
+    assert result.ok and "in optimizer discriminator" in result.message
+    rec = command(tmp_path, "split dhead discriminator.2")
+    assert rec["step"] == 2
+    assert [g["name"] for g in rec["groups"]] == ["generator", "discriminator", "dhead"]
+    d_opt = trainer.optimizers[1]
+    assert [g["name"] for g in d_opt.param_groups] == ["discriminator", "dhead"]
+    head = trainer.lightning_module.discriminator[2].weight
+    assert any(head is p for p in d_opt.param_groups[1]["params"])
+    assert d_opt.state[head]["momentum_buffer"] is seen["buf"]  # the same tensor, stepped on
+    assert command(tmp_path, "lr dhead 0.5")["step"] == 4
+    assert lrs_of(trainer)[1] == [0.01, 0.5]
+
+
+def test_split_across_optimizers_is_refused(tmp_path: Path) -> None:
+    trainer, script, _ = fit(
+        tmp_path, TwoOptimizers(), at={4: "split both generator.2 discriminator.2"}, epochs=1
+    )
+    result = script.results["split both generator.2 discriminator.2"].result()
+    assert not result.ok
+    assert "in optimizers generator and discriminator" in result.message
+    assert [len(o.param_groups) for o in trainer.optimizers] == [1, 1]
+
+
+def test_rebuild_is_refused_with_several_optimizers(tmp_path: Path) -> None:
+    trainer, script, _ = fit(tmp_path, TwoOptimizers(), at={4: "rebuild SGD"}, epochs=1)
+    result = script.results["rebuild SGD"].result()
+    assert not result.ok and "generator, discriminator" in result.message
+    assert [type(o).__name__ for o in trainer.optimizers] == ["Adam", "SGD"]
+
+
+def test_the_checkpoint_holds_every_optimizer_and_scheduler(tmp_path: Path) -> None:
+    trainer, _, _ = fit(tmp_path, TwoOptimizers(), epochs=1)
+    ckpt = torch.load(end(tmp_path)["checkpoint"], weights_only=False)
+    members = ckpt["optimizer"]["members"]
+    assert sorted(members) == ["discriminator", "generator"]
+    assert (
+        members["generator"]["param_groups"][0]["lr"] == trainer.optimizers[0].param_groups[0]["lr"]
+    )
+    assert len(members["discriminator"]["state"]) == 4
+    assert ckpt["scheduler"]["members"]["generator"]["last_epoch"] == BATCHES
+    assert ckpt["scheduler"]["members"]["discriminator"] is None
+
+
+def test_optimizer_names_name_the_groups(tmp_path: Path) -> None:
+    _, script, _ = fit(
+        tmp_path, TwoOptimizers(), at={2: "lr disc 0.2"}, optimizer_names=["gen", "disc"], epochs=1
+    )
+    assert script.results["lr disc 0.2"].result().ok
+    assert [g["name"] for g in journal(tmp_path)[0]["groups"]] == ["gen", "disc"]
+
+
+def test_bad_optimizer_names_are_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TuiconsoleError, match="optimizer_names"):
+        TuiconsoleCallback(optimizer_names=["a b", "c"])
+    with pytest.raises(TuiconsoleError, match="2 distinct names"):
+        fit(tmp_path, TwoOptimizers(), optimizer_names=["x"], epochs=1)
+
+
+# ---------------------------------------------------------------------- the sample
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "lightning_vgg.py"
+
+
+class Host:
+    """What `tuiconsole run` is to a script that steers itself (library.Host)."""
+
+    def __init__(self, config: Any, script: Path) -> None:
+        self.config, self.script = config, script
+        self.sessions: list[Any] = []
+
+    def started(self, session: Any) -> None:
+        self.sessions.append(session)
+
+
+def test_the_sample_runs_as_tuiconsole_run_runs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its main program under a host whose --max-steps 4 the steer applies: the fit
+    ends there; the sample's own --epochs is its own option."""
+    import runpy
+
+    from tuiconsole import library
+    from tuiconsole.engine.config import RunConfig
+
+    host = Host(RunConfig(run_dir=tmp_path / "run", max_steps=4, nan="stop"), SAMPLE)
+    monkeypatch.setattr("sys.argv", [str(SAMPLE), "--epochs", "3", "--batch-size", "16"])
+    monkeypatch.chdir(tmp_path)
+    with library.hosted(host):
+        runpy.run_path(str(SAMPLE), run_name="__main__")
+    (session,) = host.sessions
+    session.close()  # what the host does once the script is over
+    last = end(tmp_path)
+    assert last["state"] == "FINISHED" and last["step"] == 4
+    header = journal(tmp_path)[0]
+    assert [g["name"] for g in header["groups"]] == ["features", "classifier"]
+    assert header["scheduler"] == "CosineAnnealingLR"
+
+
+@pytest.mark.subprocess
+def test_the_sample_runs_as_a_plain_python_script(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(SAMPLE.parents[1])}
+    proc = subprocess.run(
+        [sys.executable, str(SAMPLE), "--epochs", "1", "--batch-size", "1000"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tuiconsole: finished at step 5" in proc.stderr
+    assert "epoch 1: val_loss" in proc.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "journal.jsonl").is_file()
