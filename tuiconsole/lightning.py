@@ -31,6 +31,17 @@ step, and a ``step`` command pauses between two optimizer steps).
 - ``rebuild`` changes the optimizer object in place (its class too), so
   Lightning's optimizer step, its LightningOptimizer wrapper and the lr
   scheduler configs all go on with the new optimizer.
+- ``split`` and ``rebuild`` change what Lightning's own checkpoints hold (more
+  groups, another class's state). The callback's state in them says which
+  (each optimizer's class and groups by parameter name), and a fit resumed
+  from one (``ckpt_path=``) with the callback gets that layout back in
+  ``on_fit_start``, before Lightning loads the optimizers' state.
+- Several optimizers (manual optimization, a GAN) are steered as one run
+  (engine/joined.py): each group is named after its optimizer (``generator``,
+  ``discriminator/head``); lr, decay, set and split work on any group,
+  rebuild is refused. Lightning's ``global_step`` counts each optimizer's
+  steps; tuiconsole's step is one a batch.
+- ``--resume`` does not apply: resume a fit with Lightning's ``ckpt_path=``.
 
 The loss each step is ``training_step``'s loss (the ``"loss"`` of its output,
 detached, read only when a snapshot is due); for manual optimization return
@@ -48,8 +59,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
 
 from tuiconsole import library
+from tuiconsole.engine import groups as G
 from tuiconsole.engine import joined
 from tuiconsole.engine.ownloop import Evaluate
 from tuiconsole.errors import CommandError, TuiconsoleError
@@ -116,11 +129,38 @@ class TuiconsoleCallback(pl.Callback):
             listen=listen,
         )
         self.steer: library.Steer | None = None  # the run, from on_train_start on
+        self._module: pl.LightningModule | None = None
+        self._saved_layout: list[dict[str, Any]] | None = None  # from a checkpoint
         self._stepped = 0  # optimizer steps since the last boundary
         self._window: torch.Tensor | None = None  # the accumulation window's loss so far
         self._hooks: list[Any] = []
 
     # ------------------------------------------------------------------ Lightning's hooks
+
+    def state_dict(self) -> dict[str, Any]:
+        """In each checkpoint Lightning writes: each optimizer's class and groups (by
+        parameter name), which ``split`` and ``rebuild`` change (see :func:`layout`)."""
+        module = self._module
+        if module is None:
+            return {}
+        return {"optimizers": [layout(module, _real(o)) for o in module.trainer.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_layout = state_dict.get("optimizers")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A fit resumed from a checkpoint written after a split or rebuild: the optimizers
+        configure_optimizers just built get that layout back, before Lightning loads
+        their state into them (it needs the same groups, and the state is the class's)."""
+        saved, self._saved_layout = self._saved_layout, None
+        if not saved:
+            return
+        optimizers = [_real(o) for o in trainer.optimizers]
+        if len(saved) != len(optimizers):
+            return  # not the same optimizers: Lightning says what does not fit
+        for opt, was in zip(optimizers, saved, strict=True):
+            relayout(pl_module, opt, _scheduler_of(trainer, opt)[0], was)
+        _rewrap(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steer is not None:
@@ -132,6 +172,7 @@ class TuiconsoleCallback(pl.Callback):
                 f"TuiconsoleCallback steers a fit in one process; this one runs on "
                 f"{trainer.world_size} (strategy {type(trainer.strategy).__name__})"
             )
+        self._module = pl_module
         optimizers = [_real(o) for o in trainer.optimizers]
         if not optimizers:
             raise TuiconsoleError(
@@ -260,6 +301,60 @@ class TuiconsoleCallback(pl.Callback):
         if isinstance(loss, torch.Tensor):
             return loss.detach()
         return loss  # type: ignore[no-any-return]
+
+
+def layout(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's class and its groups as lists of parameter names."""
+    names = G.param_owners(model)
+    return {
+        "class": type(optimizer).__name__,
+        "groups": [[names.get(id(p), "") for p in g["params"]] for g in optimizer.param_groups],
+    }
+
+
+def relayout(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, was: dict[str, Any]
+) -> None:
+    """Give ``optimizer`` (as configure_optimizers built it) the groups and class of
+    ``was``: each group takes the parameters named there, with the hyper-parameters
+    (and scheduler entries) of the group its first parameter is in now, as a split
+    does; then a class rebuild had changed becomes the optimizer's, in place. The
+    values are the checkpoint's: Lightning loads them next. A layout over other
+    parameters than these is left to Lightning's own check."""
+    now = layout(model, optimizer)
+    if now == was:
+        return
+    params = dict(model.named_parameters())
+    flat = [n for g in was["groups"] for n in g]
+    if sorted(flat) != sorted(n for g in now["groups"] for n in g) or not all(
+        n in params for n in flat
+    ):
+        return
+    group_of = {n: i for i, g in enumerate(now["groups"]) for n in g}
+    if was["groups"] != now["groups"]:
+        groups, origin = [], []
+        for names in was["groups"]:
+            source = group_of[names[0]] if names else 0
+            old = optimizer.param_groups[source]
+            groups.append({**old, "params": [params[n] for n in names]})
+            origin.append((source, 1.0))
+        G.apply_split(optimizer, scheduler, G.SplitPlan(groups, origin))
+    if was["class"] != now["class"]:
+        try:
+            cls = G.optimizer_class(was["class"], optimizer)
+        except CommandError:
+            raise TuiconsoleError(
+                f"TuiconsoleCallback: the checkpoint's optimizer was rebuilt as "
+                f"{was['class']}, which torch.optim does not have here"
+            ) from None
+        rebuilt = cls(
+            [
+                {k: v for k, v in g.items() if k == "params" or k == "name"}
+                for g in optimizer.param_groups
+            ]
+        )
+        G.become(optimizer, rebuilt)
+        G.reattach_scheduler(scheduler, optimizer)
 
 
 def _rewrap(trainer: pl.Trainer) -> None:

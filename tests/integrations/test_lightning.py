@@ -9,6 +9,7 @@ Lightning steps, at the step the journal names.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -522,16 +523,22 @@ def test_a_command_on_several_optimizers_is_checked_on_all_before_any_changes(
     tmp_path: Path,
 ) -> None:
     trainer, script, _ = fit(
-        tmp_path, TwoOptimizers(), at={4: "set all momentum=0.5", 6: "decay 0.5"}, epochs=1
+        tmp_path,
+        TwoOptimizers(),
+        at={4: "set all betas=0.5,0.9", 6: "decay 0.5", 8: "set discriminator momentum=0.5"},
+        epochs=1,
     )
-    refused = script.results["set all momentum=0.5"].result()
-    assert not refused.ok and "momentum" in refused.message
-    assert trainer.optimizers[1].param_groups[0]["momentum"] == 0.9  # SGD's: not half-applied
+    # Adam (the first) takes betas, SGD (the second) has none: refused, and Adam's kept
+    refused = script.results["set all betas=0.5,0.9"].result()
+    assert not refused.ok and "betas" in refused.message
+    assert trainer.optimizers[0].param_groups[0]["betas"] == (0.9, 0.999)  # not half-applied
     assert script.results["decay 0.5"].result().ok
     assert command(tmp_path, "decay 0.5 all")["step"] == 3
     g_opt, d_opt = trainer.optimizers
     assert d_opt.param_groups[0]["lr"] == pytest.approx(0.005)
     assert g_opt.param_groups[0]["lr"] == pytest.approx(0.0005 * 0.25)  # and StepLR twice
+    assert command(tmp_path, "set discriminator momentum=0.5")["ok"]
+    assert d_opt.param_groups[0]["momentum"] == 0.5
 
 
 def test_split_within_one_optimizer_keeps_state_and_names(tmp_path: Path) -> None:
@@ -669,3 +676,64 @@ def test_the_sample_runs_as_a_plain_python_script(tmp_path: Path) -> None:
     assert "epoch 1: val_loss" in proc.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "journal.jsonl").is_file()
+
+
+# ---------------------------------------------------------------------- Lightning's resume
+
+
+def test_a_fit_resumed_after_split_and_rebuild_gets_that_optimizer_back(tmp_path: Path) -> None:
+    """Lightning's checkpoint holds the split groups' and Adam's state: a fit resumed from
+    it (ckpt_path=) with the callback gets the groups and class back first, so Lightning
+    can load that state into them (without: 'a different number of parameter groups')."""
+    trainer, _, _ = fit(
+        tmp_path, Tiny(scheduler=True), at={2: "split head head", 4: "rebuild Adam"}, epochs=1
+    )
+    saved = tmp_path / "lightning.ckpt"
+    trainer.save_checkpoint(saved)
+    before = trainer.optimizers[0].state_dict()
+
+    resumed = Tiny(scheduler=True)
+    console = TuiconsoleCallback(run_dir=tmp_path / "run2", listen=False)
+    again = pl.Trainer(
+        max_epochs=2,
+        callbacks=[console],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    restored: dict[str, Any] = {}
+
+    class Peek(pl.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            restored["sd"] = copy.deepcopy(trainer.optimizers[0].state_dict())  # steps on
+
+    again.callbacks.insert(0, Peek())
+    again.fit(resumed, data(), ckpt_path=saved)
+    sd = restored["sd"]
+    assert [g["name"] for g in sd["param_groups"]] == ["group0", "head"]
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
+    assert all(
+        torch.equal(sd["state"][i]["exp_avg"], before["state"][i]["exp_avg"]) for i in range(4)
+    )
+    opt = again.optimizers[0]
+    assert type(opt) is torch.optim.Adam and again.global_step == 2 * BATCHES
+    assert again.lr_scheduler_configs[0].scheduler.optimizer is opt
+    assert len(again.lr_scheduler_configs[0].scheduler.base_lrs) == 2
+
+
+def test_without_the_callback_lightning_refuses_that_checkpoint(tmp_path: Path) -> None:
+    """What the test above guards against: the same resume, the callback left out."""
+    trainer, _, _ = fit(tmp_path, Tiny(), at={2: "split head head"}, epochs=1)
+    saved = tmp_path / "lightning.ckpt"
+    trainer.save_checkpoint(saved)
+    again = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        again.fit(Tiny(), data(), ckpt_path=saved)
