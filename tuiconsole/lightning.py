@@ -60,6 +60,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
+from torchmetrics import Metric
 
 from tuiconsole import library
 from tuiconsole.engine import groups as G
@@ -434,25 +435,46 @@ class _Validation:
             raise no_data
         losses: list[torch.Tensor] = []
         accuracies: list[torch.Tensor] = []
+        metrics: dict[str, Metric] = {}  # torchmetrics objects logged: computed at the end
         loaders: Sequence[Any] = combined.flattened
-        for index, loader in enumerate(loaders):
-            limit = limits[index] if index < len(limits) else math.inf
-            for batch_idx, batch in enumerate(loader):
-                if batch_idx >= limit:
-                    break
-                loss, accuracy = self._one(batch, batch_idx, index, len(loaders))
-                losses.append(loss)
-                if accuracy is not None:
-                    accuracies.append(accuracy)
-        if not losses:
-            raise CommandError("eval: the val dataloaders gave no batch")
-        mean_loss = float(torch.stack(losses).float().mean().item())
-        mean_acc = float(torch.stack(accuracies).float().mean().item()) if accuracies else None
-        return {"loss": mean_loss, "accuracy": mean_acc}
+        try:
+            for index, loader in enumerate(loaders):
+                limit = limits[index] if index < len(limits) else math.inf
+                for batch_idx, batch in enumerate(loader):
+                    if batch_idx >= limit:
+                        break
+                    values = self._one(batch, batch_idx, index, len(loaders), metrics)
+                    loss = _pick(values, _LOSS_NAMES, "loss")
+                    if loss is not None:
+                        losses.append(loss)
+                    accuracy = _pick(values, _ACCURACY_NAMES, "acc")
+                    if accuracy is not None:
+                        accuracies.append(accuracy)
+            computed = {name: m.compute() for name, m in metrics.items()}
+        finally:
+            for m in metrics.values():
+                m.reset()  # as Lightning's validation does: the next one starts empty
+        mean_loss = _mean(losses) if losses else _pick(computed, _LOSS_NAMES, "loss")
+        if mean_loss is None:
+            raise CommandError(
+                "eval: validation_step returned no loss and logged none (return it, or "
+                "self.log('val_loss', loss))"
+            )
+        mean_acc = _mean(accuracies) if accuracies else _pick(computed, _ACCURACY_NAMES, "acc")
+        return {
+            "loss": float(mean_loss.float().item()),
+            "accuracy": float(mean_acc.float().item()) if mean_acc is not None else None,
+        }
 
     def _one(
-        self, batch: Any, batch_idx: int, loader_idx: int, n_loaders: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        batch: Any,
+        batch_idx: int,
+        loader_idx: int,
+        n_loaders: int,
+        metrics: dict[str, Metric],
+    ) -> dict[str, Any]:
+        """What one validation_step returned and logged, by name."""
         trainer, module = self._trainer, self._module
         batch = trainer.strategy.batch_to_device(batch, dataloader_idx=loader_idx)
         logged: dict[str, Any] = {}
@@ -466,13 +488,12 @@ class _Validation:
             values["loss"] = out
         elif isinstance(out, Mapping):
             values.update({str(k): v for k, v in out.items()})
-        loss = _pick(values, _LOSS_NAMES, "loss")
-        if loss is None:
-            raise CommandError(
-                "eval: validation_step returned no loss and logged none (return it, or "
-                "self.log('val_loss', loss))"
-            )
-        return loss, _pick(values, _ACCURACY_NAMES, "acc")
+        metrics.update((k, v) for k, v in values.items() if isinstance(v, Metric))
+        return values
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).float().mean()
 
 
 def _pick(values: Mapping[str, Any], names: Sequence[str], part: str) -> torch.Tensor | None:

@@ -337,6 +337,40 @@ def test_eval_reads_what_validation_step_returns(tmp_path: Path) -> None:
     assert ev["loss"] == pytest.approx(2.0) and ev["accuracy"] == pytest.approx(0.25)
 
 
+def test_eval_computes_and_resets_a_torchmetrics_metric_it_logs(tmp_path: Path) -> None:
+    """validation_step updates a MeanMetric and logs the object (Lightning computes it
+    at the epoch's end): eval computes it over its batches, then resets it, so the
+    next real validation starts empty."""
+    from torchmetrics import MeanMetric
+
+    class Metered(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.val_mse = MeanMetric()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.val_mse.update((self(x) - y) ** 2)
+            self.log("val_loss", self.val_mse)
+
+    expected: list[float] = []
+    left: list[int] = []
+
+    def val_mse(trainer: Any) -> None:
+        module = trainer.lightning_module
+        with torch.no_grad():
+            errors = torch.cat([((module(x) - y) ** 2).flatten() for x, y in data(32, seed=1)])
+        expected.append(float(errors.mean()))
+
+    def after(trainer: Any) -> None:
+        left.append(trainer.lightning_module.val_mse.update_count)
+
+    fit(tmp_path, Metered(), at={4: "eval"}, hooks={4: val_mse, 5: after}, epochs=1)
+    (ev,) = [r for r in journal(tmp_path, "metrics.jsonl") if r["type"] == "eval"]
+    assert ev["loss"] == pytest.approx(expected[0], rel=1e-5)
+    assert left == [0]
+
+
 def test_eval_without_val_data_is_refused(tmp_path: Path) -> None:
     _, script, _ = fit(tmp_path, Tiny(), at={2: "eval"}, val=False, epochs=1)
     result = script.results["eval"].result()
