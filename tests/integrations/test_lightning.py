@@ -771,3 +771,59 @@ def test_without_the_callback_lightning_refuses_that_checkpoint(tmp_path: Path) 
     )
     with pytest.raises(ValueError, match="different number of parameter groups"):
         again.fit(Tiny(), data(), ckpt_path=saved)
+
+
+# ---------------------------------------------------------------------- no host sync
+
+SYNC_METHODS = ("item", "cpu", "tolist", "__float__", "__bool__", "numpy", "__int__")
+
+
+def test_the_callback_reads_no_loss_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the loss checked when losses are read (what an accelerator gets; on CPU the
+    check reads each loss, free there), the callback adds host reads that do not grow
+    with the steps: the loss stays a device tensor until a batched read."""
+    from tuiconsole import library
+    from tuiconsole.engine.config import RunConfig
+
+    counts = dict.fromkeys(SYNC_METHODS, 0)
+    for name in SYNC_METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: Any, *a: Any, _orig: Any = original, _name: str = name, **k: Any) -> Any:
+            counts[_name] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads(steps: int, steered: bool) -> int:
+        before = sum(counts.values())
+        trainer = pl.Trainer(
+            max_steps=steps,
+            callbacks=[TuiconsoleCallback()] if steered else [],
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        if steered:
+            config = RunConfig(
+                run_dir=tmp_path / f"run{steps}",
+                log_every=0,
+                snapshot_interval=1e9,
+                nan_check="flush",
+                final_checkpoint=False,
+            )
+            host = Host(config, Path(__file__))
+            with library.hosted(host):
+                trainer.fit(Tiny(), data(8 * 48))
+            host.sessions[0].close()
+        else:
+            trainer.fit(Tiny(), data(8 * 48))
+        return sum(counts.values()) - before
+
+    extra = {n: reads(n, True) - reads(n, False) for n in (8, 40)}
+    assert extra[40] == extra[8], (extra, counts)
+    assert extra[8] <= 10
