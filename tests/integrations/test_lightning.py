@@ -827,3 +827,65 @@ def test_the_callback_reads_no_loss_per_step(
     extra = {n: reads(n, True) - reads(n, False) for n in (8, 40)}
     assert extra[40] == extra[8], (extra, counts)
     assert extra[8] <= 10
+
+
+# ---------------------------------------------------------------------- groups added mid-fit
+
+
+class Unfreeze(pl.callbacks.BaseFinetuning):
+    """Lightning's own fine-tuning pattern: the head frozen, then added as a group."""
+
+    def freeze_before_training(self, pl_module: Any) -> None:
+        self.freeze(pl_module.head)
+
+    def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.head, optimizer, lr=0.02)
+
+
+class Trainable(Tiny):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(
+            [p for p in self.parameters() if p.requires_grad], lr=0.05, momentum=0.9
+        )
+
+
+def test_a_group_lightning_adds_mid_fit_is_steered(tmp_path: Path) -> None:
+    console = TuiconsoleCallback(run_dir=tmp_path / "run", listen=False)
+    script = Script(console, {10: "lr head 0.2", 11: "split hb head.bias"})
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[Unfreeze(), script, console],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Trainable(), data())
+    assert script.results["lr head 0.2"].result().ok
+    assert command(tmp_path, "lr head 0.2")["step"] == 10
+    opt = trainer.optimizers[0]
+    assert [g["name"] for g in opt.param_groups] == ["body.0", "head", "hb"]
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.2, 0.2]
+    notes = (tmp_path / "run" / "journal.jsonl").read_text()
+    assert script.results["split hb head.bias"].result().ok, notes
+    last = end(tmp_path)
+    assert last["state"] == "FINISHED" and Path(last["checkpoint"]).is_file()
+
+
+def test_a_group_added_to_one_of_several_optimizers_is_named_after_it(tmp_path: Path) -> None:
+    def add(trainer: Any) -> None:
+        module = trainer.lightning_module
+        extra = nn.Linear(4, 4)
+        module.generator.add_module("extra", extra)
+        trainer.optimizers[0].add_param_group({"params": list(extra.parameters()), "lr": 0.3})
+
+    trainer, script, _ = fit(
+        tmp_path, TwoOptimizers(), at={6: "lr generator/extra 0.1"}, hooks={4: add}, epochs=1
+    )
+    assert script.results["lr generator/extra 0.1"].result().ok
+    rec = command(tmp_path, "lr generator/extra 0.1")
+    assert [g["name"] for g in rec["groups"]] == ["generator", "generator/extra", "discriminator"]
+    assert rec["groups"][1]["lr"] == 0.1
+    assert lrs_of(trainer)[0][1] == pytest.approx(0.1 * 0.25)  # then StepLR, twice

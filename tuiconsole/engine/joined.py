@@ -62,7 +62,9 @@ def member_names(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) 
     return [f"opt{i}" for i in range(len(optimizers))]
 
 
-def name_groups(model: nn.Module, name: str, optimizer: torch.optim.Optimizer) -> None:
+def name_groups(
+    model: nn.Module, name: str, optimizer: torch.optim.Optimizer, only_new: bool = False
+) -> None:
     """Name a member's groups after it: its one group is ``NAME``; of several, each is
     ``NAME/<its module path within the optimizer's>`` (``generator/head``), else
     ``NAME/<the hyper-parameter that sets it apart>`` or ``NAME/group<i>``. A name the
@@ -77,7 +79,7 @@ def name_groups(model: nn.Module, name: str, optimizer: torch.optim.Optimizer) -
     for j, (group, path) in enumerate(zip(groups, paths, strict=True)):
         if group.get("name"):
             continue
-        if len(groups) == 1:
+        if len(groups) == 1 and not only_new:
             group["name"] = name
             continue
         if common and path.startswith(f"{common}."):
@@ -265,6 +267,18 @@ class JoinedOptimization(ops.Optimization):
     def members(self) -> list[ops.Optimization]:
         assert self.parts is not None
         return self.parts
+
+    def sync_groups(self) -> list[str]:
+        """Groups the training code added to a member: named after it, joined in."""
+        counts = [len(part.group_origin) for part in self.members]
+        if [len(part.optimizer.param_groups) for part in self.members] == counts:
+            return []
+        for member, part in zip(self.joined.members, self.members, strict=True):
+            name_groups(self.model, member.name, part.optimizer, only_new=True)
+        added = [name for part in self.members for name in part.sync_groups()]
+        self.adopt_parts()
+        G.ensure_names(self.joined, self.model)
+        return added
 
     def operation(self, kind: type[C.Command]) -> ops.Op:
         return JOINED_OPS[kind]

@@ -65,6 +65,20 @@ class Optimization:
         n = len(optimizer.param_groups)
         return cls(model, optimizer, scheduler, list(range(n)), [None] * n, in_place)
 
+    def sync_groups(self) -> list[str]:
+        """Groups the training code added (``optimizer.add_param_group``, as Lightning's
+        BaseFinetuning does mid-fit): named, and given their own bookkeeping (their own
+        origin, no state reset). Returns their names; [] (at the cost of a len()) when
+        none were added."""
+        groups = self.optimizer.param_groups
+        n = len(self.group_origin)
+        if len(groups) <= n:
+            return []
+        G.ensure_names(self.optimizer, self.model)
+        self.group_origin += list(range(n, len(groups)))
+        self.state_reset += [None] * (len(groups) - n)
+        return [str(g["name"]) for g in groups[n:]]
+
     def operation(self, kind: type[C.Command]) -> Op:
         """The function that applies an optimizer command of this kind here."""
         return OPS[kind]

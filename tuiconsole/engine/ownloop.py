@@ -187,6 +187,7 @@ class OwnLoop(Trainer):
         loss = _loss_tensor(loss)
         try:
             self._count_step(loss)
+            self._sync_groups()
             self._serve_boundary()
         except BaseException as exc:
             self._leave(exc)
@@ -250,6 +251,18 @@ class OwnLoop(Trainer):
         if self.max_steps is not None and self.step >= self.max_steps:
             self._set_finished(f"reached --max-steps {self.max_steps}")
         elif record.due(self.config.snapshot_interval):
+            self._publish()
+
+    def _sync_groups(self) -> None:
+        """Param groups the user's code added since the last boundary are steered too."""
+        added = self._ops.sync_groups()
+        if added:
+            self._record.views.structure_version += 1
+            self._append_log(
+                "info",
+                f"param group(s) {', '.join(added)} added by the training code at step "
+                f"{self.step}; steered as the others",
+            )
             self._publish()
 
     def _serve_boundary(self) -> None:
