@@ -58,6 +58,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import Metric
@@ -168,10 +169,13 @@ class TuiconsoleCallback(pl.Callback):
             raise TuiconsoleError(
                 "TuiconsoleCallback steers one fit: give each Trainer.fit() a new callback"
             )
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 or not isinstance(trainer.strategy, SingleDeviceStrategy):
+            # Other strategies shard or wrap the optimizer (FSDP, DeepSpeed) or need every
+            # rank to apply a command at the same step (DDP): not steered (yet).
             raise TuiconsoleError(
-                f"TuiconsoleCallback steers a fit in one process; this one runs on "
-                f"{trainer.world_size} (strategy {type(trainer.strategy).__name__})"
+                f"TuiconsoleCallback steers a fit on one device (SingleDeviceStrategy); "
+                f"this one uses {type(trainer.strategy).__name__} on "
+                f"{trainer.world_size} process(es)"
             )
         self._module = pl_module
         optimizers = [_real(o) for o in trainer.optimizers]

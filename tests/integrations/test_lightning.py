@@ -889,3 +889,29 @@ def test_a_group_added_to_one_of_several_optimizers_is_named_after_it(tmp_path: 
     assert [g["name"] for g in rec["groups"]] == ["generator", "generator/extra", "discriminator"]
     assert rec["groups"][1]["lr"] == 0.1
     assert lrs_of(trainer)[0][1] == pytest.approx(0.1 * 0.25)  # then StepLR, twice
+
+
+def test_a_strategy_other_than_one_device_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """DDP with one CPU process: a real strategy that wraps the module (commands would
+    have to reach every rank at one step)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    console = TuiconsoleCallback(run_dir=tmp_path / "run", listen=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[console],
+        accelerator="cpu",
+        devices=1,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        with pytest.raises(TuiconsoleError, match="one device.*DDPStrategy on 1 process"):
+            trainer.fit(Tiny(), data())
+    finally:
+        if torch.distributed.is_initialized():  # the process group the strategy made
+            torch.distributed.destroy_process_group()
+    assert console.steer is None and not (tmp_path / "run").exists()
