@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -691,7 +692,6 @@ def test_the_sample_runs_as_tuiconsole_run_runs_it(
 
 @pytest.mark.subprocess
 def test_the_sample_runs_as_a_plain_python_script(tmp_path: Path) -> None:
-    import os
     import subprocess
     import sys
 
@@ -908,10 +908,13 @@ def test_a_strategy_other_than_one_device_is_refused_with_the_reason(tmp_path: P
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    env = dict(os.environ)
     try:
         with pytest.raises(TuiconsoleError, match="one device.*DDPStrategy on 1 process"):
             trainer.fit(Tiny(), data())
     finally:
         if torch.distributed.is_initialized():  # the process group the strategy made
             torch.distributed.destroy_process_group()
+        os.environ.clear()  # and the MASTER_PORT, LOCAL_RANK, OMP_NUM_THREADS it set
+        os.environ.update(env)
     assert console.steer is None and not (tmp_path / "run").exists()
