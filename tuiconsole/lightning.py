@@ -59,6 +59,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import Metric
@@ -67,7 +68,7 @@ from tuiconsole import library
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import joined
 from tuiconsole.engine.ownloop import Evaluate
-from tuiconsole.errors import CommandError, TuiconsoleError
+from tuiconsole.errors import CommandError, StopTraining, TuiconsoleError
 
 # What a training_step's output may hold the loss under, when ``loss=`` names none.
 DEFAULT_LOSS_KEY = "loss"
@@ -269,6 +270,15 @@ class TuiconsoleCallback(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        steer = self.steer
+        if steer is not None and isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            # A signal Lightning turned into an exception at its own point (its SIGTERM
+            # handler; Ctrl+C where the script kept Python's): the run stops as a `stop`
+            # does (final checkpoint, STOPPED), not as a failure.
+            name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
+            steer.session.submit("stop", source=f"signal:{name}")  # names who stopped it
+            steer.session.close()  # in this, the loop's thread: ends the run now
+            exception = StopTraining(f"stopped by {name}")
         self._end(exception)
 
     # ------------------------------------------------------------------ inside

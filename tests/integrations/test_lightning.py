@@ -918,3 +918,67 @@ def test_a_strategy_other_than_one_device_is_refused_with_the_reason(tmp_path: P
         os.environ.clear()  # and the MASTER_PORT, LOCAL_RANK, OMP_NUM_THREADS it set
         os.environ.update(env)
     assert console.steer is None and not (tmp_path / "run").exists()
+
+
+SIGTERMED = """
+import sys
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tuiconsole.lightning import TuiconsoleCallback
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+    def training_step(self, batch, idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+class Ready(pl.Callback):
+    def on_train_batch_end(self, trainer, *_):
+        if trainer.global_step == 3:
+            print("ready", flush=True)
+
+x = torch.randn(64, 4)
+trainer = pl.Trainer(max_epochs=100000, callbacks=[Ready(), TuiconsoleCallback(
+    run_dir=sys.argv[1], listen=False)], logger=False, enable_checkpointing=False,
+    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+trainer.fit(Tiny(), DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8))
+print("fit returned at", trainer.global_step, flush=True)
+"""
+
+
+@pytest.mark.subprocess
+def test_sigterm_stops_the_fit_as_a_stop(tmp_path: Path) -> None:
+    """Lightning's own SIGTERM handler ends the fit with an exception at its next check:
+    the run is STOPPED with its final checkpoint, not failed."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit.py"
+    script.write_text(SIGTERMED)
+    env = {**os.environ, "PYTHONPATH": str(SAMPLE.parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    last = end(tmp_path)
+    assert last["state"] == "STOPPED", err[-2000:]
+    assert Path(last["checkpoint"]).is_file()
+    assert "tuiconsole: stopped at step" in err
