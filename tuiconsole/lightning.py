@@ -82,9 +82,10 @@ class TuiconsoleCallback(pl.Callback):
     ``loss``: the key of training_step's output that holds the loss, or a
     callable ``(outputs) -> loss``. ``optimizer_names``: with several optimizers,
     the name of each (its groups are named after it); by default the module
-    path its parameters share (``generator``), else ``opt0``, ``opt1``... The rest are :func:`tuiconsole.steer`'s:
-    ``run_dir``, ``max_steps``, ``nan``, ``paused``, ``replay``, ``log_every``,
-    ``listen`` (under ``tuiconsole run`` its command line decides them).
+    path its parameters share (``generator``), else ``opt0``, ``opt1``...
+    The rest are :func:`tuiconsole.steer`'s: ``run_dir``, ``max_steps``, ``nan``,
+    ``paused``, ``replay``, ``log_every``, ``listen`` (under ``tuiconsole run``
+    its command line decides them).
     """
 
     def __init__(
