@@ -19,6 +19,11 @@ step, and a ``step`` command pauses between two optimizer steps).
   the validation that is due then). The final checkpoint and the journal's end
   record are written at the boundary; the fit's own end (``max_epochs``...)
   ends the run as FINISHED in ``on_train_end``, an exception as ERROR.
+  ``fit()`` then returns, except where a steered loop of one's own would exit
+  non-zero: a failed run (``--nan stop``: 1) or a stop by Ctrl+C / SIGTERM that
+  tuiconsole's handlers caught (130 / 143) raise that StopTraining out of it.
+  Lightning's own SIGTERM handler (``python train.py``: it is in place before the
+  run begins) ends the fit with its SIGTERMException; that stops the run too.
 - ``eval`` runs the LightningModule's ``validation_step`` over the Trainer's val
   dataloaders (``limit_val_batches`` applies) under ``eval()`` and ``no_grad()``;
   the loss is what it returns (a tensor, or ``"loss"`` / ``"val_loss"`` in a
@@ -267,6 +272,13 @@ class TuiconsoleCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(None)
+        ended = self.steer.ended if self.steer is not None else None
+        if ended is not None and ended.code != 0:
+            # Failed (--nan stop: 1), or stopped by Ctrl+C / SIGTERM that tuiconsole caught
+            # (130 / 143): fit() leaves with that StopTraining (a SystemExit: no traceback,
+            # that exit code), as a steered loop of one's own does, not on into the code
+            # after it. Lightning runs the on_exception hooks and tears down first.
+            raise ended
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

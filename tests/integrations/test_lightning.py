@@ -982,3 +982,53 @@ def test_sigterm_stops_the_fit_as_a_stop(tmp_path: Path) -> None:
     assert last["state"] == "STOPPED", err[-2000:]
     assert Path(last["checkpoint"]).is_file()
     assert "tuiconsole: stopped at step" in err
+
+
+def test_a_failed_run_leaves_fit_with_exit_code_1(tmp_path: Path) -> None:
+    """--nan stop: the run fails at the first NaN loss; fit() raises StopTraining(1) (what a
+    steered loop's process exits with), after Lightning's teardown."""
+    from tuiconsole.errors import StopTraining
+
+    class GoesNaN(Tiny):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == 3 else loss
+
+    with pytest.raises(StopTraining) as info:
+        fit(tmp_path, GoesNaN(), epochs=5, nan="stop")
+    assert info.value.code == 1
+    last = end(tmp_path)
+    assert last["state"] == "ERROR" and last["step"] == 4
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_stops_the_fit_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit.py"
+    script.write_text(SIGTERMED)
+    env = {**os.environ, "PYTHONPATH": str(SAMPLE.parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "fit returned" not in out  # StopTraining left fit() (no traceback)
+    assert "Traceback" not in err
+    stop = command(tmp_path, "stop")
+    assert stop["source"] == "signal:SIGINT"
+    last = end(tmp_path)
+    assert last["state"] == "STOPPED" and last["step"] == stop["step"]
