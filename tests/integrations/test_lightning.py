@@ -1032,3 +1032,14 @@ def test_ctrl_c_stops_the_fit_and_exits_130(tmp_path: Path) -> None:
     assert stop["source"] == "signal:SIGINT"
     last = end(tmp_path)
     assert last["state"] == "STOPPED" and last["step"] == stop["step"]
+
+
+def test_optimizers_sharing_a_parameter_are_refused_with_the_reason(tmp_path: Path) -> None:
+    class Shared(TwoOptimizers):
+        def configure_optimizers(self) -> Any:
+            g = torch.optim.Adam(self.generator.parameters(), lr=1e-3)
+            d = torch.optim.SGD(self.parameters(), lr=0.01)  # the generator's too
+            return [g, d]
+
+    with pytest.raises(TuiconsoleError, match="both hold a parameter"):
+        fit(tmp_path, Shared(), epochs=1)

@@ -89,6 +89,22 @@ def name_groups(
         group["name"] = f"{name}/{path or G.default_group_name(group, j, {}, groups)}"
 
 
+def _shared_parameter(members: Sequence[Member]) -> str | None:
+    """Why these cannot be joined, if two of them hold one parameter: a group would be
+    in two optimizers, and a command on it could reach only one."""
+    seen: dict[int, str] = {}
+    for m in members:
+        for g in m.optimizer.param_groups:
+            for p in g["params"]:
+                other = seen.setdefault(id(p), m.name)
+                if other != m.name:
+                    return (
+                        f"optimizers {other} and {m.name} both hold a parameter of shape "
+                        f"{tuple(p.shape)}; each parameter must be in one optimizer to steer them"
+                    )
+    return None
+
+
 class _States(Mapping[Any, Any]):
     """The members' ``state`` read as one mapping. Not a ChainMap: a member's state is a
     defaultdict, and ChainMap's lookup would add an empty entry for another member's
@@ -129,6 +145,9 @@ class JoinedOptimizer(torch.optim.Optimizer):
         # Not torch's __init__: no groups of its own, no defaults, no state of its own.
         if len(members) < 2:
             raise ValueError("a JoinedOptimizer joins two or more optimizers")
+        shared = _shared_parameter(members)
+        if shared is not None:
+            raise CommandError(shared)
         self.members = tuple(members)
         self.defaults = {}
         self.param_groups = []
