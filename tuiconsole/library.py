@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -73,6 +74,8 @@ class _Hosting:
 
 
 _hosting = _Hosting()
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -110,6 +113,20 @@ def check_model(model: Any) -> None:
         )
 
 
+def _at_caller(fn: Callable[P, R]) -> Callable[P, R]:
+    """Invalid use (a TuiconsoleError) is raised at the caller's line: one error, not a
+    traceback through tuiconsole's frames."""
+
+    @functools.wraps(fn)
+    def at_caller(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except TuiconsoleError as exc:
+            raise exc.with_traceback(None) from None
+
+    return at_caller
+
+
 class Steer:
     """A run steered at the step boundaries of the caller's own loop."""
 
@@ -132,6 +149,7 @@ class Steer:
             assert self.ended is not None
             raise self.ended
 
+    @_at_caller
     def boundary(self, loss: torch.Tensor | float) -> bool:
         """The step boundary for a framework's callback: as :meth:`step`, but returns
         False (and sets :attr:`ended`) where ``step`` raises: the loop must end."""
@@ -156,10 +174,16 @@ class Steer:
         self._closed = True
         if self._hosted:
             return  # the host serves the run after the script and ends it
+        atexit.unregister(self._at_exit)  # it holds the model: let a closed run go
         self._run.close()
         if self._server is not None:
             self._server.close("the run has ended")
         _say(_ended_line(self._run))
+
+    def _at_exit(self) -> None:
+        """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
+        if not self._closed:
+            self.end(getattr(sys, "last_value", None))
 
     def __enter__(self) -> Steer:
         return self
@@ -204,6 +228,7 @@ class Steer:
         return self.session.snapshot()
 
 
+@_at_caller
 def steer(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -277,7 +302,7 @@ def steer(
     else:
         if listen:
             handle._server = _serve(session, script, config)
-        atexit.register(_at_exit, handle)
+        atexit.register(handle._at_exit)
     try:
         run.begin()
     except LoopEnds as ends:  # stopped while it waited to start (--paused)
@@ -318,13 +343,6 @@ def _say(text: str) -> None:
 def _ended_line(run: OwnLoop) -> str:
     where = f"; last checkpoint {run.last_checkpoint}" if run.last_checkpoint else ""
     return f"{run.state.value.lower()} at step {run.step}{where}"
-
-
-def _at_exit(handle: Steer) -> None:
-    """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
-    if handle._closed:
-        return
-    handle.end(getattr(sys, "last_value", None))
 
 
 def steered() -> list[Steer]:
