@@ -263,6 +263,11 @@ def steer(
         raise TuiconsoleError(
             f"tuiconsole.steer(..., evaluate=): must be a callable, got {type(evaluate).__name__}"
         )
+    if scheduler_interval not in ("step", "epoch"):
+        raise TuiconsoleError(
+            'tuiconsole.steer(..., scheduler_interval=): must be "step" or "epoch", got '
+            f"{scheduler_interval!r}"
+        )
     host = _hosting.host
     if host is not None:
         if _hosting.steers:
@@ -273,13 +278,20 @@ def steer(
         script: Path | None = host.script
     else:
         script = _main_script()
-        interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+        if paused and not listen:
+            raise TuiconsoleError(
+                "tuiconsole.steer(..., paused=True, listen=False): nothing could resume "
+                "the run (no front-end can reach it before steer() returns); serve it "
+                "(listen=True) or start it unpaused"
+            )
         config = RunConfig(
             run_dir=Path(run_dir) if run_dir is not None else _default_run_dir(script),
             max_steps=max_steps,
-            log_every=log_every or DEFAULT_LOG_EVERY,
-            log_min_interval=0.0 if log_every else DEFAULT_LOG_MIN_INTERVAL,
-            nan=nan or ("pause" if interactive or listen else "stop"),
+            log_every=DEFAULT_LOG_EVERY if log_every is None else log_every,
+            log_min_interval=DEFAULT_LOG_MIN_INTERVAL if log_every is None else 0.0,
+            # A NaN pause waits for a front-end's `resume`: without a socket, only code
+            # in this process could send it, so by default such a run stops instead.
+            nan=nan or ("pause" if listen else "stop"),
             start_paused=paused,
             resume=Path(resume) if resume is not None else None,
             replay=Path(replay) if replay is not None else None,

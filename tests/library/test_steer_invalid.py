@@ -72,6 +72,41 @@ def test_an_evaluate_that_is_not_callable(tmp_path):
     assert message == "tuiconsole.steer(..., evaluate=): must be a callable, got float"
 
 
+def test_a_scheduler_interval_that_is_neither_step_nor_epoch(tmp_path):
+    parts = make()
+    message = _steer_error(tmp_path, parts.model, parts.optimizer, scheduler_interval="often")
+    assert message == (
+        'tuiconsole.steer(..., scheduler_interval=): must be "step" or "epoch", got \'often\''
+    )
+
+
+def test_paused_with_nothing_that_could_resume_it(tmp_path):
+    """Not served and outside `tuiconsole run`, a paused start would wait forever."""
+    parts = make()
+    message = _steer_error(tmp_path, parts.model, parts.optimizer, paused=True)
+    assert "paused=True, listen=False): nothing could resume the run" in message
+
+
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        ({"nan": "panic"}, "--nan must be one of pause, stop, ignore, got 'panic'"),
+        ({"max_steps": -1}, "max_steps must be >= 0, got -1"),
+        ({"log_every": -3}, "log_every must be >= 0, got -3"),
+    ],
+)
+def test_options_out_of_range(tmp_path, kw, says):
+    parts = make()
+    assert _steer_error(tmp_path, parts.model, parts.optimizer, **kw) == says
+
+
+def test_log_every_0_means_no_metrics_lines(new_steer):
+    parts = make()
+    steer = new_steer(parts, log_every=0)
+    train(steer, parts, 120)
+    assert not [line for line in (steer.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
 def test_a_run_dir_that_is_a_file(tmp_path):
     parts = make()
     (tmp_path / "taken").write_text("not a dir")

@@ -92,10 +92,10 @@ def test_nan_ignore_notes_it_and_goes_on(new_steer):
     assert len(noted) == 1 and "--nan=ignore" in noted[0].text
 
 
-def test_python_train_py_without_a_terminal_defaults_to_stop_unless_served(new_steer):
-    """Nobody could resume a NaN pause: not listening and no terminal -> stop."""
+def test_a_run_that_is_not_served_stops_on_nan_by_default(new_steer):
+    """No front-end could send `resume` to a NaN pause (listen=False): it stops."""
     parts = make()
-    steer = new_steer(parts)  # listen=False, pytest's stdin is no terminal
+    steer = new_steer(parts)  # listen=False
     with pytest.raises(StopTraining) as stopped:
         train(steer, parts, 40, loss_of=_nan_at(False))
     assert stopped.value.code == 1
