@@ -285,7 +285,8 @@ def steer(
                 "(listen=True) or start it unpaused"
             )
         config = RunConfig(
-            run_dir=Path(run_dir) if run_dir is not None else _default_run_dir(script),
+            # absolute: the journal names its checkpoints by path, wherever it is read
+            run_dir=(Path(run_dir) if run_dir is not None else _default_run_dir(script)).absolute(),
             max_steps=max_steps,
             log_every=DEFAULT_LOG_EVERY if log_every is None else log_every,
             log_min_interval=DEFAULT_LOG_MIN_INTERVAL if log_every is None else 0.0,
