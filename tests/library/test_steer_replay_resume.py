@@ -22,6 +22,7 @@ COMMANDS = {
     3: ["lr head 0.02"],
     6: ["split first body.0 lr=0.005"],
     9: ["set body weight_decay=0.001 dampening=0.1"],
+    10: ["checkpoint"],  # an SGD with the split group
     12: ["rebuild Adam lr=0.003"],
     15: ["checkpoint"],
     18: ["decay 0.5 head"],
@@ -65,20 +66,23 @@ def test_a_replay_of_the_journal_ends_with_the_very_same_parameters(new_steer, s
     assert not torch.equal(plain.model.head[1].weight, a.model.head[1].weight)
 
 
+@pytest.mark.parametrize("at, cls", [(11, torch.optim.SGD), (16, torch.optim.Adam)])
 @pytest.mark.parametrize("scheduler", ["steplr", "lambdalr", "onecycle"])
-def test_a_run_resumed_after_a_rebuild_continues_bit_for_bit(new_steer, scheduler):
-    """The checkpoint of step 16 holds an Adam (rebuilt from SGD at step 13) with a split
-    group: the resumed script builds its SGD again, and steer() turns it into that Adam."""
+def test_a_resumed_run_continues_bit_for_bit(new_steer, scheduler, at, cls):
+    """The checkpoint of step 11 holds the SGD with its split group; that of step 16 an
+    Adam (rebuilt from SGD at step 13): the resumed script builds its plain SGD again,
+    and steer() turns that very object into the checkpoint's optimizer."""
     whole, steer_a, rng_after = _run(new_steer, scheduler, COMMANDS)
-    ckpt = steer_a.run_dir / "checkpoint-step16.pt"
-    assert load_checkpoint(ckpt)["optimizer_class"] == "Adam"
-    later = {s: c for s, c in COMMANDS.items() if s >= 16}
+    ckpt = steer_a.run_dir / f"checkpoint-step{at}.pt"
+    assert load_checkpoint(ckpt)["optimizer_class"] == cls.__name__
+    later = {s: c for s, c in COMMANDS.items() if s >= at}
     parts = make(scheduler)
+    held = parts.optimizer
     steer = new_steer(parts, resume=ckpt)
-    assert steer.start_step == 16
-    assert type(parts.optimizer) is torch.optim.Adam  # the object the script holds
-    assert parts.scheduler.optimizer is parts.optimizer
-    assert [g["name"] for g in parts.optimizer.param_groups] == ["body", "head", "first"]
+    assert steer.start_step == at
+    assert parts.optimizer is held and type(held) is cls  # the object the script holds
+    assert parts.scheduler.optimizer is held
+    assert [g["name"] for g in held.param_groups] == ["body", "head", "first"]
     taken = train(
         steer,
         parts,
@@ -86,7 +90,7 @@ def test_a_run_resumed_after_a_rebuild_continues_bit_for_bit(new_steer, schedule
         before_boundary=lambda s: [steer.session.submit(c) for c in later.get(s, [])],
     )
     steer.close()
-    assert taken == list(range(16, STEPS))
+    assert taken == list(range(at, STEPS))
     _assert_same_run(whole, parts)
     assert_same(rng_state(), rng_after)
 
