@@ -133,6 +133,19 @@ def test_step_before_optimizer_step_ever_ran(new_steer):
     assert steer.steps == 3
 
 
+def test_step_before_optimizer_step_with_sparse_gradients(new_steer):
+    """The check reads the gradients (a GradScaler skip leaves them non-finite): sparse
+    ones too, still one clear error."""
+    model = nn.Embedding(10, 3, sparse=True)
+    parts = make()
+    parts.model, parts.optimizer = model, torch.optim.SparseAdam(model.parameters())
+    steer = new_steer(parts)
+    loss = model(torch.tensor([1, 2])).sum()
+    loss.backward()
+    with pytest.raises(TuiconsoleError, match="before optimizer.step\\(\\) ever ran"):
+        steer.step(loss)
+
+
 @pytest.mark.parametrize(
     "loss, says",
     [

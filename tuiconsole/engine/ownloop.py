@@ -401,4 +401,5 @@ def _skipped_for_inf(optimizer: torch.optim.Optimizer) -> bool:
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if not grads:
         return False
-    return not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    values = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    return not bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
