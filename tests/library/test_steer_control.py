@@ -334,3 +334,36 @@ def test_close_ends_a_run_whose_loop_is_still_going(new_steer):
     with pytest.raises(StopTraining):
         steer.step(parts.take(3))
     assert steer.session.submit("lr head 0.1").result(5).ok is False
+
+
+def test_boundary_returns_false_where_step_would_raise_for_a_frameworks_callback(new_steer):
+    """Steer.boundary() / Steer.end(): the same boundary without an exception through
+    a framework's loop."""
+    parts = make()
+    steer = new_steer(parts)
+    went_on = []
+    for step in range(100):
+        loss = parts.take(step)
+        if step == 4:
+            steer.session.submit("stop")
+        if not steer.boundary(loss):
+            break
+        went_on.append(step)
+    assert went_on == [0, 1, 2, 3]
+    assert isinstance(steer.ended, StopTraining) and steer.ended.code == 0
+    steer.end()
+    assert end_record(steer.run_dir)["state"] == "STOPPED"
+
+
+@pytest.mark.parametrize(
+    "error, state", [(None, "FINISHED"), (RuntimeError("the framework failed"), "ERROR")]
+)
+def test_end_says_how_the_frameworks_loop_ended(new_steer, error, state):
+    parts = make()
+    steer = new_steer(parts)
+    for step in range(3):
+        assert steer.boundary(parts.take(step))
+    steer.end(error)
+    end = end_record(steer.run_dir)
+    assert end["state"] == state and end["step"] == 3
+    assert (end["checkpoint"] is None) == (error is not None)
