@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -74,6 +75,8 @@ class _Hosting:
 
 
 _hosting = _Hosting()
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -111,6 +114,20 @@ def check_model(model: Any) -> None:
         )
 
 
+def _at_caller(fn: Callable[P, R]) -> Callable[P, R]:
+    """Invalid use (a TuiconsoleError) is raised at the caller's line: one error, not a
+    traceback through tuiconsole's frames."""
+
+    @functools.wraps(fn)
+    def at_caller(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except TuiconsoleError as exc:
+            raise exc.with_traceback(None) from None
+
+    return at_caller
+
+
 class Steer:
     """A run steered at the step boundaries of the caller's own loop."""
 
@@ -134,6 +151,7 @@ class Steer:
             assert self.ended is not None
             raise self.ended
 
+    @_at_caller
     def boundary(self, loss: torch.Tensor | float, *, skipped: bool = False) -> bool:
         """The step boundary for a framework's callback: as :meth:`step`, but returns
         False (and sets :attr:`ended`) where ``step`` raises: the loop must end.
@@ -166,6 +184,7 @@ class Steer:
         self._closed = True
         if self._hosted:
             return  # the host serves the run after the script and ends it
+        atexit.unregister(self._at_exit)  # it holds the model: let a closed run go
         self._run.close()
         if self._server is not None:
             self._server.close("the run has ended")
@@ -176,6 +195,11 @@ class Steer:
     def serve_rest(self) -> None:
         """After the loop (for a host): serve commands until a front-end ends the run."""
         self._run.serve_rest()
+
+    def _at_exit(self) -> None:
+        """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
+        if not self._closed:
+            self.end(getattr(sys, "last_value", None))
 
     def __enter__(self) -> Steer:
         return self
@@ -226,6 +250,7 @@ class Steer:
         return self.session.snapshot()
 
 
+@_at_caller
 def steer(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -260,6 +285,11 @@ def steer(
         raise TuiconsoleError(
             f"tuiconsole.steer(..., evaluate=): must be a callable, got {type(evaluate).__name__}"
         )
+    if scheduler_interval not in ("step", "epoch"):
+        raise TuiconsoleError(
+            'tuiconsole.steer(..., scheduler_interval=): must be "step" or "epoch", got '
+            f"{scheduler_interval!r}"
+        )
     host = _hosting.host
     if host is not None:
         if _hosting.steers:
@@ -270,13 +300,21 @@ def steer(
         script: Path | None = host.script
     else:
         script = _main_script()
-        interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+        if paused and not listen:
+            raise TuiconsoleError(
+                "tuiconsole.steer(..., paused=True, listen=False): nothing could resume "
+                "the run (no front-end can reach it before steer() returns); serve it "
+                "(listen=True) or start it unpaused"
+            )
         config = RunConfig(
-            run_dir=Path(run_dir) if run_dir is not None else _default_run_dir(script),
+            # absolute: the journal names its checkpoints by path, wherever it is read
+            run_dir=(Path(run_dir) if run_dir is not None else _default_run_dir(script)).absolute(),
             max_steps=max_steps,
-            log_every=log_every or DEFAULT_LOG_EVERY,
-            log_min_interval=0.0 if log_every else DEFAULT_LOG_MIN_INTERVAL,
-            nan=nan or ("pause" if interactive or listen else "stop"),
+            log_every=DEFAULT_LOG_EVERY if log_every is None else log_every,
+            log_min_interval=DEFAULT_LOG_MIN_INTERVAL if log_every is None else 0.0,
+            # A NaN pause waits for a front-end's `resume`: without a socket, only code
+            # in this process could send it, so by default such a run stops instead.
+            nan=nan or ("pause" if listen else "stop"),
             start_paused=paused,
             resume=Path(resume) if resume is not None else None,
             replay=Path(replay) if replay is not None else None,
@@ -300,7 +338,7 @@ def steer(
         if listen:
             handle._server = _serve(session, script, config)
         handle._signals = _stop_on_signals(session)
-        atexit.register(_at_exit, handle)
+        atexit.register(handle._at_exit)
     try:
         run.begin()
     except LoopEnds as ends:  # stopped while it waited to start (--paused)
@@ -368,13 +406,6 @@ def _say(text: str) -> None:
 def _ended_line(run: OwnLoop) -> str:
     where = f"; last checkpoint {run.last_checkpoint}" if run.last_checkpoint else ""
     return f"{run.state.value.lower()} at step {run.step}{where}"
-
-
-def _at_exit(handle: Steer) -> None:
-    """``python train.py`` ends (its loop returned, raised, or StopTraining left it)."""
-    if handle._closed:
-        return
-    handle.end(getattr(sys, "last_value", None))
 
 
 def steered() -> list[Steer]:

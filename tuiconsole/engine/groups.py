@@ -952,7 +952,9 @@ def become(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> torch.opti
     kept = {k: old.__dict__[k] for k in _KEPT_ON_BECOME if k in old.__dict__}
     old.__class__ = type(new)
     old.__dict__.clear()
-    old.__dict__.update(new.__dict__)
+    # Not new's own ``step`` wrapper (a scheduler attached to ``new`` made one): it
+    # steps ``new``, through a weak reference, not ``old`` (made anew below).
+    old.__dict__.update({k: v for k, v in new.__dict__.items() if k != "step"})
     old.__dict__.update(kept)
     groups[:] = new.param_groups
     state.clear()

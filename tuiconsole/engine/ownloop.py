@@ -20,7 +20,10 @@ train/eval mode).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import math
+import numbers
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -130,8 +133,12 @@ class OwnLoop(Trainer):
         super().__init__(spec, config)
         self._thread: threading.Thread | None = None  # the thread that runs the loop
         self._optimizer_steps = 0  # optimizer.step() calls since the last boundary
+        self._optimizer_began = 0  # ...and those begun (the weights may have changed)
         self._ever_stepped = False
-        self._hook = optimizer.register_step_post_hook(self._stepped_hook)
+        self._hooks = (
+            optimizer.register_step_pre_hook(self._began_hook),
+            optimizer.register_step_post_hook(self._stepped_hook),
+        )
         self._ended = False  # the final checkpoint and end record are written
         self.start_step = self.step  # where a resumed run goes on (0 for a new one)
 
@@ -139,6 +146,9 @@ class OwnLoop(Trainer):
     def epoch_shown(self) -> int:
         """0: the loop counts its epochs itself (front-ends then show none)."""
         return 0
+
+    def _began_hook(self, *_: Any) -> None:
+        self._optimizer_began += 1
 
     def _stepped_hook(self, *_: Any) -> None:
         self._optimizer_steps += 1
@@ -176,15 +186,20 @@ class OwnLoop(Trainer):
             raise TuiconsoleError(
                 "steer.step() was called from another thread than the one that began the run"
             )
-        if self._optimizer_steps == 0 and not self._ever_stepped and not skipped:
+        loss = _loss_tensor(loss)
+        if (
+            self._optimizer_steps == 0
+            and not self._ever_stepped
+            and not skipped
+            and not _skipped_for_inf(self.optimizer)
+        ):
             raise TuiconsoleError(
                 "steer.step() was called before optimizer.step() ever ran: call it once per "
                 "step, after optimizer.step() (and your scheduler's step)"
             )
         self._ever_stepped = True
-        self._optimizer_steps = 0
+        self._optimizer_steps = self._optimizer_began = 0
         self._undo = None  # the user's code takes the optimizer step: nothing to guard
-        loss = _loss_tensor(loss)
         try:
             self._count_step(loss)
             self._sync_groups()
@@ -203,10 +218,30 @@ class OwnLoop(Trainer):
             if not self.state.is_terminal:
                 self._set_finished(f"the training loop ended at step {self.step}")
             return
-        if not self.state.is_terminal:
-            exc.__traceback__ = None  # its frames hold the step's activations
-            phase = "optimizer" if self._optimizer_steps else "forward"
-            self._fail(exc, None, phase)
+        if self.state.is_terminal:
+            return
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl+C in `python train.py`: a stop
+            self._interrupted()
+            return
+        exc.__traceback__ = None  # its frames hold the step's activations
+        phase = "optimizer" if self._optimizer_began else "forward"
+        self._fail(exc, None, phase)
+
+    def _interrupted(self) -> None:
+        """Ctrl+C came in the user's code: the run stops (a final checkpoint unless
+        optimizer.step() had begun since the last boundary: the weights are no longer
+        those of the step reached)."""
+        self._stopping.asked("KeyboardInterrupt")
+        self._append_log("info", f"interrupted (KeyboardInterrupt) at step {self.step}; stopping")
+        if self._optimizer_began:
+            self.config = dataclasses.replace(self.config, final_checkpoint=False)
+            self._append_log(
+                "info",
+                f"no final checkpoint: optimizer.step() of step {self.step + 1} had begun, "
+                f"so the weights are not those of step {self.step}"
+                + (f"; last checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""),
+                ok=False,
+            )
 
     def serve_rest(self) -> None:
         """After the loop: serve commands (eval, checkpoint, lr...) until a stop, then end."""
@@ -222,7 +257,7 @@ class OwnLoop(Trainer):
         """End the run: from the loop's thread (between steps, or after the loop) at once;
         from another thread by a stop its next boundary applies (see Trainer.close)."""
         if not self._launched:
-            self._hook.remove()
+            self._remove_hooks()
             self._record.close()
             return
         if threading.current_thread() is self._thread or not self._stopping.looping:
@@ -235,14 +270,20 @@ class OwnLoop(Trainer):
     def _count_step(self, loss: torch.Tensor | float) -> None:
         self.step += 1
         record = self._record
-        if self._nan_each_step and isinstance(loss, torch.Tensor):
+        bad: float | None = None  # a non-finite loss found now
+        if isinstance(loss, float):  # a number: nothing to read
+            bad = None if math.isfinite(loss) else loss
+        elif self._nan_each_step:
             finite, value = faults.finite_on_cpu(loss)
             if not finite:
                 bad = value if value is not None else float(loss.float().mean().item())
-                self._nonfinite(self.step, bad, skipped=False)
             if value is not None:
                 loss = value  # read once: the record needs no read later
+        # Recorded first: the NaN event publishes, which reads it while NAN-PAUSED (a
+        # loss recorded after it would be found again by the next read: a second pause).
         pending = record.losses.record(self.step, loss)
+        if bad is not None:
+            self._nonfinite(self.step, bad, skipped=False)
         if self._control.stepped():
             record.wanted = True
         log_every = self.config.log_every
@@ -290,8 +331,12 @@ class OwnLoop(Trainer):
         if self._ended:
             return
         self._ended = True
-        self._hook.remove()
+        self._remove_hooks()
         self._end()
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
 
     def _end_reason(self) -> str:
         if self.state == RunState.ERROR and self.error is not None:
@@ -331,7 +376,7 @@ class OwnLoop(Trainer):
                 "no evaluate= was given to tuiconsole.steer(): there is nothing to evaluate with"
             )
         model = self.model
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]  # a frozen BatchNorm stays eval
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -344,7 +389,9 @@ class OwnLoop(Trainer):
                 f"eval failed: {type(exc).__name__}: {faults.one_line(str(exc), 200)}"
             ) from None
         finally:
-            model.train(was_training)
+            for module, training in modes:  # root first: each module's own mode wins
+                if module.training != training:
+                    module.train(training)
         return eval_point(result, step)
 
     def start(self) -> Trainer:
@@ -362,8 +409,18 @@ def _loss_tensor(loss: Any) -> torch.Tensor | float:
                 f"{tuple(loss.shape)}"
             )
         return loss.detach()
-    if isinstance(loss, int | float) and not isinstance(loss, bool):
+    if not isinstance(loss, bool) and isinstance(loss, numbers.Real):  # numpy's too
         return float(loss)
     raise TuiconsoleError(
         f"steer.step(loss): the loss must be a tensor or a number, got {type(loss).__name__}"
     )
+
+
+def _skipped_for_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Did the step skip optimizer.step() for non-finite gradients (AMP's GradScaler
+    does, often for the first steps)? Read once per run, at most: the first boundary."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return False
+    values = [g.coalesce().values() if g.is_sparse else g for g in grads]
+    return not bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
