@@ -147,17 +147,21 @@ def test_tuiconsole_attach_from_another_process_steers_it(script) -> None:
 
 
 def test_ctrl_c_stops_python_train_py_with_a_final_checkpoint(script) -> None:
+    """Ctrl+C inside a step: that step finishes, the run stops at its boundary with a
+    final checkpoint, and the process exits 130 without a traceback (as `tuiconsole run`)."""
     run = script("interrupt")
     run.attach_line()
     assert run.proc.stdout is not None
     assert run.proc.stdout.readline().strip() == "waiting in the forward pass"
     run.proc.send_signal(signal.SIGINT)
     code, _, err = run.finish()
-    assert code == -signal.SIGINT  # Python's own end for an uncaught KeyboardInterrupt
-    assert "KeyboardInterrupt" in err
-    assert "tuiconsole: stopped at step 5; last checkpoint" in err
-    end = run.journal()[-1]
-    assert end == {**end, "type": "end", "state": "STOPPED", "step": 5}
+    assert code == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "tuiconsole: stopped at step 6; last checkpoint" in err
+    records = run.journal()
+    stop, end = records[-2], records[-1]
+    assert (stop["cmd"], stop["source"], stop["step"]) == ("stop", "signal:SIGINT", 6)
+    assert end == {**end, "type": "end", "state": "STOPPED", "step": 6}
     assert Path(end["checkpoint"]).is_file()
 
 

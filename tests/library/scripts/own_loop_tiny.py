@@ -1,7 +1,7 @@
 """A tiny loop of its own, run as `python own_loop_tiny.py RUN_DIR [MODE]` by the tests.
 
 MODE "serve" (default): trains until stopped (a few ms nap per step, so a run left
-going costs little CPU); "interrupt": at step 5 it says so on stdout and waits
+going costs little CPU); "interrupt": at step 5 it says so on stdout and naps 3 s
 inside its forward pass (for a Ctrl+C); "misuse": hands steer.step() a string.
 """
 
@@ -33,7 +33,7 @@ for step in range(steer.start_step, 1_000_000):
     i = step % 8
     if mode == "interrupt" and step == 5:
         print("waiting in the forward pass", flush=True)
-        time.sleep(60)
+        time.sleep(3)
     loss = criterion(model(x[i * 32 : (i + 1) * 32]), y[i * 32 : (i + 1) * 32])
     optimizer.zero_grad()
     loss.backward()
