@@ -6,7 +6,7 @@ random start with a random stride of 1, 2 or 3 (``5 8 11 14 ...``): after two to
 the rest follows, so the loss falls from ln(32) = 3.47 to under 0.2 in a few
 hundred steps, on towards ln(3) / 31 = 0.035 (the second token stays one guess in
 three), and the next-token accuracy of ``eval`` climbs towards 0.98. It starts in
-a few seconds on a CPU and by default (20 epochs, 2,560 steps) trains for minutes,
+a few seconds on a CPU and by default (100 epochs, 12,800 steps) trains for minutes,
 long enough to steer.
 
     python sample_models/hf_tiny.py [--epochs N] [--max-steps N]
@@ -86,7 +86,7 @@ def accuracy(prediction) -> dict[str, float]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20, help="passes over the data (20)")
+    parser.add_argument("--epochs", type=int, default=100, help="passes over the data (100)")
     parser.add_argument(
         "--max-steps",
         type=int,

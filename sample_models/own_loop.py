@@ -23,7 +23,7 @@ The model and data are those of sample_models/vgg.py, made smaller: a VGG-style 
 (a smooth random colour template per class, shifted, contrast-jittered and buried in
 noise; seeded, nothing downloaded). It starts in seconds; the loss falls from 2.3 to
 ~1.5 in the first 150 steps and eval accuracy climbs from chance to ~80% in 6 epochs,
-then on; the default 100 epochs (6,400 steps) take minutes on a CPU: time to steer it.
+then on; the default 200 epochs (12,800 steps) take minutes on a CPU: time to steer it.
 
 Resuming is exact: the batch of step N comes from step N alone (each epoch's shuffle is
 seeded by its number), so a loop that starts at ``steer.start_step`` takes the very
@@ -102,7 +102,7 @@ class SmallVGG(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="A VGG-style CNN in a loop of its own.")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--max-steps", type=int, help="end the run at this step")
     parser.add_argument("--resume", help="a checkpoint of this script's run to go on from")
     args, _ = parser.parse_known_args()  # other arguments are the caller's business
