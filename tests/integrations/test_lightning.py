@@ -1043,3 +1043,27 @@ def test_optimizers_sharing_a_parameter_are_refused_with_the_reason(tmp_path: Pa
 
     with pytest.raises(TuiconsoleError, match="both hold a parameter"):
         fit(tmp_path, Shared(), epochs=1)
+
+
+def test_a_replayed_journal_gives_the_same_weights(tmp_path: Path) -> None:
+    """A fit with lr, split and rebuild at chosen steps, then the same fit with replay=
+    its journal and no commands: the final weights are equal bit for bit (and differ from
+    a fit with neither)."""
+    at = {3: "lr body 0.01", 6: "split out head lr=0.2", 9: "rebuild Adam lr=0.003"}
+    torch.manual_seed(0)
+    first = Tiny(scheduler=True)
+    fit(tmp_path / "a", first, at, epochs=2)
+    commands = [r for r in journal(tmp_path / "a") if r["type"] == "command"]
+    assert [(r["step"], r["ok"]) for r in commands[:3]] == [(3, True), (6, True), (9, True)]
+    torch.manual_seed(0)
+    again = Tiny(scheduler=True)
+    _, _, console = fit(
+        tmp_path / "b", again, epochs=2, replay=tmp_path / "a" / "run" / "journal.jsonl"
+    )
+    assert type(console.steer.optimizer).__name__ == "Adam"  # type: ignore[union-attr]
+    torch.manual_seed(0)
+    plain = Tiny(scheduler=True)
+    fit(tmp_path / "c", plain, epochs=2)
+    a, b, c = first.state_dict(), again.state_dict(), plain.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
