@@ -20,7 +20,8 @@ class StopTraining(SystemExit):
     A ``SystemExit``: a plain loop ends at the step boundary and ``python train.py``
     exits without a traceback (code 0; 1 for a failed run), its final checkpoint and
     the journal's end record written. ``except Exception`` does not catch it. Catch
-    it (or use ``with tuiconsole.steer(...) as steer:``) to go on after the loop.
+    it (or use ``with tuiconsole.steer(...) as steer:``, which swallows a code-0 one)
+    to go on after the loop.
     """
 
     def __init__(self, reason: str, code: int = 0) -> None:

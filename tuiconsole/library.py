@@ -211,7 +211,9 @@ class Steer:
         tb: TracebackType | None,
     ) -> bool:
         self.end(exc)
-        return isinstance(exc, StopTraining)
+        # A stop goes on after the block; a failed run (1) or a signal's stop (130,
+        # 143) leaves with its exit code, as the process would without the block.
+        return isinstance(exc, StopTraining) and exc.code == 0
 
     # ------------------------------------------------------------------ what the loop reads
 
