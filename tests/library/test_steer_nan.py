@@ -99,3 +99,17 @@ def test_a_run_that_is_not_served_stops_on_nan_by_default(new_steer):
     with pytest.raises(StopTraining) as stopped:
         train(steer, parts, 40, loss_of=_nan_at(False))
     assert stopped.value.code == 1
+
+
+def test_with_swallows_a_stop_but_not_a_failed_run(new_steer):
+    """`with steer:` goes on after a clean stop (--max-steps); a failed run still leaves
+    with code 1, as the process would without the block."""
+    parts = make()
+    with new_steer(parts, max_steps=3) as steer:
+        train(steer, parts, 40)
+    assert steer.steps == 3 and end_record(steer.run_dir)["state"] == "FINISHED"
+    parts = make()
+    with pytest.raises(StopTraining) as stopped, new_steer(parts, nan="stop") as failing:
+        train(failing, parts, 40, loss_of=_nan_at(False))
+    assert stopped.value.code == 1
+    assert end_record(failing.run_dir)["state"] == "ERROR"
