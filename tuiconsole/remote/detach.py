@@ -185,7 +185,14 @@ class OwnerLink:
 
 class Serving:
     """The training process's threads beside the loop: the log printer and the one
-    that decides when the run leaves (see :func:`serve_training`)."""
+    that decides when the run leaves; :meth:`run` trains in the main thread.
+
+    Once the run ended it stays attachable: while the console that started it
+    watches, or (detached) for ``linger`` seconds after the last client left,
+    to look at the result; a stopped run leaves as soon as nobody is attached;
+    SIGTERM/SIGINT leave at once. The run's log lines go to ``out`` (the log
+    file) from a thread.
+    """
 
     def __init__(
         self,
@@ -254,25 +261,3 @@ class Serving:
         if snap.status.state.value == "ERROR":
             return 1
         return self.stop.exit_code or 0
-
-
-def serve_training(
-    session: LocalSession,
-    server: RemoteServer,
-    *,
-    linger: float,
-    stop: StopOnSignals,
-    owner: OwnerLink | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """Train in this (the main) thread while the server serves; then linger.
-
-    Once the run ended it stays attachable: while the console that started it
-    watches, or (detached) for ``linger`` seconds after the last client left,
-    to look at the result; a stopped run leaves as soon as nobody is attached;
-    SIGTERM/SIGINT leave at once. Prints the run's log lines to ``out`` (the
-    log file) from a thread. Returns the exit code: 0, 1 if training raised,
-    128 + N if signal N stopped it.
-    """
-    serving = Serving(session, server, linger=linger, stop=stop, owner=owner, out=out)
-    return serving.start().run(session.run)
