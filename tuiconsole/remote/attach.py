@@ -166,5 +166,7 @@ def format_table(entries: list[RunEntry]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
     if any(not e.info.detached for e in entries):
-        lines.append("* a foreground run: its console is open in a terminal")
+        lines.append(
+            "* a foreground run: its process runs in a terminal (console, --headless, python)"
+        )
     return "\n".join(lines)
