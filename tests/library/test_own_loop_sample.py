@@ -65,8 +65,8 @@ def whole(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProcess[
 
 def test_the_sample_learns_and_finishes(whole) -> None:
     run_dir, done = whole
-    assert "own_loop: steps 0..6400 (100 epochs)" in done.stdout
-    assert "epoch 2/100 done at step 128" in done.stdout
+    assert "own_loop: steps 0..12800 (200 epochs)" in done.stdout
+    assert "epoch 2/200 done at step 128" in done.stdout
     assert "tuiconsole attach" in done.stderr  # python own_loop.py is served
     end = _records(run_dir / "journal.jsonl")[-1]
     assert end["type"] == "end" and end["state"] == "FINISHED" and end["step"] == 160
@@ -81,7 +81,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_as_the_whole_run(whole, tmp_pa
     stop = _records(first / "journal.jsonl")[-1]
     assert stop["state"] == "FINISHED" and stop["step"] == 70  # 6 batches into epoch 2
     second, done = _run(tmp_path / "second", "--max-steps", "160", "--resume", stop["checkpoint"])
-    assert "own_loop: steps 70..6400 (100 epochs)" in done.stdout
+    assert "own_loop: steps 70..12800 (200 epochs)" in done.stdout
     a = load_checkpoint(_records(whole_dir / "journal.jsonl")[-1]["checkpoint"])
     b = load_checkpoint(_records(second / "journal.jsonl")[-1]["checkpoint"])
     assert a["step"] == b["step"] == 160
