@@ -75,7 +75,10 @@ def run(
         Path | None, typer.Option(help="Where journal/metrics go (default runs/<stem>-<time>).")
     ] = None,
     replay: Annotated[
-        Path | None, typer.Option(help="Re-apply a journal's commands at the same steps.")
+        Path | None,
+        typer.Option(
+            help="Re-apply a journal's commands at the same steps (its file, or its run dir)."
+        ),
     ] = None,
     log_every: Annotated[
         int | None,

@@ -75,9 +75,8 @@ def test_a_replay_of_its_journal_gives_the_same_weights(tmp_path):
     stdin = "step 5\nlr all 0.02\nstep 4\nset all momentum=0.5\nresume\n"
     r, out = run_program(tmp_path, "--paused", "--epochs", "3", stdin=stdin, name="a")
     assert r.returncode == 0, r.stderr
-    r2, out2 = run_program(
-        tmp_path, "--epochs", "3", "--replay", str(tmp_path / "a" / "journal.jsonl"), name="b"
-    )
+    replay = str(tmp_path / "a")  # its run dir: the journal in it
+    r2, out2 = run_program(tmp_path, "--epochs", "3", "--replay", replay, name="b")
     assert r2.returncode == 0, r2.stderr
     a = torch.load(str(out) + ".pt")
     b = torch.load(str(out2) + ".pt")

@@ -75,3 +75,9 @@ def test_bad_values_are_refused_at_construction(options, fragment):
     assert fragment in str(info.value)
     # one error family for the user (the CLI prints it in one line), and a ValueError
     assert isinstance(info.value, TuiconsoleError) and isinstance(info.value, ValueError)
+
+
+def test_a_run_dir_given_to_replay_means_its_journal(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert RunConfig(replay=tmp_path / "run").replay == tmp_path / "run" / "journal.jsonl"
+    assert RunConfig(replay=str(tmp_path / "j.jsonl")).replay == tmp_path / "j.jsonl"

@@ -64,6 +64,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.run_dir = _path("run_dir", self.run_dir)
         self.replay = _path("replay", self.replay)
+        if self.replay is not None and self.replay.is_dir():  # a run dir: its journal
+            self.replay = self.replay / "journal.jsonl"
         self.resume = _path("resume", self.resume)
         self.max_steps = _int("max_steps", self.max_steps, 0, optional=True)
         self.epochs = _int("epochs", self.epochs, 1, optional=True)
