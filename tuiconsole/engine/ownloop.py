@@ -284,15 +284,9 @@ class OwnLoop(Trainer):
         pending = record.losses.record(self.step, loss)
         if bad is not None:
             self._nonfinite(self.step, bad, skipped=False)
-        if self._control.stepped():
-            record.wanted = True
-        log_every = self.config.log_every
-        if (log_every and self.step % log_every == 0) or pending >= record.losses.max_pending:
-            self._log_metrics()
+        self._after_step(pending)
         if self.max_steps is not None and self.step >= self.max_steps:
             self._set_finished(f"reached --max-steps {self.max_steps}")
-        elif record.due(self.config.snapshot_interval):
-            self._publish()
 
     def _sync_groups(self) -> None:
         """Param groups the user's code added since the last boundary are steered too."""

@@ -600,8 +600,12 @@ class Trainer:
         if loss is None:  # the run finished, or a non-finite loss was handled
             return
         self.step += 1
+        self._after_step(self._record.losses.record(self.step, loss))
+
+    def _after_step(self, pending: int) -> None:
+        """Step ``self.step`` is taken and its loss recorded (``pending`` losses unread):
+        a `step N` counted, a metrics line and a snapshot when due."""
         record = self._record
-        pending = record.losses.record(self.step, loss)
         if self._control.stepped():  # a `step N` is done: show the pause at once
             record.wanted = True
         log_every = self.config.log_every
