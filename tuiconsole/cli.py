@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -41,15 +40,6 @@ class NanMode(StrEnum):
 @app.callback()
 def _root() -> None:
     """tuiconsole: watch and steer a PyTorch training run from the terminal."""
-
-
-def default_run_dir(script: Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{script.stem}-{stamp}"
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -143,7 +133,9 @@ def run(
         # a loop of its own counts its epochs: the option is the script's
         script_args += ["--epochs", str(epochs)]
         epochs = None
-    run_dir = run_dir or default_run_dir(script)
+    from tuiconsole.engine.rundir import default_run_dir  # no torch
+
+    run_dir = run_dir or default_run_dir(script.stem)
     options: dict[str, object] = {
         "max_steps": max_steps,
         "epochs": epochs,

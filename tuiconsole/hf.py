@@ -195,12 +195,8 @@ class TuiconsoleCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self._end(None)
-        ended = self.steer.ended if self.steer is not None else None
-        if ended is not None and ended.code != 0:
-            # Failed (--nan stop: 1), or stopped by Ctrl+C / SIGTERM under ``python train.py``
-            # (130 / 143): leave as a steered loop of one's own does, with that exit code and
-            # no traceback, not on into the code after train().
-            raise ended
+        if self.steer is not None:
+            self.steer.leave_if_not_clean()  # --nan stop: 1; Ctrl+C / SIGTERM: 130 / 143
 
     # ------------------------------------------------------------------ the step's loss
 

@@ -113,29 +113,6 @@ def signal_exit(stops: CatchSignals, code: int) -> int:
     return stops.exit_code
 
 
-def start_server(
-    session: LocalSession, script: Path, run_dir: Path | None, decay_factor: float
-) -> RemoteServer | None:
-    """Make a headless run attachable; a failure here never stops the run."""
-    from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
-    from tuiconsole.remote.registry import new_run_id
-    from tuiconsole.remote.server import RemoteServer, setup_log_file
-
-    if run_dir is None:
-        return None
-    try:
-        setup_log_file(run_dir / REMOTE_LOG_NAME)
-        info = make_info(
-            new_run_id(), script.resolve(), run_dir, detached=False, decay_factor=decay_factor
-        )
-        server = RemoteServer(session, info).start()
-    except (OSError, TuiconsoleError) as exc:
-        print(f"tuiconsole: not attachable from other terminals: {exc}", file=sys.stderr)
-        return None
-    print(f"tuiconsole: attach from another terminal: tuiconsole attach {info.id}", file=sys.stderr)
-    return server
-
-
 class ChildFront:
     """The training process of ``tuiconsole run`` (remote/launch.py): serve, log, linger."""
 
@@ -217,12 +194,16 @@ class HeadlessFront:
         hold_stop_signals()  # until the StopOnSignals is in: none is lost
         # on every way out: a blocked mask would outlive the run and pass to every child
         self._exit.callback(release_stop_signals)
-        server = (
-            start_server(session, self.script, self.run_dir, self.decay_factor)
-            if self.listen
-            else None
-        )
+        server = None
+        if self.listen and self.run_dir is not None:
+            from tuiconsole.remote.detach import serve_foreground
+
+            server = serve_foreground(session, self.script, self.run_dir, self.decay_factor)
         if server is not None:
+            print(
+                f"tuiconsole: attach from another terminal: tuiconsole attach {server.info.id}",
+                file=sys.stderr,
+            )
             self._exit.callback(server.close, "the run has ended")
         stdin = None if sys.stdin is None or sys.stdin.closed else sys.stdin
         printer = HeadlessPrinter(session)

@@ -37,7 +37,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
@@ -47,6 +46,7 @@ from torch import nn
 
 from tuiconsole.engine.config import DEFAULT_LOG_EVERY, DEFAULT_LOG_MIN_INTERVAL, RunConfig
 from tuiconsole.engine.ownloop import Evaluate, LoopEnds, OwnLoop
+from tuiconsole.engine.rundir import default_run_dir
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.errors import StopTraining, TuiconsoleError
 from tuiconsole.script import check_optimizer, check_scheduler
@@ -96,15 +96,6 @@ def _main_script() -> Path | None:
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     return Path(path).resolve() if path else None
-
-
-def _default_run_dir(script: Path | None) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{script.stem if script else 'steer'}-{stamp}"
-    path, n = base, 2
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 def check_model(model: Any) -> None:
@@ -191,6 +182,14 @@ class Steer:
         if self._signals is not None:
             self._signals.__exit__(None, None, None)
         _say(_ended_line(self._run))
+
+    def leave_if_not_clean(self) -> None:
+        """For a framework's callback once its loop is over: a failed run (1) or one a
+        signal stopped (130 / 143) leaves with that StopTraining (a SystemExit: that exit
+        code, no traceback), as a steered loop of one's own does, not on into the code
+        after the framework's call; a clean stop goes on there."""
+        if self.ended is not None and self.ended.code != 0:
+            raise self.ended
 
     def serve_rest(self) -> None:
         """After the loop (for a host): serve commands until a front-end ends the run."""
@@ -310,7 +309,11 @@ def steer(
             )
         config = RunConfig(
             # absolute: the journal names its checkpoints by path, wherever it is read
-            run_dir=(Path(run_dir) if run_dir is not None else _default_run_dir(script)).absolute(),
+            run_dir=(
+                Path(run_dir)
+                if run_dir is not None
+                else default_run_dir(script.stem if script else "steer")
+            ).absolute(),
             max_steps=max_steps,
             log_every=DEFAULT_LOG_EVERY if log_every is None else log_every,
             log_min_interval=DEFAULT_LOG_MIN_INTERVAL if log_every is None else 0.0,
@@ -338,7 +341,16 @@ def steer(
         host.started(session)
     else:
         if listen:
-            handle._server = _serve(session, script, config)
+            from tuiconsole.remote.detach import serve_foreground
+
+            assert config.run_dir is not None
+            server = serve_foreground(session, script or Path("<steer>"), config.run_dir, 0.1)
+            if server is not None:
+                _say(
+                    f"steering this run (journal in {config.run_dir}); attach: "
+                    f"tuiconsole attach {server.info.id}"
+                )
+            handle._server = server
         handle._signals = _stop_on_signals(session)
         atexit.register(handle._at_exit)
     try:
@@ -373,31 +385,6 @@ def _stop_on_signals(session: LocalSession) -> StopOnSignals | None:
         os._exit(stops.exit_code or 1)
 
     return StopOnSignals(session, on_abandoned=abandoned, signals=ours).__enter__()
-
-
-def _serve(session: LocalSession, script: Path | None, config: RunConfig) -> RemoteServer | None:
-    """Serve a ``python train.py`` run on its socket; a failure never stops the run."""
-    from tuiconsole.remote.detach import REMOTE_LOG_NAME, make_info
-    from tuiconsole.remote.registry import new_run_id
-    from tuiconsole.remote.server import RemoteServer, setup_log_file
-
-    run_dir = config.run_dir
-    assert run_dir is not None
-    try:
-        setup_log_file(run_dir / REMOTE_LOG_NAME)
-        info = make_info(
-            new_run_id(),
-            script or Path("<steer>"),
-            run_dir,
-            detached=False,
-            decay_factor=0.1,
-        )
-        server = RemoteServer(session, info).start()
-    except (OSError, TuiconsoleError) as exc:
-        _say(f"not attachable from other terminals: {exc}")
-        return None
-    _say(f"steering this run (journal in {run_dir}); attach: tuiconsole attach {info.id}")
-    return server
 
 
 def _say(text: str) -> None:

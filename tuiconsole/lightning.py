@@ -272,13 +272,10 @@ class TuiconsoleCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end(None)
-        ended = self.steer.ended if self.steer is not None else None
-        if ended is not None and ended.code != 0:
-            # Failed (--nan stop: 1), or stopped by Ctrl+C / SIGTERM that tuiconsole caught
-            # (130 / 143): fit() leaves with that StopTraining (a SystemExit: no traceback,
-            # that exit code), as a steered loop of one's own does, not on into the code
-            # after it. Lightning runs the on_exception hooks and tears down first.
-            raise ended
+        if self.steer is not None:
+            # --nan stop: 1; Ctrl+C / SIGTERM tuiconsole caught: 130 / 143. Lightning runs
+            # the on_exception hooks and tears down first.
+            self.steer.leave_if_not_clean()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import stat
+from datetime import datetime
 from pathlib import Path
 
 from tuiconsole.errors import TuiconsoleError
@@ -184,3 +185,13 @@ def checked_target(text: str, run_dir: Path | None) -> Path:
                 f"({problem}); write it in the run dir or a directory you own"
             )
     return target
+
+
+def default_run_dir(stem: str) -> Path:
+    """``runs/<stem>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken): a run's default dir."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stem}-{stamp}"
+    path, n = base, 2
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from tuiconsole.errors import TuiconsoleError
 from tuiconsole.remote.launch import TrainingProcess
 from tuiconsole.remote.registry import RunInfo, runtime_dir, socket_path, write_info
 
@@ -87,6 +89,27 @@ def make_info(
         decay_factor=decay_factor,
         log=str(log) if log else "",
     )
+
+
+def serve_foreground(
+    session: LocalSession, script: Path, run_dir: Path, decay_factor: float
+) -> RemoteServer | None:
+    """Serve a run that trains in a terminal (``--headless``, ``python train.py``) on its
+    socket, so ``attach`` reaches it; a failure here never stops the run: it is said on
+    stderr in one line and None returned."""
+    from tuiconsole.remote.registry import new_run_id
+    from tuiconsole.remote.server import RemoteServer, setup_log_file
+
+    try:
+        setup_log_file(run_dir / REMOTE_LOG_NAME)
+        info = make_info(
+            new_run_id(), script.resolve(), run_dir, detached=False, decay_factor=decay_factor
+        )
+        return RemoteServer(session, info).start()
+    except (OSError, TuiconsoleError) as exc:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"tuiconsole: not attachable from other terminals: {exc}", file=sys.stderr)
+        return None
 
 
 def leave_abandoned(session: LocalSession, server: RemoteServer | None, code: int) -> None:
