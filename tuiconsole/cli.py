@@ -108,9 +108,18 @@ def run(
             min=0, help="Seconds a finished background run stays attachable after the last client."
         ),
     ] = 300.0,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train on N ranks of this node through torchrun (DDP; gloo on the CPU, nccl "
+            "on CUDA); rank 0 is the run the console shows.",
+        ),
+    ] = None,
     detached_child: Annotated[bool, typer.Option(hidden=True)] = False,
     run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
     owner_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+    owner_fifo: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Train SCRIPT and open the console on it (or --headless).
 
@@ -148,18 +157,49 @@ def run(
         "resume": resume,
         "linger": linger,
     }
+    rank = _torchrun_rank()
+    if nproc_per_node is not None and rank is not None:
+        raise TuiconsoleError("--nproc-per-node: this process is already a rank of torchrun")
     if detach and not detached_child:
         # nobody watches a background run's stdin; one attaches to resume it
-        _start_detached(script, run_dir, script_args, **options, nan=nan.value if nan else "pause")
+        _start_detached(
+            script,
+            run_dir,
+            script_args,
+            **options,
+            nan=nan.value if nan else "pause",
+            nproc=nproc_per_node,
+        )
         return
-    use_console = not detached_child and not headless and sys.stdout.isatty() and sys.stdin.isatty()
+    use_console = (
+        not detached_child
+        and not headless
+        and rank is None
+        and sys.stdout.isatty()
+        and sys.stdin.isatty()
+    )
     if use_console:
         args = _child_args(**options, nan=nan.value if nan else "pause")  # a terminal: pause
-        raise typer.Exit(_run_console(script, run_dir, args, decay_factor, refresh_hz, script_args))
-    if not headless and not detached_child:
+        raise typer.Exit(
+            _run_console(
+                script, run_dir, args, decay_factor, refresh_hz, script_args, nproc_per_node
+            )
+        )
+    if nproc_per_node is not None:  # --headless on N ranks: torchrun in this process's place
+        _exec_torchrun(
+            nproc_per_node,
+            script,
+            [*_child_args(**options, nan=nan.value if nan else None), "--headless"]
+            + ([] if listen else ["--no-listen"])
+            + ["--run-dir", str(run_dir.resolve())],
+            script_args,
+        )
+    if not headless and not detached_child and not rank:
         print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
     owner = None
     owner_token = None
+    if owner_fifo is not None and not rank:  # torchrun's ranks inherit no pipe: a FIFO
+        owner_fd = _open_owner_fifo(owner_fifo)
     if owner_fd is not None:
         import os
 
@@ -184,10 +224,12 @@ def run(
         resume=resume,
         nan=_nan_mode(nan, attachable=detached_child),
     )
-    from tuiconsole.hosting import ChildFront, Front, HeadlessFront, leave_script_threads
+    from tuiconsole.hosting import ChildFront, Front, HeadlessFront, RankFront, leave_script_threads
 
     front: Front
-    if detached_child:
+    if rank:  # a rank of torchrun other than 0: it trains, rank 0 is the run
+        front = RankFront()
+    elif detached_child:
         front = ChildFront(
             script,
             run_dir,
@@ -205,6 +247,10 @@ def run(
 
             code = run_program(script, script_args, config, front)
         else:
+            if rank is not None:  # before the script: it may ask torch.distributed its rank
+                from tuiconsole.engine.distributed import join_from_env
+
+                join_from_env(device)
             session = LocalSession.from_script(script, config)
             front.start(session)
             code = front.run(session.run)
@@ -219,6 +265,45 @@ def run(
             front.abort()  # a run that never started: undo what its front did
     leave_script_threads(code)
     raise typer.Exit(code)
+
+
+def _torchrun_rank() -> int | None:
+    """This process's RANK when it is one of several torchrun started, else None."""
+    import os
+
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        raise TuiconsoleError("WORLD_SIZE is set but RANK is not a number: use torchrun") from None
+    return None
+
+
+def _exec_torchrun(nproc: int, script: Path, options: list[str], script_args: list[str]) -> None:
+    """``run --nproc-per-node N --headless``: this process becomes torchrun's launcher
+    (its signals and exit code are torchrun's), each rank ``tuiconsole run --headless``."""
+    import os
+
+    from tuiconsole.remote.launch import torchrun_command
+
+    cmd = torchrun_command(nproc, [str(script.resolve()), *options], script_args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+
+
+def _open_owner_fifo(path: Path) -> int:
+    """Rank 0's end of the console's owner FIFO (remote/launch.py), opened and unlinked."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise TuiconsoleError(f"cannot open the console's owner FIFO {path}: {exc}") from None
+    os.set_blocking(fd, True)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return fd
 
 
 def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
@@ -243,13 +328,20 @@ def _child_args(**options: object) -> list[str]:
     return args
 
 
-def _start_detached(script: Path, run_dir: Path, script_args: list[str], **options: object) -> None:
+def _start_detached(
+    script: Path, run_dir: Path, script_args: list[str], nproc: int | None, **options: object
+) -> None:
     """The parent of `run --detach`: start the background process, report, return."""
     from tuiconsole.remote.detach import spawn_detached
     from tuiconsole.remote.registry import new_run_id
 
     info = spawn_detached(
-        script.resolve(), run_dir.resolve(), new_run_id(), _child_args(**options), script_args
+        script.resolve(),
+        run_dir.resolve(),
+        new_run_id(),
+        _child_args(**options),
+        script_args,
+        nproc=nproc,
     )
     print(info.id)
     print(
@@ -286,8 +378,10 @@ def _run_console(
     decay_factor: float,
     refresh_hz: float,
     script_args: list[str],
+    nproc: int | None = None,
 ) -> int:
-    """The console in this process, the run in a training process it starts beside it."""
+    """The console in this process, the run in a training process it starts beside it
+    (``nproc``: torchrun's launcher, whose rank 0 serves the run)."""
     import asyncio
 
     from tuiconsole.headless import final_line
@@ -300,7 +394,13 @@ def _run_console(
     if refresh_hz <= 0:
         raise TuiconsoleError("--refresh-hz must be > 0")
     training = TrainingProcess.start(
-        script.resolve(), run_dir.resolve(), new_run_id(), args, script_args, owner=True
+        script.resolve(),
+        run_dir.resolve(),
+        new_run_id(),
+        args,
+        script_args,
+        owner=True,
+        nproc=nproc,
     )
     session = LaunchSession(training, script=str(script), rate=refresh_hz)
     console = ConsoleApp(

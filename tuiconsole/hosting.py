@@ -177,6 +177,36 @@ class ChildFront:
             return self._serving.run(train)
 
 
+class RankFront:
+    """A rank of a torchrun job other than 0: no socket, no files, no output unless it
+    fails; it trains, and stops with the others. A signal here (torchrun passes SIGTERM
+    on to every rank) asks for a stop, which every rank applies at the same tick."""
+
+    def __init__(self) -> None:
+        self._exit = contextlib.ExitStack()
+        self._stops: StopOnSignals | None = None
+        self._session: LocalSession | None = None
+
+    def start(self, session: LocalSession) -> None:
+        from tuiconsole.session import StopOnSignals
+
+        stops = StopOnSignals(session, signals=("SIGINT", "SIGTERM"))
+        stops.second_ctrl_c = None
+        self._stops = self._exit.enter_context(stops)
+        self._session = session
+
+    def run(self, train: Callable[[], object]) -> int:
+        assert self._stops is not None and self._session is not None, "start() first"
+        with self._exit:
+            train()
+        status = self._session.snapshot().status
+        if status.state.value == "ERROR" and status.error is not None:
+            with contextlib.suppress(OSError, ValueError):
+                print(f"tuiconsole: training failed: {status.error}", file=sys.stderr)
+            return 1
+        return self._stops.exit_code or 0  # rank 0 says how the run ended
+
+
 class HeadlessFront:
     """``--headless``: progress lines, stdin commands, a server for ``attach``."""
 

@@ -21,6 +21,7 @@ optimizer and scheduler and returns a :class:`Restored` for the trainer to adopt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -71,6 +72,10 @@ class CheckpointContent:
     script_sha256: str | None = None
     journal: str | None = None  # the run's journal.jsonl
     reason: str = "command"  # "command" | "final" | "error"
+    # torchrun: every rank's {"rng", "data"} (rng/data above are rank 0's); None: one
+    # process, or a checkpoint rank 0 wrote alone (after an error)
+    ranks: list[dict[str, Any]] | None = None
+    world_size: int = 1
 
 
 def group_members(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
@@ -110,6 +115,8 @@ def checkpoint_payload(c: CheckpointContent) -> dict[str, Any]:
         "rng": c.rng,
         "data": c.data,
         "journal": c.journal,
+        "world_size": c.world_size,
+        "ranks": c.ranks,
     }
 
 
@@ -404,6 +411,7 @@ class Restored:
     data: dict[str, Any]  # the checkpoint's data position (data.EpochData.restore)
     rng: dict[str, Any]  # its RNG states (data.set_rng_state)
     has_digest: bool  # False: written by an older tuiconsole, damage undetectable
+    note: str | None = None  # a warning for the log (resumed on another world size)
 
 
 def restore(
@@ -414,6 +422,8 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generators: Sequence[torch.Generator] = (),
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Restored:
     """Load a checkpoint (from :func:`load_checkpoint`) into the script's model,
     optimizer and scheduler, built by the same script.
@@ -426,12 +436,33 @@ def restore(
     """
     check_rng(generators, ckpt, where)
     try:
-        return _restore(ckpt, where, model, optimizer, scheduler)
+        restored = _restore(ckpt, where, model, optimizer, scheduler)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         # load_checkpoint checked each field's type; this is what a value inside holds
         raise TuiconsoleError(
             f"{where}: damaged checkpoint: {type(exc).__name__}: {_one_line(exc)[:200]}"
         ) from None
+    return for_rank(restored, ckpt, rank, world_size)
+
+
+def for_rank(r: Restored, ckpt: dict[str, Any], rank: int, world_size: int) -> Restored:
+    """Under torchrun, this rank's own RNG states and data position from a checkpoint
+    of the whole job; on another world size, rank 0's, with a note: not exact."""
+    saved = ckpt.get("world_size", 1)
+    ranks = ckpt.get("ranks")
+    if saved == world_size:
+        if world_size > 1 and isinstance(ranks, list) and len(ranks) == world_size:
+            mine = ranks[rank]
+            return dataclasses.replace(r, data=mine["data"], rng=mine["rng"])
+        if world_size == 1:
+            return r
+        note = "rank 0 wrote it alone (after an error): the other ranks start from its RNGs"
+    else:
+        note = (
+            f"it was written by a run on {saved} rank(s) and this one has {world_size}: "
+            "each rank's share of the data differs, so it does not continue exactly"
+        )
+    return dataclasses.replace(r, note=note)
 
 
 def _restore(

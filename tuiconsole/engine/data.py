@@ -93,6 +93,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def set_epoch(loader: object, epoch: int) -> None:
+    """A DistributedSampler shuffles by seed + epoch: tell it the epoch (torchrun)."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+
+
 # What EpochData.take returns when the epoch ran out (None is a valid batch).
 END_OF_EPOCH: Any = object()
 
@@ -121,6 +130,7 @@ class EpochData:
             # Once per epoch: the RNG state the loader's shuffle draws from, so
             # a checkpoint can re-create this epoch's order on resume.
             self._rng = rng_state(self.generators)
+            set_epoch(self.loader, epoch)
             self._iter = iter(self.loader)
             self.batches = 0
         try:
@@ -155,6 +165,7 @@ class EpochData:
             epoch_rng = {"torch": epoch_rng}
         set_rng_state(epoch_rng, self.generators)
         self._rng = epoch_rng
+        set_epoch(self.loader, epoch)
         self._iter = iter(self.loader)
         for i in range(taken):
             try:

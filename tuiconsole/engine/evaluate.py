@@ -16,6 +16,9 @@ from tuiconsole.engine.data import to_device
 from tuiconsole.engine.snapshot import EvalPoint
 from tuiconsole.errors import CommandError
 
+# One rank's share of an eval under torchrun: (error, loss sum, correct, items, classify).
+Local = tuple[str | None, float, int, int, bool]
+
 
 def evaluate(
     model: nn.Module,
@@ -24,10 +27,12 @@ def evaluate(
     device: torch.device,
     step: int,
     training_step: Callable[..., Any] | None = None,
+    reduce: Callable[[Local], tuple[float, int, int, bool]] | None = None,
 ) -> EvalPoint:
     """The mean loss over ``loader`` (and the accuracy when outputs are class scores
     and targets class indices). A loader that fails or is empty is a CommandError:
-    the run goes on."""
+    the run goes on. ``reduce`` (torchrun): every rank's sums added up, so the mean is
+    over the items of all ranks' shards."""
     if loader is None:
         raise CommandError("the script defines no eval_loader")
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -35,6 +40,7 @@ def evaluate(
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n_items = 0
     classify = True
+    error = None
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             model.eval()
@@ -61,13 +67,17 @@ def evaluate(
                 total += loss.detach().double() * n
                 n_items += n
     except Exception as exc:
-        raise CommandError(f"eval failed: {type(exc).__name__}: {exc}") from None
+        error = f"eval failed: {type(exc).__name__}: {exc}"
     finally:
         model.train()
+    summed, hits = float(total), int(correct)
+    if reduce is not None:  # every rank takes part, also one that failed (it says so)
+        summed, hits, n_items, classify = reduce((error, summed, hits, n_items, classify))
+    elif error is not None:
+        raise CommandError(error)
     if n_items == 0:
         raise CommandError("eval_loader yielded no batches")
-    mean = float(total) / n_items
-    return EvalPoint(step, mean, float(correct) / n_items if classify else None)
+    return EvalPoint(step, summed / n_items, hits / n_items if classify else None)
 
 
 def eval_text(point: EvalPoint) -> str:

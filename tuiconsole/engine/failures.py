@@ -75,11 +75,12 @@ class Failures:
         lrs: tuple[tuple[str, float], ...],
         run_ended: bool,
         epoch: int,
+        rank: int | None = None,
     ) -> NanOutcome:
         """A NaN/Inf loss at ``step`` (``skipped``: its update was not applied; ``good``
         is the last step taken): pause (NAN-PAUSED), stop (ERROR) or just note it.
         A skipped step still counts: the caller moves the run to ``step`` when paused."""
-        event = NanEvent(step, value, lrs, skipped, step if skipped else good)
+        event = NanEvent(step, value, lrs, skipped, step if skipped else good, rank)
         mode = self._policy.mode
         if self._policy.only_noted(run_ended):
             if not self._nan_noted:

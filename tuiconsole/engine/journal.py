@@ -58,6 +58,7 @@ def header_record(
     nan: str,
     resumed_from: str | None = None,
     resumed_step: int | None = None,
+    world_size: int = 1,
 ) -> Record:
     """A session's first line: what ran, where, and the whole optimizer at its start."""
     record: Record = {
@@ -77,6 +78,8 @@ def header_record(
         "optimizer_state": optimizer_state,
         "nan": nan,
     }
+    if world_size > 1:  # torchrun: the ranks that trained it (rank 0 journals)
+        record["world_size"] = world_size
     if resumed_from is not None:
         record |= {"resumed_from": resumed_from, "resumed_step": resumed_step}
     return record
@@ -505,6 +508,16 @@ def replay_notes(
                 True,
             )
         )
+    world = session.header.get("world_size", 1)
+    now = world_size_now()
+    if world != now:
+        notes.append(
+            (
+                f"warning: the journal was written by a run on {world} rank(s), this one has "
+                f"{now}: each rank's data differs, so the replay will not match exactly",
+                False,
+            )
+        )
     sha = session.header.get("sha256")
     if sha and script_sha256 and sha != script_sha256:
         notes.append(
@@ -515,6 +528,16 @@ def replay_notes(
             )
         )
     return notes
+
+
+def world_size_now() -> int:
+    """The ranks of this job (torchrun's WORLD_SIZE), 1 for a process on its own."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 class Replay:

@@ -9,7 +9,9 @@ to the run's log; a journal record names the path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,17 +25,33 @@ from tuiconsole.errors import CommandError
 
 class Keeper:
     def __init__(
-        self, o: Optimization, data: EpochData, script_sha256: str | None, record: RunRecord
+        self,
+        o: Optimization,
+        data: EpochData,
+        script_sha256: str | None,
+        record: RunRecord,
+        ranks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+        writes: bool = True,
     ) -> None:
         self._ops, self._data, self._sha256, self._record = o, data, script_sha256, record
+        # torchrun: every rank's RNGs and data position, gathered (a collective: every
+        # rank calls write() together); only rank 0 ``writes``.
+        self._ranks, self.writes = ranks, writes
         self.last = ""  # the path of the last checkpoint written ("" before the first)
 
-    def write(self, path: Path | None, reason: str, step: int, epoch: int) -> Path:
+    def write(
+        self, path: Path | None, reason: str, step: int, epoch: int, together: bool = True
+    ) -> Path:
         """A checkpoint of the run now (``path``, or checkpoint-step{step}.pt in the run
-        dir); CheckpointWriteError (a CommandError) when it could not be written."""
+        dir); CheckpointWriteError (a CommandError) when it could not be written.
+        ``together``: every rank of a torchrun job is writing it now (not after an error)."""
         run_dir, journal = self._record.shape.run_dir, self._record.files.journal
         path = path or (run_dir or Path(".")) / f"checkpoint-step{step}.pt"
         o = self._ops
+        mine = {"rng": rng_state(self._data.generators), "data": self._data.position()}
+        ranks = self._ranks(mine) if self._ranks is not None and together else None
+        if not self.writes:
+            return path
         content = CheckpointContent(
             model=o.model,
             optimizer=o.optimizer,
@@ -42,11 +60,13 @@ class Keeper:
             state_reset=o.state_reset,
             step=step,
             epoch=epoch,
-            rng=rng_state(self._data.generators),
-            data=self._data.position(),
+            rng=mine["rng"],
+            data=mine["data"],
             script_sha256=self._sha256,
             journal=str(journal.path) if journal is not None else None,
             reason=reason,
+            ranks=ranks,
+            world_size=self._record.shape.world_size,
         )
         save_checkpoint(path, content)
         self.last = str(path)
@@ -67,7 +87,7 @@ class Keeper:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
-            path = self.write(None, "error", step, epoch)
+            path = self.write(None, "error", step, epoch, together=False)
         except (CommandError, RuntimeError) as exc:
             self._record.note(step, "error", f"could not write a checkpoint: {exc}", ok=False)
             return None

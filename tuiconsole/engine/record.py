@@ -43,6 +43,7 @@ class RunShape:
     epochs: int | None
     run_dir: Path | None
     scheduler_interval: str
+    world_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class RunRecord:
             epochs=shape.epochs,
             nan=facts.nan,
             checkpoint=facts.checkpoint,
+            world_size=shape.world_size,
         )
         return Snapshot(
             seq=views.next_seq(),

@@ -60,10 +60,12 @@ class NanEvent:
     lrs: tuple[tuple[str, float], ...]
     skipped: bool = True
     detected_at: int = 0
+    rank: int | None = None  # under torchrun: the rank whose loss it was
 
     def __str__(self) -> str:
         lrs = ", ".join(f"{name}={lr:.3g}" for name, lr in self.lrs)
-        text = f"loss is {self.loss} at step {self.step} (lr {lrs})"
+        on = f" on rank {self.rank}" if self.rank is not None else ""
+        text = f"loss is {self.loss}{on} at step {self.step} (lr {lrs})"
         if self.skipped:
             return text + "; that step's update was skipped"
         return text + f"; found at step {self.detected_at}, updates up to it were applied"
@@ -85,6 +87,7 @@ class RunStatus:
     nan: NanEvent | None = None  # set while NAN-PAUSED (and kept after, until the next one)
     checkpoint: str = ""  # the last checkpoint written, if any
     unfinished: str = ""  # a stop that gave up on a stuck step: which, and why (no checkpoint)
+    world_size: int = 1  # ranks training this run (torchrun); the snapshot is rank 0's
 
 
 @dataclass(frozen=True)

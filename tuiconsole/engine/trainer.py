@@ -25,6 +25,7 @@ Every stop writes a final checkpoint and an ``end`` journal record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import queue
 import threading
@@ -34,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from tuiconsole.engine import commands as C
 from tuiconsole.engine import control, faults, ops
+from tuiconsole.engine import distributed as D
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
 from tuiconsole.engine.checkpoint import Restored, load_checkpoint, restore
@@ -67,7 +70,7 @@ from tuiconsole.engine.snapshot import (
 )
 from tuiconsole.engine.stopping import Stopping
 from tuiconsole.engine.views import LOG_TEXT_CHARS
-from tuiconsole.errors import CommandError
+from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import TrainingSpec
 
 # Commands applied at one step boundary, at most; the rest wait for the next one, so a
@@ -90,11 +93,19 @@ class Trainer:
     OWN_LOOP = False
 
     def __init__(self, spec: TrainingSpec, config: RunConfig | None = None) -> None:
-        self.spec = spec
         self.config = config or RunConfig()
+        # torchrun: every rank trains, rank 0 is the run (engine/distributed.py)
+        self._ddp: nn.Module | None = None
+        ranks = D.env_ranks() if self.config.distributed else None
+        notes: list[str] = []
+        self._dist: D.Coordinator | None = None
+        if ranks is None:
+            self.device = resolve_device(self.config.device or spec.device)
+        else:
+            spec, notes, self._dist = self._join(spec, ranks)
+        self.spec = spec
         self.model = spec.model
         self.criterion = spec.criterion
-        self.device = resolve_device(self.config.device or spec.device)
         self.epochs = (
             None  # an own loop counts its epochs itself
             if self.OWN_LOOP
@@ -112,6 +123,7 @@ class Trainer:
                 epochs=self.epochs,
                 run_dir=self.run_dir,
                 scheduler_interval=spec.scheduler_interval,
+                world_size=self._dist.world_size if self._dist is not None else 1,
             )
         )
         self._control = RunControl(self.config.start_paused)
@@ -120,7 +132,15 @@ class Trainer:
         )
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
-        self._keeper = Keeper(self._ops, self._data, spec.sha256, self._record)
+        d = self._dist
+        self._keeper = Keeper(
+            self._ops,
+            self._data,
+            spec.sha256,
+            self._record,
+            ranks=None if d is None else lambda mine: D.rank_states(d, mine),
+            writes=d is None or d.leader,
+        )
         self._controls = control.Controls(
             self._control, self._record, self._keeper, self._ops, spec, self.device, self._evaluate
         )
@@ -138,6 +158,7 @@ class Trainer:
             queue.SimpleQueue()
         )
         self._step_ended = time.monotonic()  # when the last command boundary ended
+        self._nan_found: tuple[int, float] | None = None  # to report at the next tick
         self._done = threading.Event()
         self._stopping = Stopping()
         # The loop runs once: in a thread of its own (start) or in the caller's (run).
@@ -151,13 +172,52 @@ class Trainer:
             self._adopt(resume, load_checkpoint(resume))
         resume_step = self.step if resume is not None else None
         self._replay = J.Replay(self.config.replay, resume_step, resume)
+        if self._dist is not None and self._dist.leader:
+            self._append_log("info", D.world_note(self._dist.ranks, self.device, notes))
         self._record.snapshot = self._build_snapshot()
+
+    def _join(
+        self, spec: TrainingSpec, ranks: D.Ranks
+    ) -> tuple[TrainingSpec, list[str], D.Coordinator | None]:
+        """This process is one rank of a torchrun job: its device, the process group,
+        the coordination with the other ranks; each rank its shard of the data. Rank 0
+        alone keeps the run's files. Returns the spec to train and notes for the log."""
+        inner, ddp = D.unwrap(spec.model)
+        notes: list[str] = []
+        if self.OWN_LOOP:  # the user's loop: its process group, its DDP, its data
+            self.device = resolve_device(spec.device)
+            if not torch.distributed.is_initialized():
+                raise TuiconsoleError(
+                    "under torchrun, call torch.distributed.init_process_group() (and wrap "
+                    "the model in DistributedDataParallel) before tuiconsole.steer()"
+                )
+            made = False
+        else:
+            self.device = D.rank_device(ranks, self.config.device or spec.device)
+            made = D.join(ranks, self.device)
+            train, note = D.shard(spec.train_loader, ranks, self.config.seed, train=True)
+            evals, eval_note = D.shard(spec.eval_loader, ranks, self.config.seed, train=False)
+            notes += [n for n in (note, eval_note) if n]
+            spec = dataclasses.replace(spec, train_loader=train, eval_loader=evals)
+        self._ddp = ddp
+        spec = dataclasses.replace(spec, model=inner)
+        coordinator = D.Coordinator(ranks, made, files=self.config.run_dir is not None)
+        if not ranks.leader:  # rank 0 keeps the journal, metrics and checkpoints
+            self.config = dataclasses.replace(self.config, run_dir=None)
+        return spec, notes, coordinator
 
     def _evaluate(self, step: int) -> EvalPoint:
         """The ``eval`` command: the eval_loader under model.eval() and no_grad()."""
         spec = self.spec
+        d = self._dist
         return evaluate(
-            spec.model, spec.criterion, spec.eval_loader, self.device, step, spec.training_step
+            spec.model,
+            spec.criterion,
+            spec.eval_loader,
+            self.device,
+            step,
+            spec.training_step,
+            reduce=None if d is None or d.broken else lambda local: D.reduce_eval(d, local),
         )
 
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
@@ -169,6 +229,8 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             generators=self._data.generators,
+            rank=self._dist.ranks.rank if self._dist is not None else 0,
+            world_size=self._dist.world_size if self._dist is not None else 1,
         )
         o = self._ops
         opt = r.optimizer
@@ -180,6 +242,8 @@ class Trainer:
         self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
+        if r.note is not None:
+            self._append_log("info", f"warning: {path}: {r.note}", ok=False)
         if not r.has_digest:
             self._append_log(
                 "info",
@@ -444,7 +508,18 @@ class Trainer:
         try:
             self._finish_up()
         finally:
+            if self._dist is not None:
+                with contextlib.suppress(Exception):  # a debugging aid: never in the way
+                    D.dump(self._dist, self.optimizer, self.model, self.step, self.state.value)
+                self._dist.close()
             self._stopping.ended()
+
+    @property
+    def _together_to_the_end(self) -> bool:
+        """Under torchrun: every rank ends here together (a stop applied at a tick), and
+        rank 0 writes the final checkpoint with every rank's RNGs and data position."""
+        d = self._dist
+        return d is not None and d.broken is None and d.leader_files
 
     def _setup(self) -> None:
         self.model.to(self.device)
@@ -452,6 +527,8 @@ class Trainer:
             for k, v in state.items():
                 if isinstance(v, torch.Tensor) and k != "step":
                     state[k] = v.to(self.device)
+        if self._dist is not None and self._ddp is None:
+            self._ddp = D.wrap(self.model, self.device)  # a collective: every rank, here
         self.model.train()
         self._open_run_files()
         if self._resumed is not None:
@@ -481,6 +558,7 @@ class Trainer:
             nan=self.config.nan,
             resumed_from=str(resumed) if resumed is not None else None,
             resumed_step=self.step if resumed is not None else None,
+            world_size=self._dist.world_size if self._dist is not None else 1,
         )
 
     def _restore_position(self, r: Restored) -> None:
@@ -496,6 +574,12 @@ class Trainer:
         """Paused or finished: wait for a command, keep snapshots fresh."""
         if self._record.wanted:
             self._publish()
+        if self._dist is not None:
+            if self._dist.broken is None:
+                self._tick(idle=True)
+                return
+            if not self._dist.leader:  # the job is over for this rank: leave
+                raise Stopped
         try:
             item = self._queue.get(timeout=0.05)
         except queue.Empty:
@@ -528,10 +612,90 @@ class Trainer:
                 )
                 return
 
+    def _tick(self, idle: bool) -> None:
+        """A tick with the other ranks (engine/distributed.py): rank 0's commands, applied
+        on every rank at this step, in the same order; then what the ranks reported (a
+        non-finite loss, a stop asked by a signal); then the optimizers compared."""
+        d = self._dist
+        assert d is not None
+        items, stop = self._take_for_tick(idle)
+        report = D.Report(stop=stop, nan=self._nan_found)
+        self._nan_found = None
+        try:
+            tick = d.tick(self.step, [(c, s) for c, s, _ in items], report, idle)
+        except D.PeerLost as exc:
+            for cmd, _, waiting in items:
+                waiting.set_result(C.CommandResult(False, str(exc), cmd.text))
+            self._fail(exc, None, step=self.step)
+            return
+        futures: list[Future[C.CommandResult] | None] = (
+            [f for _, _, f in items] if d.leader else [None] * len(tick.commands)
+        )
+        changed = []
+        try:
+            for (cmd, source), fut in zip(tick.commands, futures, strict=True):
+                futures = futures[1:]
+                if isinstance(cmd, C.Stop):
+                    self._stopping.asked(source)
+                d.applied.append((self.step, cmd.text))
+                result = self._handle(cmd, source, fut)
+                if result.ok and ops.is_op(cmd):
+                    changed.append(cmd.text)
+            for rank, rep in enumerate(tick.reports):
+                if rep.nan is not None and self.state not in (RunState.NAN_PAUSED, RunState.ERROR):
+                    d.applied.append((self.step, f"nan from rank {rank} at step {rep.nan[0]}"))
+                    self._nonfinite(*rep.nan, skipped=False, rank=rank)
+            asked = next(((r, rep.stop) for r, rep in enumerate(tick.reports) if rep.stop), None)
+            if asked is not None:
+                source = asked[1] if asked[0] == 0 else f"rank {asked[0]}: {asked[1]}"
+                self._stopping.asked(source)
+                self._handle(C.coerce("stop"), source, None)
+        finally:
+            for fut in futures:
+                if fut is not None and not fut.done():
+                    fut.set_result(C.CommandResult(False, "the run has stopped", ""))
+        if changed:
+            try:
+                d.agree(self.optimizer, self.model, f"`{'; '.join(changed)}` at step {self.step}")
+            except D.PeerLost as exc:
+                self._fail(exc, None, step=self.step)
+
+    def _take_for_tick(
+        self, idle: bool
+    ) -> tuple[list[tuple[C.Command, str, Future[C.CommandResult]]], str | None]:
+        """Rank 0: the commands for this tick (waiting a little while idle). Another rank
+        takes only a stop (its signals'); commands go to rank 0."""
+        items: list[tuple[C.Command, str, Future[C.CommandResult]]] = []
+        assert self._dist is not None
+        leader, stop = self._dist.leader, None
+        wait = D.IDLE_TICK_S if idle and leader else 0.0
+        while len(items) < COMMANDS_PER_STEP:
+            try:
+                item = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            wait = 0.0
+            if leader:
+                items.append(item)
+                if isinstance(item[0], EXPENSIVE_COMMANDS):
+                    break
+            elif isinstance(item[0], C.Stop):
+                stop = item[1]
+                item[2].set_result(C.CommandResult(True, "stopping all ranks", item[0].text))
+            else:
+                item[2].set_result(
+                    C.CommandResult(False, "commands go to rank 0 of the job", item[0].text)
+                )
+        return items, stop
+
     def _apply_pending(self) -> None:
         # Runs every step: the common case (nothing queued) must cost ~nothing.
         if self._replay:
             self._apply_replay()
+        if self._dist is not None and self._dist.broken is None:
+            if self._dist.due(self.step):
+                self._tick(idle=False)
+            return
         if self._queue.empty():
             return
         started = time.monotonic()
@@ -623,7 +787,7 @@ class Trainer:
         where.phase, where.batch = "forward", batch
         if not self._on_cpu:
             batch = to_device(batch, self.device)
-        model, optimizer = self.model, self.optimizer
+        model, optimizer = self._ddp or self.model, self.optimizer
         optimizer.zero_grad(set_to_none=True)
         if self.spec.training_step is not None:
             loss = self.spec.training_step(model, batch, self.criterion)
@@ -639,7 +803,17 @@ class Trainer:
             # Read once, used twice: the NaN check and the loss record (a float
             # needs no detach now and no batched read later).
             finite, value = faults.finite_on_cpu(loss)
-            if not finite:
+            if self._dist is not None and self._dist.broken is None:
+                # Every rank skips the step or none does (DDP's backward is a collective).
+                if self._dist.any_rank(not finite):
+                    bad = loss.detach().float().mean().item() if not finite else None
+                    rank, worst = next(
+                        (r, v) for r, v in enumerate(self._dist.exchange(bad)) if v is not None
+                    )
+                    self._dist.applied.append((self.step + 1, f"nan on rank {rank}"))
+                    self._nonfinite(self.step + 1, worst, skipped=True, rank=rank)
+                    return None
+            elif not finite:
                 self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
                 return None
         loss.backward()
@@ -676,12 +850,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ failures and the end
 
-    def _nonfinite(self, step: int, value: float, skipped: bool) -> None:
+    def _nonfinite(self, step: int, value: float, skipped: bool, rank: int | None = None) -> None:
         """A NaN/Inf loss at ``step``: pause (NAN-PAUSED), stop (ERROR) or just note it."""
         lrs = tuple((str(g.get("name")), float(g["lr"])) for g in self.optimizer.param_groups)
         run_ended = self.state.is_terminal
         outcome = self._failures.nonfinite(
-            step, value, skipped, self.step, lrs, run_ended, self.epoch
+            step, value, skipped, self.step, lrs, run_ended, self.epoch, rank
         )
         if outcome == "noted":
             return
@@ -699,7 +873,14 @@ class Trainer:
     ) -> None:
         """The step after the last good one (or ``step``) raised in ``phase``: ERROR."""
         step = self.step + 1 if step is None else step
+        d = self._dist
+        if d is not None:
+            if not isinstance(exc, D.PeerLost) and D.collective_error(exc):
+                exc = d.lost(exc)  # a DDP all-reduce failed: say which rank went away
+            d.broken = d.broken or str(exc)
         self._failures.failed(exc, batch, phase, step, self.step, self.epoch)
+        if d is not None:
+            d.close()  # peers waiting in a collective for this rank fail now, not at a timeout
         self._done.set()
         self._publish()
 
@@ -715,7 +896,7 @@ class Trainer:
                     self._fail(exc, None, "data", step=self.step)
             if (
                 self.config.final_checkpoint
-                and self.run_dir is not None
+                and (self.run_dir is not None or self._together_to_the_end)
                 and self.state not in (RunState.ERROR, RunState.STARTING)
                 and self.unfinished is None  # abandoned: the process is leaving
             ):
@@ -753,8 +934,17 @@ class Trainer:
         if values and self.state not in (RunState.NAN_PAUSED, RunState.ERROR):
             bad = next(((s, v) for s, v in values if not math.isfinite(v)), None)
             if bad is not None:
-                self._nonfinite(bad[0], bad[1], skipped=False)
+                self._found_nonfinite(*bad)
         return values
+
+    def _found_nonfinite(self, step: int, value: float) -> None:
+        """A non-finite loss found after its step was taken; under torchrun, the ranks
+        act on it together at the next tick (it was found at a time of this rank's own)."""
+        d = self._dist
+        if d is None or d.broken is not None:
+            self._nonfinite(step, value, skipped=False)
+        elif self._nan_found is None:
+            self._nan_found = (step, value)
 
     def _log_metrics(self, force: bool = False) -> None:
         values = self._flush_losses()

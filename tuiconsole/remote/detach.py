@@ -46,13 +46,16 @@ def spawn_detached(
     script_args: Sequence[str] = (),
     *,
     timeout: float = READY_TIMEOUT,
+    nproc: int | None = None,
 ) -> RunInfo:
     """Start the training process of ``run --detach`` (no owner); wait until it serves.
 
     Raises TuiconsoleError with the child's own message if it exits first
     (a script contract error, say).
     """
-    training = TrainingProcess.start(script, run_dir, run_id, options, script_args, owner=False)
+    training = TrainingProcess.start(
+        script, run_dir, run_id, options, script_args, owner=False, nproc=nproc
+    )
     info = training.wait_serving(timeout)
     if info is not None:
         return info
@@ -88,7 +91,17 @@ def make_info(
         detached=detached,
         decay_factor=decay_factor,
         log=str(log) if log else "",
+        world_size=world_size(),
+        launcher=os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else 0,
     )
+
+
+def world_size() -> int:
+    """The ranks of the torchrun job this process is rank 0 of (1 on its own)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def serve_foreground(

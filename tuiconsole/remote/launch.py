@@ -43,6 +43,26 @@ STOP_ACK_S = 5.0  # a stop is applied at the next step boundary; a step stuck lo
 # given up on by the training process itself, once the owner pipe closes
 
 
+def torchrun_command(nproc: int, run_args: Sequence[str], script_args: Sequence[str]) -> list[str]:
+    """torchrun (torch's own launcher, ``python -m torch.distributed.run``) of ``nproc``
+    ranks on this node, each ``python -m tuiconsole run RUN_ARGS [-- SCRIPT_ARGS]``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "tuiconsole",
+        "run",
+        *run_args,
+    ]
+    return cmd + ["--", *script_args] if script_args else cmd
+
+
 class TrainingProcess:
     """A training process this process started; see the module docstring."""
 
@@ -84,18 +104,17 @@ class TrainingProcess:
         script_args: Sequence[str] = (),
         *,
         owner: bool,
+        nproc: int | None = None,
     ) -> TrainingProcess:
         """Start the training process; ``owner``: tie it to this process (see module doc).
-        ``script_args``: the arguments of a script that is a program of its own."""
+        ``script_args``: the arguments of a script that is a program of its own. ``nproc``:
+        the training process is torchrun's launcher of that many ranks; rank 0 serves, and
+        the owner pipe is a FIFO it opens (torchrun passes its children no descriptors)."""
         from tuiconsole.engine.rundir import open_private, prepare_run_dir
 
         created = not run_dir.exists()
         prepare_run_dir(run_dir)  # 0700, the user's own: the log holds what the script prints
-        cmd = [
-            sys.executable,
-            "-m",
-            "tuiconsole",
-            "run",
+        args = [
             str(script),
             "--detached-child",
             "--run-id",
@@ -108,13 +127,23 @@ class TrainingProcess:
         read_fd = write_fd = None
         token = None
         if owner:
-            read_fd, write_fd = os.pipe()
-            os.set_inheritable(read_fd, True)
             token = secrets.token_hex(16)
             env[OWNER_TOKEN_ENV] = token
-            cmd += ["--owner-fd", str(read_fd)]
-        if script_args:
-            cmd += ["--", *script_args]
+            if nproc is None:
+                read_fd, write_fd = os.pipe()
+                os.set_inheritable(read_fd, True)
+                args += ["--owner-fd", str(read_fd)]
+            else:
+                fifo = socket_path(run_id).with_suffix(".owner")
+                os.mkfifo(fifo, 0o600)
+                write_fd = os.open(fifo, os.O_RDWR)  # never blocks; EOF for rank 0 at our exit
+                args += ["--owner-fifo", str(fifo)]
+        if nproc is None:
+            cmd = [sys.executable, "-m", "tuiconsole", "run", *args]
+            if script_args:
+                cmd += ["--", *script_args]
+        else:
+            cmd = torchrun_command(nproc, args, script_args)
         log_fd = open_private(run_dir / LOG_NAME, "the run log", os.O_WRONLY | os.O_APPEND)
         try:
             proc = subprocess.Popen(
@@ -147,7 +176,9 @@ class TrainingProcess:
     def serving(self) -> RunInfo | None:
         """The run's info once it serves (its info file names this process), else None."""
         info = read_info(self.info_path) if self.info_path.exists() else None
-        return info if info is not None and info.pid == self.proc.pid else None
+        if info is None:
+            return None
+        return info if self.proc.pid in (info.pid, info.launcher) else None
 
     def poll(self) -> int | None:
         return self.proc.poll()

@@ -127,6 +127,8 @@ class RunInfo:
     decay_factor: float = 0.1
     log: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # the ranks of a torchrun job (this is rank 0's process)
+    launcher: int = 0  # torchrun's pid, for a rank it started
 
     @property
     def info_path(self) -> Path:
