@@ -181,7 +181,8 @@ class Steer:
             self._server.close("the run has ended")
         if self._signals is not None:
             self._signals.__exit__(None, None, None)
-        _say(_ended_line(self._run))
+        if self._run.leads:  # other ranks of a torchrun job print nothing unless they fail
+            _say(_ended_line(self._run))
 
     def leave_if_not_clean(self) -> None:
         """For a framework's callback once its loop is over: a failed run (1) or one a
@@ -340,7 +341,7 @@ def steer(
         _hosting.steers.append(handle)
         host.started(session)
     else:
-        if listen:
+        if listen and run.leads:  # under torchrun, rank 0 is the run: it alone serves
             from tuiconsole.remote.detach import serve_foreground
 
             assert config.run_dir is not None

@@ -372,15 +372,15 @@ class Coordinator:
         """``exc`` from a collective, said as which rank went away (where it can be told)."""
         host = socket.gethostname()
         gone = []
-        for r, (peer_host, pid) in enumerate(self.peers):
-            if r == self.ranks.rank or peer_host != host:
-                continue
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                gone.append(f"rank {r} (pid {pid})")
-            except OSError:
-                pass
+        for _ in range(10):  # a peer that just died may take a moment to be seen
+            gone = [
+                f"rank {r} (pid {pid})"
+                for r, (peer_host, pid) in enumerate(self.peers)
+                if r != self.ranks.rank and peer_host == host and not _alive(pid)
+            ]
+            if gone or not self.peers:
+                break
+            time.sleep(0.05)
         text = " ".join(str(exc).split())[:200]
         if gone:
             why = f"{', '.join(gone)} exited"
@@ -404,6 +404,22 @@ class Coordinator:
         if self.made_group:
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+
+
+def _alive(pid: int) -> bool:
+    """A process of this host that has not exited (a zombie has: its parent just did not
+    reap it yet, as torchrun's agent has not the moment a rank is killed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Disagreement(PeerLost):
@@ -433,6 +449,23 @@ def reduce_eval(
             raise CommandError(f"{error} (on rank {r})")
     total = math.fsum(g[1] for g in got)
     return total, sum(g[2] for g in got), sum(g[3] for g in got), all(g[4] for g in got)
+
+
+def mean_over_ranks(coordinator: Coordinator, point: Any, error: str | None, step: int) -> Any:
+    """An own loop's eval under torchrun: each rank's ``evaluate()`` result, the mean
+    over the ranks (each rank's counts the same); an error on any rank is the eval's."""
+    from tuiconsole.engine.snapshot import EvalPoint
+    from tuiconsole.errors import CommandError
+
+    mine = None if point is None else (point.loss, point.accuracy)
+    got = coordinator.exchange((error, mine))
+    for r, (err, _) in enumerate(got):
+        if err is not None:
+            raise CommandError(f"{err} (on rank {r})")
+    losses = [g[1][0] for g in got]
+    accs = [g[1][1] for g in got]
+    acc = None if any(a is None for a in accs) else sum(accs) / len(accs)
+    return EvalPoint(step, sum(losses) / len(losses), acc)
 
 
 def rank_states(coordinator: Coordinator, mine: dict[str, Any]) -> list[dict[str, Any]]:

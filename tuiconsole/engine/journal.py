@@ -116,7 +116,7 @@ def undo_record(*, step: int, commands: Sequence[str], error: str, groups: list[
 def nan_record(event: NanEvent, action: str) -> Record:
     """A non-finite loss: the step, its value (as repr: JSON has no NaN), what was done
     (``--nan``), and the lrs it happened at."""
-    return {
+    record: Record = {
         "type": NAN,
         "step": event.step,
         "time": time.time(),
@@ -126,6 +126,9 @@ def nan_record(event: NanEvent, action: str) -> Record:
         "detected_at": event.detected_at,
         "lrs": dict(event.lrs),
     }
+    if event.rank is not None:  # torchrun: whose loss it was
+        record["rank"] = event.rank
+    return record
 
 
 def error_record(

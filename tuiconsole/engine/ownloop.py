@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuiconsole.engine import distributed as D
 from tuiconsole.engine import faults
 from tuiconsole.engine.config import RunConfig, stop_grace
 from tuiconsole.engine.control import Stopped
@@ -283,7 +284,7 @@ class OwnLoop(Trainer):
         # loss recorded after it would be found again by the next read: a second pause).
         pending = record.losses.record(self.step, loss)
         if bad is not None:
-            self._nonfinite(self.step, bad, skipped=False)
+            self._found_nonfinite(self.step, bad)
         self._after_step(pending)
         if self.max_steps is not None and self.step >= self.max_steps:
             self._set_finished(f"reached --max-steps {self.max_steps}")
@@ -372,21 +373,28 @@ class OwnLoop(Trainer):
         model = self.model
         modes = [(m, m.training) for m in model.modules()]  # a frozen BatchNorm stays eval
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        point: EvalPoint | None = None
+        error: str | None = None
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 model.eval()
                 result = self._user_evaluate()
-        except CommandError:
-            raise
+            point = eval_point(result, step)
+        except CommandError as exc:
+            error = str(exc)
         except Exception as exc:
-            raise CommandError(
-                f"eval failed: {type(exc).__name__}: {faults.one_line(str(exc), 200)}"
-            ) from None
+            error = f"eval failed: {type(exc).__name__}: {faults.one_line(str(exc), 200)}"
         finally:
             for module, training in modes:  # root first: each module's own mode wins
                 if module.training != training:
                     module.train(training)
-        return eval_point(result, step)
+        d = self._dist
+        if d is not None and d.broken is None:
+            return D.mean_over_ranks(d, point, error, step)
+        if error is not None:
+            raise CommandError(error)
+        assert point is not None
+        return point
 
     def start(self) -> Trainer:
         raise RuntimeError("an own loop is driven by its boundary(), not start()")

@@ -255,6 +255,11 @@ class Trainer:
     # ------------------------------------------------------------------ what tests and tools read
 
     @property
+    def leads(self) -> bool:
+        """This process is the run: on its own, or rank 0 of a torchrun job."""
+        return self._dist is None or self._dist.leader
+
+    @property
     def journal(self) -> J.Journal | None:
         return self._record.files.journal
 
