@@ -38,7 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from tuiconsole.engine import commands as C
-from tuiconsole.errors import ScriptError, TuiconsoleError
+from tuiconsole.engine.snapshot import EvalPoint
+from tuiconsole.errors import CommandError, ScriptError, TuiconsoleError
 
 TIMEOUT_ENV = "TUICONSOLE_DIST_TIMEOUT"
 # A folder: each rank writes rank<N>.json there as it ends (its optimizer, a digest of its
@@ -444,8 +445,6 @@ def reduce_eval(
     got = coordinator.exchange(local)
     for r, (error, *_rest) in enumerate(got):
         if error is not None:
-            from tuiconsole.errors import CommandError
-
             raise CommandError(f"{error} (on rank {r})")
     total = math.fsum(g[1] for g in got)
     return total, sum(g[2] for g in got), sum(g[3] for g in got), all(g[4] for g in got)
@@ -454,9 +453,6 @@ def reduce_eval(
 def mean_over_ranks(coordinator: Coordinator, point: Any, error: str | None, step: int) -> Any:
     """An own loop's eval under torchrun: each rank's ``evaluate()`` result, the mean
     over the ranks (each rank's counts the same); an error on any rank is the eval's."""
-    from tuiconsole.engine.snapshot import EvalPoint
-    from tuiconsole.errors import CommandError
-
     mine = None if point is None else (point.loss, point.accuracy)
     got = coordinator.exchange((error, mine))
     for r, (err, _) in enumerate(got):
