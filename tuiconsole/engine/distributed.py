@@ -450,7 +450,9 @@ def reduce_eval(
     return total, sum(g[2] for g in got), sum(g[3] for g in got), all(g[4] for g in got)
 
 
-def mean_over_ranks(coordinator: Coordinator, point: Any, error: str | None, step: int) -> Any:
+def mean_over_ranks(
+    coordinator: Coordinator, point: EvalPoint | None, error: str | None, step: int
+) -> EvalPoint:
     """An own loop's eval under torchrun: each rank's ``evaluate()`` result, the mean
     over the ranks (each rank's counts the same); an error on any rank is the eval's."""
     mine = None if point is None else (point.loss, point.accuracy)
