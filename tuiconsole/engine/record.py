@@ -15,6 +15,7 @@ import dataclasses
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,13 @@ from tuiconsole.engine.snapshot import (
     RunState,
     RunStatus,
     Snapshot,
+    StepView,
 )
 from tuiconsole.engine.views import RunLog, Views
+
+
+def _no_step_view() -> StepView | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class RunRecord:
         self.views = Views()
         self.wanted = True  # a reader asked since the last publish, or a log line came
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
+        # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
+        self.step_view: Callable[[], StepView | None] = _no_step_view
         self._log = RunLog()
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -192,6 +200,7 @@ class RunRecord:
             run_dir=str(shape.run_dir or ""),
             optimizer=type(o.optimizer).__name__,
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
+            step_view=self.step_view(),
         )
 
     def publish(self, facts: RunFacts, o: Optimization) -> Snapshot:
