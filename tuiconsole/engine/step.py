@@ -382,10 +382,10 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
         if not host._on_cpu:
             batch = to_device(batch, host.device)
         loss = _forward(host, st, model, batch)
-        if st.compile_state == "compiling" and losses == [] and loss is None:
-            model = host._ddp or host.model  # compiling failed: eager from now on
+        if loss is None:  # compiling failed at this first call: eager from now on
+            model = st.forward_model(host._ddp or host.model)
             loss = _forward(host, st, model, batch)
-        assert loss is not None
+            assert loss is not None  # eager: its errors are raised
         losses.append(loss.detach())
         part = loss / n if n > 1 else loss
         (st.scaler.scale(part) if st.scaler is not None else part).backward()
