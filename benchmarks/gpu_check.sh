@@ -13,6 +13,9 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 $PY -c "import textual" 2>/dev/null && echo "textual present" || echo "no textual (console variants skipped)"
 echo "== 1 no per-step host sync on $DEV (sync debug mode)"
 timeout 100 $PY benchmarks/gpu_sync.py $DEV 2>&1 | tail -12
+echo "== 1b amp bf16 + clip + accumulate 4 on $DEV: host syncs, then the engine vs a hand-written loop"
+timeout 150 $PY benchmarks/gpu_sync.py $DEV vgg+step none 2>&1 | grep -v "^steer" | tail -6
+timeout 200 $PY -m benchmarks.step_features --device $DEV --amp bf16 --rounds ${ROUNDS:-5} 2>&1 | tail -3
 echo "== 2 vgg headless on $DEV"
 timeout 60 $PY -m tuiconsole run sample_models/vgg.py --headless --max-steps 400 --device $DEV --log-every 200 --run-dir "$RUNS/r1" < /dev/null 2>&1 | tail -5
 echo "== 3 nan on $DEV (batch 38 is NaN; stdin not a tty -> stop)"

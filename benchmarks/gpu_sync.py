@@ -4,6 +4,10 @@
 
 300 steps of vgg (SGD) and resnet_adam (Adam) with every read disabled (no log
 lines, no snapshot reader): torch warns on each synchronizing call it detects.
+``vgg+step`` is vgg with the training step GPU users run (engine/step.py): amp bf16,
+clipping to 1.0 and 4 micro-batches a step (75 optimizer steps: 300 micro-batches);
+the grad norm and the clipped count stay on the device. After the steps, one snapshot
+is built (it reads them) and the loop checks that it did.
 """
 
 import sys
@@ -18,11 +22,19 @@ from tuiconsole.engine.trainer import RunConfig, Trainer  # noqa: E402
 from tuiconsole.script import load_script  # noqa: E402
 
 dev = sys.argv[1]
-for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered loop below
+# amp + clip + accumulation: the step of engine/step.py
+STEP_FEATURES = {"amp": "bf16", "grad_clip": 1.0, "accumulate": 4}
+for name in sys.argv[2:] or ("vgg", "resnet_adam", "vgg+step"):  # "none": the loop below only
     if name == "none":
         continue
-    spec = load_script(f"sample_models/{name}.py")
-    t = Trainer(spec, RunConfig(max_steps=10**6, log_every=0, snapshot_interval=1e9, device=dev))
+    script, _, featured = name.partition("+")
+    spec = load_script(f"sample_models/{script}.py")
+    features = STEP_FEATURES if featured else {}
+    steps = 300 // (4 if featured else 1)
+    t = Trainer(
+        spec,
+        RunConfig(max_steps=10**6, log_every=0, snapshot_interval=1e9, device=dev, **features),
+    )
     t.prepare()
     t._snapshot_wanted = False
     t.step_now(5)
@@ -31,17 +43,25 @@ for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered 
         torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        t.step_now(300)
+        t.step_now(steps)
     if dev.startswith("cuda"):
         torch.cuda.set_sync_debug_mode(0)
     syncs = [x for x in w if "synchroniz" in str(x.message)]
     print(
-        f"{name}: steps {t.step} epoch {t.epoch} device {t.device}: {len(syncs)} sync warnings in 300 steps"
+        f"{name}: steps {t.step} epoch {t.epoch} device {t.device}: {len(syncs)} sync "
+        f"warnings in {steps} steps"
     )
     for x in syncs[:3]:
         print("   ", x.filename, x.lineno, str(x.message)[:160])
     t._flush_losses()
     print(f"   loss last {t._losses.last:.4f}, state {t.state.value}")
+    if featured:  # what was kept on the device, read once now
+        v = t._build_snapshot().step_view
+        assert v is not None and v.clip_steps == t.step and v.grad_norm is not None
+        print(
+            f"   {v.amp}, accumulate {v.accumulate}: grad norm {v.grad_norm:.3g}, clipped "
+            f"{v.clipped} of {v.clip_steps} steps"
+        )
     t.close()
 
 # The library API: a loop of its own with steer.step(loss) at its boundary.

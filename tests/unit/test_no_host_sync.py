@@ -12,7 +12,7 @@ from tuiconsole.engine.trainer import RunConfig, Trainer
 SYNC_METHODS = ("item", "cpu", "tolist", "__float__", "__bool__", "numpy", "__int__")
 
 
-def test_thousand_steps_without_per_step_sync(monkeypatch):
+def count_syncs(monkeypatch) -> dict[str, int]:
     counts = dict.fromkeys(SYNC_METHODS, 0)
     for name in SYNC_METHODS:
         original = getattr(torch.Tensor, name)
@@ -22,12 +22,24 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
             return _orig(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
 
+
+# The step of engine/step.py: clipping (its norm and count kept on the device) and 3
+# micro-batches a step (their mean loss kept there too).
+FEATURED = {"grad_clip": 0.5, "accumulate": 3}
+
+
+@pytest.mark.parametrize("features", [{}, FEATURED], ids=["plain", "clip+accumulate"])
+def test_thousand_steps_without_per_step_sync(monkeypatch, features):
+    counts = count_syncs(monkeypatch)
     spec = make_spec()
     # reads disabled: no log lines, no snapshot reader. nan_check="flush" is what "auto"
     # picks on an accelerator; on CPU "auto" reads each loss from host memory instead
     # (free there: tests/reliability/test_faults.py covers that path).
-    cfg = RunConfig(max_steps=1000, log_every=0, snapshot_interval=1e9, nan_check="flush")
+    cfg = RunConfig(
+        max_steps=1000, log_every=0, snapshot_interval=1e9, nan_check="flush", **features
+    )
     trainer = Trainer(spec, cfg)
     trainer._snapshot_wanted = False
     trainer.prepare()
@@ -40,6 +52,11 @@ def test_thousand_steps_without_per_step_sync(monkeypatch):
     assert total <= 10, counts
     assert counts["tolist"] >= 1  # the batched read did happen
     assert trainer._losses.last is not None and len(trainer._losses.recent) > 200
+    if features:  # the device-side figures, read once as a snapshot is built
+        before = sum(counts.values())
+        view = trainer._build_snapshot().step_view
+        assert view is not None and view.clip_steps == 1000 and view.grad_norm is not None
+        assert sum(counts.values()) - before <= 3, counts
 
 
 @pytest.mark.parametrize("nan_check", ["flush", "step"])
