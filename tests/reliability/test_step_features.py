@@ -163,6 +163,7 @@ def test_clip_and_accumulate_commands_change_the_next_step_and_are_journaled(tmp
     assert t.data_position()["epoch_batches"] == 3 + 4
     assert t.apply_now("clip off").ok and t.apply_now("accumulate 1").ok
     assert t._step_fn == t._one_step  # all off again: back to the plain step
+    assert view(t).clip_steps == 5 and view(t).grad_clip is None  # its counts still shown
     bad = t.apply_now("accumulate 0")
     assert not bad.ok and "accumulate must be >= 1" in bad.message
     t.close()

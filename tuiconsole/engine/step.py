@@ -172,6 +172,7 @@ class Stepping:
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled)
         self._counts = (0, 0)  # counts a checkpoint restored, added to the device ones
         self._norm_restored: float | None = None  # its last norm, until a step makes one
+        self._was_on = not settings.plain
 
     @property
     def on(self) -> bool:
@@ -185,8 +186,9 @@ class Stepping:
 
     @property
     def shown(self) -> bool:
-        """The snapshot has a StepView (any feature set, ever, or a scaler given)."""
-        return self.on or self.scaler is not None or not self.settings.plain
+        """The snapshot has a StepView: a feature was on at some point, or a scaler given
+        (a run that turned clipping off still shows its counts)."""
+        return self._was_on or self.scaler is not None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype is None:
@@ -308,17 +310,23 @@ class Stepping:
                 f"the checkpoint was trained with amp {saved['amp'] or 'off'} and this run "
                 f"uses {self.amp or 'none'}: it does not continue exactly"
             )
-        if self.scaler is not None and saved["scaler"] is not None:
+        if self.scaler is not None and saved["scaler"]:  # {}: a disabled scaler's
             self.scaler.load_state_dict(saved["scaler"])
         self.clip_steps = saved["clip_steps"]
         self._counts = (saved["clipped"], saved["scaler_skipped"])
         self._norm_restored = saved["grad_norm"]
+        self._was_on = self._was_on or self.on or bool(self.clip_steps)
         return notes
 
     # ------------------------------------------------------------------ commands
 
     def apply(self, cmd: C.Command, own_loop: bool) -> str:
         """``clip`` / ``accumulate``: the next optimizer step is taken so."""
+        message = self._apply(cmd, own_loop)
+        self._was_on = True
+        return message
+
+    def _apply(self, cmd: C.Command, own_loop: bool) -> str:
         if isinstance(cmd, C.Clip):
             before = "off" if self.clip is None else f"{self.clip:g}"
             self.clip = cmd.max_norm
