@@ -118,6 +118,23 @@ def test_real_trainer_snapshot_round_trips_exactly(tmp_path) -> None:
     assert back == snap
 
 
+def test_a_step_view_crosses_the_socket(tmp_path) -> None:
+    """A run with amp, clipping and accumulation: its StepView (read on the trainer's
+    side) arrives as it was, through a delta frame too."""
+    from tests.reliability.helpers import loader_spec, sync_trainer
+
+    t = sync_trainer(loader_spec(), tmp_path / "run", amp="bf16", grad_clip=0.1, accumulate=2)
+    t.step_now(3)
+    snap = t._build_snapshot()
+    assert snap.step_view is not None and snap.step_view.grad_norm is not None
+    back = P.snapshot_from_dict(json.loads(json.dumps(P.snapshot_to_dict(snap))))
+    assert back.step_view == snap.step_view and back == snap
+    enc, asm = P.SnapshotEncoder(), P.SnapshotAssembler()
+    frame = json.loads(enc.frame(snap, with_modules=True, log=snap.log, sent_groups=[])[4:])
+    assert asm.apply(frame) == snap
+    t.close()
+
+
 def test_unknown_keys_are_ignored_and_missing_optional_ones_defaulted() -> None:
     data = P.snapshot_to_dict(_snapshot())
     data["from_the_future"] = {"x": 1}

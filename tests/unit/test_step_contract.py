@@ -172,3 +172,13 @@ def test_bad_clip_and_accumulate_commands_are_one_line(line, fragment):
     with pytest.raises(CommandError) as err:
         C.parse(line)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_training_process_gets_the_step_options_as_given():
+    """The console's training process (and torchrun's ranks) are started with run's
+    options again: --no-compile must reach them, or a script's compile=True would win."""
+    from tuiconsole.cli import _child_args
+
+    args = _child_args(amp="bf16", grad_clip="off", accumulate=4, compile=False, paused=False)
+    assert args == ["--amp", "bf16", "--grad-clip", "off", "--accumulate", "4", "--no-compile"]
+    assert _child_args(compile=True, amp=None, grad_clip=None) == ["--compile"]
