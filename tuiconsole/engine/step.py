@@ -207,8 +207,8 @@ class Stepping:
         return self._compiled[1]
 
     def clip_now(self, params: Iterable[torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Clip the gradients' total norm to the live max norm (unscaled first under a
-        GradScaler the engine steps with); the norm, on the device, or None (off)."""
+        """Clip the gradients' total norm to the live max norm (under a GradScaler, the
+        caller has unscaled them); the norm, on the device, or None (clipping is off)."""
         if self.clip is None:
             return None
         norm = torch.nn.utils.clip_grad_norm_(self._params if params is None else params, self.clip)
@@ -352,8 +352,9 @@ def _read(tensors: list[torch.Tensor]) -> list[float]:
     """Scalars kept on their device, read with one transfer (float64: counts stay exact)."""
     if not tensors:
         return []
-    wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
-    values: list[float] = torch.stack([t.detach().to(wide) for t in tensors]).tolist()
+    device = tensors[0].device  # all on it but in a model split over devices
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    values: list[float] = torch.stack([t.detach().to(device, wide) for t in tensors]).tolist()
     return values
 
 
