@@ -354,3 +354,41 @@ def test_features_on_from_the_script_and_a_step_every_time_the_view_is_shown():
     plain = sync_trainer(loader_spec())
     assert plain.latest_snapshot().step_view is None  # nothing asked for: nothing shown
     plain.close()
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real process group of one rank (gloo, in memory): DDP without torchrun."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_under_ddp_only_a_steps_last_micro_batch_all_reduces(one_rank_group):
+    """The micro-batches before a step's last run under DDP's no_sync(): one all-reduce
+    per optimizer step (per bucket), also for a step an epoch's end cut short, and the
+    run is the one without DDP bit for bit (one rank: the mean of one)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    plain = sync_trainer(loader_spec(), accumulate=3)
+    plain.step_now(13)  # 11 batches an epoch: steps of 3, 3, 3 and 2
+    t = sync_trainer(loader_spec(), accumulate=3)
+    t._ddp = DistributedDataParallel(t.model)  # as engine/distributed.py wraps it
+    reduced: list[int] = []
+
+    def count(state, bucket):
+        reduced.append(t.step)
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    t._ddp.register_comm_hook(None, count)
+    t.step_now(13)
+    assert reduced == list(range(13))  # once in each step (the model fits one bucket)
+    assert_same(t.data_position(), plain.data_position())
+    assert (t.epoch, t.data_position()["epoch_batches"]) == (plain.epoch, 3)
+    assert_same(weights(t.model), weights(plain.model))
+    t.close()
+    plain.close()

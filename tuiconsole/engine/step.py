@@ -379,33 +379,12 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
     model = st.forward_model(host._ddp or host.model)
     optimizer = host.optimizer
     optimizer.zero_grad(set_to_none=True)
-    n = st.accumulate
-    losses: list[torch.Tensor] = []
     if st.compile_state == "pending":
         st.compile_state = "compiling"
         host._append_log("info", "compiling the model (torch.compile); the first step waits")
         host._publish()
     started = time.monotonic()
-    while True:
-        where.phase, where.batch = "forward", batch
-        if not host._on_cpu:
-            batch = to_device(batch, host.device)
-        loss = _forward(host, st, model, batch)
-        if loss is None:  # compiling failed at this first call: eager from now on
-            model = st.forward_model(host._ddp or host.model)
-            loss = _forward(host, st, model, batch)
-            assert loss is not None  # eager: its errors are raised
-        losses.append(loss.detach())
-        part = loss / n if n > 1 else loss
-        (st.scaler.scale(part) if st.scaler is not None else part).backward()
-        if len(losses) == n:
-            break
-        where.phase, where.batch = "data", None
-        batch = data.take(host.epoch)
-        if batch is END_OF_EPOCH:  # the epoch ends inside this step: a shorter one
-            data.hold_end()
-            st.scale_grads(n / len(losses))
-            break
+    losses = _micro_batches(host, st, model, batch, where)
     if st.compile_state == "compiling":
         st.compile_state = "compiled"
         took = time.monotonic() - started
@@ -431,6 +410,60 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
     if host.scheduler is not None and host.spec.scheduler_interval == "step":
         host._scheduler_step()
     return mean if value is None else value
+
+
+def _micro_batches(
+    host: StepHost, st: Stepping, model: nn.Module, batch: Any, where: Where
+) -> list[torch.Tensor]:
+    """Forward and backward of the step's micro-batches, from ``batch`` on; their losses.
+
+    Under torchrun (DDP) only the step's last backward all-reduces the gradients: the
+    others run under ``no_sync()``, so the next micro-batch is taken before a backward
+    (an epoch that ends there makes it the last). An epoch that runs out inside the
+    step ends it: the gradients are brought to the mean of the micro-batches it had."""
+    data, ddp, n = host._data, host._ddp, st.accumulate
+    losses: list[torch.Tensor] = []
+    while True:
+        last = len(losses) + 1 >= n
+        following: Any = None
+        if ddp is not None and not last:
+            where.phase, where.batch = "data", None
+            following = data.take(host.epoch)
+            if following is END_OF_EPOCH:
+                data.hold_end()
+                last = True
+        where.phase, where.batch = "forward", batch
+        if not host._on_cpu:
+            batch = to_device(batch, host.device)
+        with _no_sync(ddp, last):
+            loss = _forward(host, st, model, batch)
+            if loss is None:  # compiling failed at this first call: eager from now on
+                model = st.forward_model(host._ddp or host.model)
+                loss = _forward(host, st, model, batch)
+                assert loss is not None  # eager: its errors are raised
+            losses.append(loss.detach())
+            part = loss / n if n > 1 else loss
+            (st.scaler.scale(part) if st.scaler is not None else part).backward()
+        if last:
+            break
+        if following is None:
+            where.phase, where.batch = "data", None
+            following = data.take(host.epoch)
+            if following is END_OF_EPOCH:
+                data.hold_end()
+                break
+        batch = following
+    if len(losses) < n:  # the epoch ended inside this step: a shorter one
+        st.scale_grads(n / len(losses))
+    return losses
+
+
+def _no_sync(ddp: nn.Module | None, last: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for a micro-batch that is not its step's last."""
+    if ddp is None or last:
+        return contextlib.nullcontext()
+    no_sync = cast(Callable[[], contextlib.AbstractContextManager[Any]], ddp.no_sync)
+    return no_sync()
 
 
 def _retaking(st: Stepping) -> Callable[[torch.optim.Optimizer], object]:
