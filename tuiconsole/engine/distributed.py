@@ -42,6 +42,7 @@ from tuiconsole.engine.snapshot import EvalPoint
 from tuiconsole.errors import CommandError, ScriptError, TuiconsoleError
 
 TIMEOUT_ENV = "TUICONSOLE_DIST_TIMEOUT"
+BACKEND_ENV = "TUICONSOLE_DIST_BACKEND"  # the default group's backend (nccl on CUDA, else gloo)
 # A folder: each rank writes rank<N>.json there as it ends (its optimizer, a digest of its
 # weights and state, the commands it applied and at which step): to check that ranks agree.
 DUMP_ENV = "TUICONSOLE_RANK_DUMP"
@@ -102,7 +103,9 @@ def rank_device(ranks: Ranks, wanted: str | None) -> torch.device:
             f"--device {wanted}: under torchrun each rank takes cuda:LOCAL_RANK (or cpu)"
         )
     if wanted == "cuda" or (wanted in (None, "auto") and torch.cuda.is_available()):
-        device = torch.device("cuda", ranks.local_rank)
+        # more ranks than GPUs (a check on one GPU) share them; nccl refuses that, gloo
+        # (TUICONSOLE_DIST_BACKEND=gloo) does not
+        device = torch.device("cuda", ranks.local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
@@ -123,7 +126,7 @@ def join(ranks: Ranks, device: torch.device) -> bool:
             )
         return _made_here
     _made_here = True
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(
         backend,
         timeout=datetime.timedelta(seconds=timeout_s()),
@@ -180,7 +183,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 def shard(loader: Any, ranks: Ranks, seed: int, *, train: bool) -> tuple[Any, str | None]:
     """``loader`` with each rank's own share of the data (a DistributedSampler in a copy
-    of the DataLoader), unless it shards already; and a note for the log, if any."""
+    of a DataLoader; every world_size-th batch of a list), unless it shards already; and
+    a note for the log, if any."""
     from torch.utils.data import (
         DataLoader,
         DistributedSampler,
@@ -192,6 +196,13 @@ def shard(loader: Any, ranks: Ranks, seed: int, *, train: bool) -> tuple[Any, st
     what = "train_loader" if train else "eval_loader"
     if loader is None:
         return None, None
+    if isinstance(loader, list | tuple):  # batches: every world_size-th one is this rank's
+        mine = loader[ranks.rank :: ranks.world_size]
+        if train:  # as many for every rank: DDP's all-reduce needs each rank to step
+            mine = mine[: len(loader) // ranks.world_size]
+        if mine:
+            return type(loader)(mine), None
+        return loader, f"{what} has fewer batches than ranks: every rank iterates all of it"
     if not isinstance(loader, DataLoader):
         return loader, (
             f"{what} is not a DataLoader: every rank iterates all of it (shard it yourself, "
