@@ -59,8 +59,6 @@ def main() -> None:
             if step == steps:
                 break
     rate = (steps - FIRST) / (time.time() - t_first)
-    if world > 1:
-        dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"rate": rate}))
 

@@ -71,12 +71,12 @@ def engine(script: Path, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=["vgg", "mlp"], default="vgg")
+    parser.add_argument("--model", choices=["vgg", "resnet_adam"], default="vgg")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args()
     script = ROOT / "sample_models" / f"{args.model}.py"
-    steps = args.steps or (300 if args.model == "vgg" else 3000)
+    steps = args.steps or 300
     ratios = interleaved_ratios(
         lambda: bare(script, steps), {"engine": lambda: engine(script, steps)}, args.rounds
     )

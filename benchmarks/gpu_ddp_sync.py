@@ -46,7 +46,9 @@ t.prepare()
 t._snapshot_wanted = False
 ddp, model, opt, crit = t._ddp, t.model, t.optimizer, t.criterion
 assert ddp is not None, "run it under torchrun with 2 ranks"
-batches = [tuple(x.to(t.device) for x in b) for _, b in zip(range(8), spec.train_loader, strict=False)]
+batches = [
+    tuple(x.to(t.device) for x in b) for _, b in zip(range(8), spec.train_loader, strict=False)
+]
 i = 0
 
 

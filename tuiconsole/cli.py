@@ -195,7 +195,8 @@ def run(
             script_args,
         )
     if not headless and not detached_child and not rank:
-        print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
+        why = "a rank of torchrun" if rank == 0 else "not a terminal"
+        print(f"tuiconsole: {why}; running --headless", file=sys.stderr)
     owner = None
     owner_token = None
     if owner_fifo is not None and not rank:  # torchrun's ranks inherit no pipe: a FIFO
