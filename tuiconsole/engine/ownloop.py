@@ -233,6 +233,8 @@ class OwnLoop(Trainer):
         optimizer.step() had begun since the last boundary: the weights are no longer
         those of the step reached)."""
         self._stopping.asked("KeyboardInterrupt")
+        if self._dist is not None and self._dist.broken is None:  # this rank alone: no gather
+            self._dist.broken = "interrupted (KeyboardInterrupt) on this rank"
         self._append_log("info", f"interrupted (KeyboardInterrupt) at step {self.step}; stopping")
         if self._optimizer_began:
             self.config = dataclasses.replace(self.config, final_checkpoint=False)
