@@ -17,7 +17,7 @@ length (a short last batch is seen in its share of the samples).
 Between timed steps the loop pays one method call and a countdown. What a
 snapshot shows is built when one is (:meth:`Meter.view`): rates are the
 snapshot's steps/s times the means of the timed steps of the last
-:data:`WINDOW_S` seconds. On CUDA the caching allocator's counters (host
+:data:`WINDOW_S` seconds (:data:`SAMPLES_KEPT` at most). On CUDA the caching allocator's counters (host
 memory, no sync) and, at most once every :data:`NVML_INTERVAL_S`, NVML
 (``nvidia-ml-py``, an optional dependency, imported only on CUDA) are read.
 """
@@ -37,9 +37,10 @@ import torch
 from tuiconsole.engine.snapshot import RunState, Telemetry
 
 BUDGET = 0.001  # timed steps cost at most this share of the loop's time...
-SAMPLE_COST = {"cpu": 4e-6, "cuda": 20e-6}  # ...at about this much each (benchmarks/telemetry.py)
+SAMPLE_COST = {"cpu": 8e-6, "cuda": 30e-6}  # ...at about this much each (benchmarks/telemetry.py)
 MAX_EVERY = 1000
-WINDOW_S = 3.0  # the snapshot's means are over the timed steps of the last 3 s (as steps/s)
+WINDOW_S = 3.0  # the snapshot's means are over the timed steps of the last 3 s (as steps/s)...
+SAMPLES_KEPT = 64  # ...and the last 64 at most (a view reads them all: ~20 us)
 NVML_INTERVAL_S = 1.0  # NVML's own sample period is 1/6 s to 1 s
 EVENT_PAIRS = 4  # CUDA event pairs in flight, at most (a timed step waits for a free one)
 GPU_EXTRA = "pip install 'tuiconsole[gpu]'"
@@ -286,7 +287,7 @@ class Meter:
         self._countdown = 1  # the first step is timed
         self._rng = random.Random(0x7E1E)  # the gaps: a private RNG, not the run's
         self._cost = SAMPLE_COST.get(self.device.type, SAMPLE_COST["cuda"])
-        self._samples: deque[_Sample] = deque(maxlen=512)
+        self._samples: deque[_Sample] = deque(maxlen=SAMPLES_KEPT)
         self._current: _Sample | None = None
         self._taking = 0.0  # host clock when the current take began
         self._last_at: float | None = None  # when the last timed step began
@@ -367,35 +368,36 @@ class Meter:
         now = time.perf_counter()
         if self._events is not None:
             self._events.poll()
-        recent = [s for s in self._samples if now - s.at <= WINDOW_S]
-        if not recent and self._samples:
-            recent = [self._samples[-1]]  # a run slower than the window: its last step
-        n = len(recent)
-        batches = sum(s.batches for s in recent) / n if n else 1.0
-        samples = _mean([s.samples for s in recent])
-        tokens = _mean([s.tokens for s in recent])
-        waits = [s.wait for s in recent if s.wait is not None and s.compute is not None]
-        computes = [s.compute for s in recent if s.wait is not None and s.compute is not None]
-        wait = sum(waits) / len(waits) if waits else None
-        compute = sum(computes) / len(computes) if computes else None
-        total = (wait or 0.0) + (compute or 0.0)
+        n = batches = samples = tokens = timed = 0
+        wait = compute = 0.0
+        samples_known = tokens_known = True
+        for s in reversed(self._samples):  # newest first, until the window's start
+            if n and now - s.at > WINDOW_S:
+                break  # (a run slower than the window keeps its last step)
+            n += 1
+            batches += s.batches
+            samples_known = samples_known and s.samples is not None
+            tokens_known = tokens_known and s.tokens is not None
+            samples += s.samples or 0
+            tokens += s.tokens or 0
+            if s.wait is not None and s.compute is not None:
+                timed += 1
+                wait += s.wait
+                compute += s.compute
+        mean_samples = samples / n if n and samples_known else None
+        mean_tokens = tokens / n if n and tokens_known else None
+        mean_wait = wait / timed if timed else None
+        mean_compute = compute / timed if timed else None
         rate = steps_per_sec if steps_per_sec > 0 else 0.0
         cuda = self._cuda.fields(now) if self._cuda is not None else {}
         return Telemetry(
-            samples_per_sec=None if samples is None else samples * rate,
-            tokens_per_sec=None if tokens is None else tokens * rate,
-            batch_size=samples,
-            data_wait=wait,
-            compute=compute,
-            data_fraction=wait / total if wait is not None and total > 0 else None,
-            eta=eta(progress, rate, batches),
+            samples_per_sec=None if mean_samples is None else mean_samples * rate,
+            tokens_per_sec=None if mean_tokens is None else mean_tokens * rate,
+            batch_size=mean_samples,
+            data_wait=mean_wait,
+            compute=mean_compute,
+            data_fraction=wait / (wait + compute) if timed and wait + compute > 0 else None,
+            eta=eta(progress, rate, batches / n if n else 1.0),
             sample_every=self.every if self._samples else 0,
             **cuda,
         )
-
-
-def _mean(values: list[int | None]) -> float | None:
-    """The mean, if every value is known (and there is one)."""
-    if not values or any(v is None for v in values):
-        return None
-    return sum(v for v in values if v is not None) / len(values)
