@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need an accelerator, as one short script (DEV=cuda by default):
 # no per-step host sync (torch's sync debug mode), a headless run, NaN found at a
-# flush, checkpoint + resume, and the overhead ratios on that device.
+# flush, checkpoint + resume, the overhead ratios on that device, and what telemetry costs.
 #   bash benchmarks/gpu_check.sh            # on a machine with a GPU
 #   DEV=cpu PY=.venv/bin/python ROUNDS=1 bash benchmarks/gpu_check.sh   # a dry run
 cd "$(dirname "$0")/.."
@@ -22,3 +22,5 @@ timeout 60 $PY -m tuiconsole run sample_models/mlp.py --headless --device $DEV -
 timeout 60 $PY -m tuiconsole run sample_models/mlp.py --headless --device $DEV --resume "$RUNS/r3/checkpoint-step100.pt" --max-steps 150 --run-dir "$RUNS/r4" < /dev/null 2>&1 | grep -E "resumed|finished|error" | head -3
 echo "== 5 overhead on $DEV"
 timeout 150 $PY -m benchmarks.overhead --device $DEV --no-peers --rounds ${ROUNDS:-5} 2>&1 | tail -5
+echo "== 6 telemetry on vs off on $DEV"
+timeout 150 $PY -m benchmarks.telemetry --device $DEV --rounds ${ROUNDS:-3} --pairs 10 2>&1 | tail -12

@@ -1,14 +1,17 @@
 """What the snapshot's telemetry costs: the engine with it (default rate) vs with it off.
 
-    python -m benchmarks.telemetry [--rounds 7] [--steps 60] [--threads default|1] [--device cpu]
+    python -m benchmarks.telemetry [--rounds 7] [--steps 60] [--pairs 30] [--chunk 6]
+                                   [--threads default|1] [--device cpu]
 
 One process, the VGG-style CNN of sample_models/vgg.py with its DataLoader. Each
 timed run is a Trainer over the same model (``RunConfig(max_steps=N)``, no run dir)
-trained in its loop thread while a reader thread asks for a snapshot 10 times a second,
-as the console does; telemetry on (the default) and ``RunConfig(telemetry=False)``
-alternate (A B A B ..., benchmarks/common.py), and the figure is on's steps/s over
-off's. Off still pays the hook's one call per step (``Meter.sampled`` returning at
-once); what that costs is measured too.
+trained in its loop thread while a reader thread asks for a snapshot 10 times a
+second, as the console does; telemetry on (the default) and
+``RunConfig(telemetry=False)`` alternate (A B A B ..., benchmarks/common.py), and the
+figure is on's steps/s over off's. The same is measured within one run, telemetry
+switched off and on every ``--chunk`` steps (``Meter.enabled``), which a machine whose
+load drifts blurs less. Off still pays the hook's one call per step
+(``Meter.sampled`` returning at once); what that costs is measured too.
 
 Beside the ratio, which carries the machine's noise, the telemetry's own work is
 timed directly on a real vgg batch: a timed step (``sampled``, ``took``, ``done``),
@@ -63,6 +66,42 @@ def engine_rate(spec: TrainingSpec, steps: int, telemetry: bool, device: str) ->
     return rate, every
 
 
+def chunked_ratios(spec: TrainingSpec, pairs: int, chunk: int, device: str) -> list[float]:
+    """One run, telemetry switched off and on every ``chunk`` steps (off on off on ...):
+    each on chunk's steps/s over the mean of the off chunks beside it. Interleaved this
+    finely, a machine whose load drifts over seconds blurs the ratio less."""
+    trainer = Trainer(spec, RunConfig(device=device, epochs=10**6)).prepare()
+    meter = trainer._record.meter
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.wait(1 / READ_HZ):
+            trainer.latest_snapshot()
+
+    def rate(enabled: bool) -> float:
+        meter.enabled = enabled
+        t0 = time.perf_counter()
+        trainer.step_now(chunk)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return chunk / (time.perf_counter() - t0)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    rate(True)  # warm-up
+    ratios = []
+    before = rate(False)
+    for _ in range(pairs):
+        on = rate(True)
+        after = rate(False)
+        ratios.append(on / ((before + after) / 2))
+        before = after
+    done.set()
+    reader.join()
+    trainer.close()
+    return ratios
+
+
 def per_call(fn, n: int) -> float:
     """Seconds per call of ``fn`` (median of 5 batches of ``n``)."""
     times = []
@@ -109,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=60, help="steps per timed run")
+    ap.add_argument("--pairs", type=int, default=30, help="on/off pairs in the chunked run")
+    ap.add_argument("--chunk", type=int, default=6, help="steps per chunk of the chunked run")
     ap.add_argument("--threads", choices=["default", "1"], default="default")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -133,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"vgg, {device}, {n} thread{'s' if n != 1 else ''}"
     rows = [
         Row(
-            f"{label}: engine steps/s, telemetry on / off",
+            f"{label}: engine steps/s, telemetry on / off (whole runs)",
             median,
             "x bare",
             spread,
@@ -141,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
             median >= 0.99,
         ),
     ]
+    chunked = chunked_ratios(spec, args.pairs, args.chunk, device)
+    median, spread = summarize(chunked)
+    rows.append(
+        Row(
+            f"{label}: steps/s, on / off every {args.chunk} steps of one run ({args.pairs} pairs)",
+            median,
+            "x bare",
+            spread,
+            ">= 0.990",
+            median >= 0.99,
+        )
+    )
     step_s = 1 / statistics.median(step_rates)
     k = statistics.median(everies)
     costs = own_costs(spec, device)

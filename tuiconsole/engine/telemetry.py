@@ -157,7 +157,8 @@ class Nvml:
 
 
 class CudaState:
-    """The allocator's counters every view (host counters, no sync); NVML once a second."""
+    """The allocator's counters every view (host counters, no sync); NVML once a second.
+    Nothing before CUDA is initialized (by the model's move to the GPU)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -166,6 +167,8 @@ class CudaState:
         self._reading = NvmlReading()
 
     def fields(self, now: float) -> dict[str, Any]:
+        if not torch.cuda.is_initialized():
+            return {}  # the model is not on the GPU yet: reading would initialize CUDA
         if self._nvml is None:
             self._nvml = Nvml(self.device)
         if now - self._read_at >= NVML_INTERVAL_S:
