@@ -1,9 +1,10 @@
 """What the snapshot's telemetry costs: the engine with it (default rate) vs with it off.
 
     python -m benchmarks.telemetry [--rounds 7] [--steps 60] [--pairs 30] [--chunk 6]
-                                   [--threads default|1] [--device cpu]
+                                   [--threads default|1] [--device cpu] [--model vgg]
 
-One process, the VGG-style CNN of sample_models/vgg.py with its DataLoader. Each
+One process, the VGG-style CNN of sample_models/vgg.py with its DataLoader (``--model``:
+another sample, e.g. mlp, whose 1 ms steps make K > 1). Each
 timed run is a Trainer over the same model (``RunConfig(max_steps=N)``, no run dir)
 trained in its loop thread while a reader thread asks for a snapshot 10 times a
 second, as the console does; telemetry on (the default) and
@@ -14,7 +15,7 @@ load drifts blurs less. Off still pays the hook's one call per step
 (``Meter.sampled`` returning at once); what that costs is measured too.
 
 Beside the ratio, which carries the machine's noise, the telemetry's own work is
-timed directly on a real vgg batch: a timed step (``sampled``, ``took``, ``done``),
+timed directly on a real batch of the model: a timed step (``sampled``, ``took``, ``done``),
 an untimed one (``sampled`` only), and a snapshot's ``view``; their share of a step
 at the K the budget picks is the figure noise does not blur. Target: <= 1 %.
 """
@@ -152,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=6, help="steps per chunk of the chunked run")
     ap.add_argument("--threads", choices=["default", "1"], default="default")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="vgg", help="a sample_models/ script (mlp: fast steps)")
     args = ap.parse_args(argv)
     if args.threads == "1":
         torch.set_num_threads(1)
-    spec = load_script(ROOT / "sample_models" / "vgg.py")
+    spec = load_script(ROOT / "sample_models" / f"{args.model}.py")
     device = args.device
     everies: list[int] = []
     step_rates: list[float] = []
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = interleaved_ratios(lambda: run(False), {"on": lambda: run(True)}, args.rounds)
     median, spread = summarize(ratios["on"])
     n = torch.get_num_threads()
-    label = f"vgg, {device}, {n} thread{'s' if n != 1 else ''}"
+    label = f"{args.model}, {device}, {n} thread{'s' if n != 1 else ''}"
     rows = [
         Row(
             f"{label}: engine steps/s, telemetry on / off (whole runs)",
