@@ -42,6 +42,19 @@ for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered 
         print("   ", x.filename, x.lineno, str(x.message)[:160])
     t._flush_losses()
     print(f"   loss last {t._losses.last:.4f}, state {t.state.value}")
+    # The telemetry a snapshot shows (the steps above timed with CUDA events): its
+    # view reads the events' timings, the allocator's counters and NVML; no sync either.
+    meter = t._record.meter
+    if dev.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(50):
+            tel = meter.view(50.0, t._record._progress(t._facts()))  # 50 steps/s: any rate
+    if dev.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [x for x in w if "synchroniz" in str(x.message)]
+    print(f"   telemetry view: {len(syncs)} sync warnings in 50 views (K={meter.every}): {tel}")
     t.close()
 
 # The library API: a loop of its own with steer.step(loss) at its boundary.

@@ -475,6 +475,7 @@ def ls(
         for e in entries:
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
             row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
+            row |= {"telemetry": e.telemetry}
             print(json.dumps(row))
     else:
         print(format_table(entries))

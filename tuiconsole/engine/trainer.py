@@ -125,6 +125,7 @@ class Trainer:
                 run_dir=self.run_dir,
                 scheduler_interval=spec.scheduler_interval,
                 world_size=self._dist.world_size if self._dist is not None else 1,
+                telemetry=self.config.telemetry,
             )
         )
         self._control = RunControl(self.config.start_paused)
@@ -806,10 +807,14 @@ class Trainer:
 
     def _one_step(self, where: faults.Where) -> torch.Tensor | float | None:
         """One training step; returns the loss to record (a float if already read), or None."""
+        meter = self._record.meter
+        timed = meter.sampled()  # one step in K is timed (engine/telemetry.py)
         while (batch := self._data.take(self.epoch)) is END_OF_EPOCH:
             self._end_epoch()
             if self.state == RunState.FINISHED:
                 return None
+        if timed:
+            meter.took(batch)
         where.phase, where.batch = "forward", batch
         if not self._on_cpu:
             batch = to_device(batch, self.device)
@@ -852,6 +857,8 @@ class Trainer:
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
+        if timed:
+            meter.done()
         return loss if value is None else value
 
     def _guarded_step(self, undo: ops.Undo) -> None:
@@ -1055,6 +1062,8 @@ class Trainer:
             error=self.error,
             nan=self.nan_event,
             checkpoint=self.last_checkpoint,
+            epoch_batches=self._data.batches if self._data.started else 0,
+            epoch_length=self._data.length,
         )
 
     def _build_snapshot(self) -> Snapshot:
