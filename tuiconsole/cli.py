@@ -37,6 +37,18 @@ class NanMode(StrEnum):
     ignore = "ignore"
 
 
+class AmpMode(StrEnum):
+    """Mixed precision of the training step (engine/step.py)."""
+
+    bf16 = "bf16"
+    fp16 = "fp16"
+    off = "off"
+
+
+# Boolean options whose False is said too (--no-compile overrides a script's compile=True)
+NEGATABLE = ("compile",)
+
+
 @app.callback()
 def _root() -> None:
     """tuiconsole: watch and steer a PyTorch training run from the terminal."""
@@ -108,6 +120,36 @@ def run(
             min=0, help="Seconds a finished background run stays attachable after the last client."
         ),
     ] = 300.0,
+    amp: Annotated[
+        AmpMode | None,
+        typer.Option(
+            help="Mixed precision: bf16, fp16 (with a GradScaler) or off (default: the "
+            "script's `amp`, else off)."
+        ),
+    ] = None,
+    grad_clip: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MAX_NORM",
+            help="Clip the gradients' total norm to MAX_NORM, or off (default: the script's "
+            "`grad_clip`); live: `clip MAX_NORM` / `clip off`.",
+        ),
+    ] = None,
+    accumulate: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Micro-batches per optimizer step (default: the script's `accumulate`, "
+            "else 1); live: `accumulate N`.",
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model (default: the script's `compile`, else no).",
+        ),
+    ] = None,
     nproc_per_node: Annotated[
         int | None,
         typer.Option(
@@ -156,6 +198,10 @@ def run(
         "paused": paused,
         "resume": resume,
         "linger": linger,
+        "amp": amp.value if amp is not None else None,
+        "grad_clip": _grad_clip(grad_clip),
+        "accumulate": accumulate,
+        "compile": compile_model,
     }
     rank = _torchrun_rank()
     if nproc_per_node is not None and rank is not None:
@@ -224,6 +270,10 @@ def run(
         start_paused=paused,
         resume=resume,
         nan=_nan_mode(nan, attachable=detached_child),
+        amp=amp.value if amp is not None else None,
+        grad_clip=_grad_clip(grad_clip),
+        accumulate=accumulate,
+        compile=compile_model,
     )
     from tuiconsole.hosting import ChildFront, Front, HeadlessFront, RankFront, leave_script_threads
 
@@ -307,6 +357,19 @@ def _open_owner_fifo(path: Path) -> int:
     return fd
 
 
+def _grad_clip(text: str | None) -> str | None:
+    """--grad-clip: a finite max norm > 0, or off; checked here, before any process starts."""
+    if text is None or text.lower() == "off":
+        return None if text is None else "off"
+    try:
+        value = float(text)
+    except ValueError:
+        raise TuiconsoleError(f"--grad-clip must be a number > 0 or off, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise TuiconsoleError(f"--grad-clip must be a finite number > 0, got {text!r}")
+    return text
+
+
 def _nan_mode(nan: NanMode | None, attachable: bool) -> str:
     """Pause on NaN where someone can resume: a terminal, or a detached run one attaches to."""
     if nan is not None:
@@ -320,6 +383,9 @@ def _child_args(**options: object) -> list[str]:
     args: list[str] = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
+        if value is False and name in NEGATABLE:
+            args.append("--no-" + flag[2:])
+            continue
         if value is None or value is False:
             continue
         if value is True:

@@ -49,7 +49,7 @@ from tuiconsole.engine.ownloop import Evaluate, LoopEnds, OwnLoop
 from tuiconsole.engine.rundir import default_run_dir
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.errors import StopTraining, TuiconsoleError
-from tuiconsole.script import check_optimizer, check_scheduler
+from tuiconsole.script import check_optimizer, check_scheduler, max_norm
 from tuiconsole.session import LocalSession, StopOnSignals
 
 if TYPE_CHECKING:
@@ -248,6 +248,20 @@ class Steer:
         callback compares it across a boundary to see that one was written there."""
         return self._run.last_checkpoint
 
+    def clip_gradients(self, parameters: Any = None) -> torch.Tensor | None:
+        """Clip the gradients' total norm (``torch.nn.utils.clip_grad_norm_``) to the
+        run's live max norm: ``grad_clip=``, changed by ``clip MAX_NORM`` / ``clip off``
+        from any front-end. Call it after ``backward()`` (after ``scaler.unscale_(optimizer)``
+        under a GradScaler), before ``optimizer.step()``. ``parameters``: default the
+        model's. Returns the norm (a tensor on the device: no host sync), or None while
+        clipping is off; the snapshot shows it and how often steps were clipped."""
+        return self._run.clip_gradients(parameters)
+
+    @property
+    def grad_clip(self) -> float | None:
+        """The live max norm (None: off), for a loop that clips by itself."""
+        return self._run.grad_clip
+
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer (the object given: ``rebuild`` changes it in place)."""
@@ -273,6 +287,8 @@ def steer(
     replay: str | Path | None = None,
     log_every: int | None = None,
     listen: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
 ) -> Steer:
     """Steer ``optimizer`` (over ``model``'s parameters) from the console, at ``step()``.
 
@@ -284,6 +300,10 @@ def steer(
     ``torch.no_grad()``, the RNG forked. Without it, ``eval`` is refused.
     The rest are ``tuiconsole run``'s options; under ``tuiconsole run`` its own
     command line decides them. ``listen``: serve the run for ``tuiconsole attach``.
+    ``scaler``: the loop's ``torch.amp.GradScaler`` (fp16): its state goes into every
+    checkpoint and comes back on ``--resume``, its scale is in the snapshot.
+    ``grad_clip``: the max norm :meth:`Steer.clip_gradients` clips to (None: off until a
+    ``clip`` command; ``--grad-clip`` under ``tuiconsole run`` wins).
     """
     check_model(model)
     check_optimizer(optimizer, model, "tuiconsole.steer(model, optimizer)")
@@ -292,6 +312,13 @@ def steer(
         raise TuiconsoleError(
             f"tuiconsole.steer(..., evaluate=): must be a callable, got {type(evaluate).__name__}"
         )
+    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+        raise TuiconsoleError(
+            "tuiconsole.steer(..., scaler=): must be a torch.amp.GradScaler, got "
+            f"{type(scaler).__name__}"
+        )
+    if grad_clip is not None:
+        grad_clip = max_norm("tuiconsole.steer(..., grad_clip=)", grad_clip, TuiconsoleError)
     if scheduler_interval not in ("step", "epoch"):
         raise TuiconsoleError(
             'tuiconsole.steer(..., scheduler_interval=): must be "step" or "epoch", got '
@@ -338,6 +365,8 @@ def steer(
         config=config,
         path=script if script is not None and script.is_file() else None,
         scheduler_interval=scheduler_interval,
+        scaler=scaler,
+        grad_clip=grad_clip,
     )
     session = LocalSession(run)
     handle = Steer(run, session, hosted=host is not None)

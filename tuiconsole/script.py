@@ -3,7 +3,9 @@
 A training script is a plain Python file, executed once, whose top-level names
 define the run. Required: ``model``, ``optimizer``, ``criterion``,
 ``train_loader``. Optional: ``eval_loader``, ``epochs``, ``scheduler``,
-``scheduler_interval`` ("step" | "epoch"), ``device``, ``training_step``.
+``scheduler_interval`` ("step" | "epoch"), ``device``, ``training_step``, and how
+each step is taken (engine/step.py): ``amp`` ("bf16" | "fp16"), ``grad_clip`` (a max
+norm > 0), ``accumulate`` (micro-batches per optimizer step, >= 1), ``compile`` (bool).
 
 Every way a script can break the contract ends in one ScriptError whose message
 names the problem (and the line, when the script raised).
@@ -12,6 +14,7 @@ names the problem (and the line, when the script raised).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import runpy
 import sys
@@ -28,6 +31,7 @@ from tuiconsole.errors import ScriptError
 
 RUN_NAME = "__tuiconsole__"
 CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+AMP_MODES = ("bf16", "fp16")
 
 
 @dataclass
@@ -42,6 +46,10 @@ class TrainingSpec:
     scheduler_interval: str = "epoch"
     device: str | None = None
     training_step: Callable[..., torch.Tensor] | None = None
+    amp: str | None = None
+    grad_clip: float | None = None
+    accumulate: int | None = None
+    compile: bool = False
     path: Path | None = None
     sha256: str | None = None
 
@@ -134,6 +142,10 @@ def spec_from_namespace(names: dict[str, Any], path: Path) -> TrainingSpec:
         scheduler_interval=names.get("scheduler_interval", "epoch"),
         device=names.get("device"),
         training_step=names.get("training_step"),
+        amp=names.get("amp"),
+        grad_clip=names.get("grad_clip"),
+        accumulate=names.get("accumulate"),
+        compile=names.get("compile", False),
         path=path,
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
     )
@@ -169,8 +181,40 @@ def validate(spec: TrainingSpec) -> None:
         raise _type_error(
             p, "training_step", "callable(model, batch, criterion)", spec.training_step
         )
+    check_step(spec)
     check_optimizer(spec.optimizer, spec.model, f"{p}: `optimizer`", "`model`'s")
     check_first_batch(spec)
+
+
+def max_norm(what: str, value: Any, error: type[Exception], text: bool = False) -> float:
+    """A gradient clipping max norm: a finite number > 0 (``text``: or a string of one,
+    from the command line); else ``error`` naming ``what``."""
+    if text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise error(f"{what} must be a number > 0 (or off), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error(f"{what} must be a number > 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise error(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_step(spec: TrainingSpec) -> None:
+    """``amp``, ``grad_clip``, ``accumulate`` and ``compile``: the right type and range."""
+    p = spec.path or "script"
+    if spec.amp is not None and spec.amp not in AMP_MODES:
+        raise ScriptError(f'{p}: `amp` must be "bf16" or "fp16" (or None), got {spec.amp!r}')
+    if spec.grad_clip is not None:
+        spec.grad_clip = max_norm(f"{p}: `grad_clip`", spec.grad_clip, ScriptError)
+    n = spec.accumulate
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ScriptError(
+            f"{p}: `accumulate` must be an int >= 1 (micro-batches per step), got {n!r}"
+        )
+    if not isinstance(spec.compile, bool):
+        raise _type_error(spec.path, "compile", "True or False", spec.compile)
 
 
 def check_optimizer(

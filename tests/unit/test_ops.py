@@ -7,7 +7,7 @@ import torch
 
 from tests.unit.models import Net, make_data, seed_optimizer
 from tuiconsole.engine import commands as C
-from tuiconsole.engine import control, ops
+from tuiconsole.engine import control, ops, step
 from tuiconsole.engine import groups as G
 from tuiconsole.errors import CommandError
 
@@ -30,11 +30,14 @@ def train_step(o: ops.Optimization) -> None:
 
 
 def test_every_command_has_exactly_one_handler():
-    """No ladder to forget a command in: each type is an op or a control command."""
+    """No ladder to forget a command in: each type is an op, a control command or one
+    of how steps are taken (engine/step.py: clip, accumulate)."""
     kinds = set(C.Command.__subclasses__())
-    assert set(ops.OPS) | set(control.CONTROLS) == kinds
+    steps = set(step.COMMANDS)
+    assert set(ops.OPS) | set(control.CONTROLS) | steps == kinds
     assert not set(ops.OPS) & set(control.CONTROLS)
-    assert all(not k.control for k in ops.OPS)
+    assert not (set(ops.OPS) | set(control.CONTROLS)) & steps
+    assert all(not k.control for k in set(ops.OPS) | steps)  # replayed: they change the maths
 
 
 def test_results_say_what_changed_and_whether_the_groups_did():

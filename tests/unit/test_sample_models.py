@@ -42,3 +42,20 @@ def test_mlp_learns():
     first = [v for s, v in t._losses.recent][:20]
     last = [v for s, v in t._losses.recent][-20:]
     assert sum(last) / 20 < 0.5 * sum(first) / 20
+
+
+@pytest.mark.slow  # bf16 on a CPU without bf16 units: ~1 s a step on a loaded 2-core box
+def test_gpu_server_sample_trains_in_bf16_with_clipping_and_accumulation():
+    spec = load_script(SAMPLES / "gpu_server.py")
+    assert (spec.amp, spec.grad_clip, spec.accumulate, spec.compile) == ("bf16", 1.0, 4, False)
+    t = Trainer(spec, RunConfig(max_steps=3, log_every=0, device="cpu"))
+    assert t.step_now(3) == 3
+    assert t.data_position()["epoch_batches"] == 12  # 4 micro-batches a step
+    view = t._build_snapshot().step_view
+    assert view is not None and (view.amp, view.grad_clip, view.accumulate) == ("bf16", 1.0, 4)
+    assert view.clip_steps == 3 and view.grad_norm is not None
+    assert type(spec.optimizer) is torch.optim.AdamW and group_names(t.optimizer) == [
+        "weight_decay:0.05",
+        "weight_decay:0",
+    ]
+    t.close()

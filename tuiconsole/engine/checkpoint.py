@@ -76,6 +76,9 @@ class CheckpointContent:
     # process, or a checkpoint rank 0 wrote alone (after an error)
     ranks: list[dict[str, Any]] | None = None
     world_size: int = 1
+    # How steps are taken (engine/step.py Stepping.state): live clip and accumulate, the
+    # GradScaler's state, the counts. None: a checkpoint of an older tuiconsole.
+    step_features: dict[str, Any] | None = None
 
 
 def group_members(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
@@ -117,6 +120,7 @@ def checkpoint_payload(c: CheckpointContent) -> dict[str, Any]:
         "journal": c.journal,
         "world_size": c.world_size,
         "ranks": c.ranks,
+        "step_features": c.step_features,
     }
 
 
@@ -329,6 +333,25 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         data.get("epoch_rng"), dict | torch.Tensor
     ):
         raise bad("data", "the data position (epoch_rng: RNG states)")
+    if not _step_features_ok(ckpt.get("step_features")):
+        raise bad("step_features", "amp, grad_clip, accumulate, counts and the GradScaler's state")
+
+
+def _step_features_ok(saved: object) -> bool:
+    """None (an older checkpoint), or what engine/step.py's Stepping.state() writes."""
+    if saved is None:
+        return True
+    if not isinstance(saved, dict):
+        return False
+    clip = saved.get("grad_clip")
+    return (
+        saved.get("amp") in (None, "bf16", "fp16")
+        and (clip is None or (isinstance(clip, float) and clip > 0))
+        and isinstance(saved.get("grad_norm"), float | None)
+        and _is_int(saved.get("accumulate"), 1)
+        and all(_is_int(saved.get(k)) for k in ("clipped", "clip_steps", "scaler_skipped"))
+        and (saved.get("scaler") is None or isinstance(saved.get("scaler"), dict))
+    )
 
 
 def check_rng(generators: Sequence[torch.Generator], ckpt: dict[str, Any], where: Path) -> None:
@@ -412,6 +435,7 @@ class Restored:
     rng: dict[str, Any]  # its RNG states (data.set_rng_state)
     has_digest: bool  # False: written by an older tuiconsole, damage undetectable
     note: str | None = None  # a warning for the log (resumed on another world size)
+    step_features: dict[str, Any] | None = None  # engine/step.py: Stepping.load
 
 
 def restore(
@@ -524,6 +548,7 @@ def _restore(
         data=ckpt["data"],
         rng=ckpt["rng"],
         has_digest=ckpt.get("digest") is not None,
+        step_features=ckpt.get("step_features"),
     )
 
 

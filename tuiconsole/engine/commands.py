@@ -9,6 +9,8 @@ and remote clients.
                                optimizer state kept
     rebuild [CLASS] [KEY=VALUE...]
                                fresh optimizer from the current groups; state dropped
+    clip MAX_NORM | clip off   gradient clipping by norm (engine/step.py)
+    accumulate N               micro-batches per optimizer step, from the next step
     pause | resume | step [N] | eval | stop | checkpoint [PATH]
 
 TARGET is a group name, a module path (the group(s) holding its parameters) or
@@ -38,6 +40,8 @@ COMMAND_NAMES = (
     "set",
     "split",
     "rebuild",
+    "clip",
+    "accumulate",
     "pause",
     "resume",
     "step",
@@ -158,6 +162,30 @@ class Rebuild(Command):
 
 
 @dataclass(frozen=True)
+class Clip(Command):
+    """Clip the gradients' total norm to ``max_norm`` before each optimizer step (None: off)."""
+
+    name: ClassVar[str] = "clip"
+    max_norm: float | None
+
+    @property
+    def text(self) -> str:
+        return f"clip {'off' if self.max_norm is None else _fmt(self.max_norm)}"
+
+
+@dataclass(frozen=True)
+class Accumulate(Command):
+    """Average the gradients of ``n`` micro-batches per optimizer step."""
+
+    name: ClassVar[str] = "accumulate"
+    n: int
+
+    @property
+    def text(self) -> str:
+        return f"accumulate {self.n}"
+
+
+@dataclass(frozen=True)
 class Pause(Command):
     name: ClassVar[str] = "pause"
     control: ClassVar[bool] = True
@@ -223,6 +251,8 @@ USAGE = {
     "set": "set TARGET KEY=VALUE...",
     "split": "split NAME MODULE... [lr=V] [KEY=V...]",
     "rebuild": "rebuild [CLASS] [KEY=VALUE...]",
+    "clip": "clip MAX_NORM | clip off",
+    "accumulate": "accumulate N   (micro-batches per optimizer step)",
     "pause": "pause",
     "resume": "resume",
     "step": "step [N]",
@@ -248,6 +278,17 @@ def parse_positive(text: str, what: str) -> float:
     if v <= 0:
         raise CommandError(f"{what} must be > 0, got {text!r}")
     return v
+
+
+def parse_count(text: str, what: str, unit: str = "") -> int:
+    """A whole number >= 1 (a step count, micro-batches), or a CommandError naming ``what``."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise CommandError(f"{what} must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise CommandError(f"{what} must be >= 1{f' ({unit})' if unit else ''}, got {n}")
+    return n
 
 
 def parse_value(key: str, text: str) -> Value:
@@ -363,16 +404,19 @@ def _parse_args(name: str, args: list[str]) -> Command:
         pos, items = _split_items(args)
         _need(len(pos) <= 1)
         return Rebuild(_name(pos[0], "optimizer class") if pos else None, items)
+    if name == "clip":
+        _need(len(args) == 1)
+        if args[0].lower() == "off":
+            return Clip(None)
+        return Clip(parse_positive(args[0], "max norm"))
+    if name == "accumulate":
+        _need(len(args) == 1)
+        return Accumulate(parse_count(args[0], "accumulate", "micro-batches per step"))
     if name == "step":
         _need(len(args) <= 1)
         n = 1
         if args:
-            try:
-                n = int(args[0])
-            except ValueError:
-                raise CommandError(f"step count must be a whole number, got {args[0]!r}") from None
-            if n < 1:
-                raise CommandError(f"step count must be >= 1, got {n}")
+            n = parse_count(args[0], "step count")
         return Step(n)
     if name == "checkpoint":
         _need(len(args) <= 1)

@@ -18,6 +18,7 @@ import torch
 
 from tuiconsole.engine.faults import NAN_CHECKS, NAN_MODES, NanPolicy
 from tuiconsole.errors import CommandError, TuiconsoleError
+from tuiconsole.script import AMP_MODES, max_norm
 
 DEFAULT_LOG_EVERY = 50
 DEFAULT_LOG_MIN_INTERVAL = 1.0
@@ -66,6 +67,12 @@ class RunConfig:
     # Throughput, data wait vs compute, ETA, GPU state in the snapshot (engine/telemetry.py);
     # off only to measure what it costs (benchmarks/telemetry.py).
     telemetry: bool = True
+    # The training step (engine/step.py); None: the script's value (script.py). Given
+    # here (`run --amp/--grad-clip/--accumulate/--compile`), they win over the script's.
+    amp: str | None = None  # "bf16" | "fp16" | "off"
+    grad_clip: float | str | None = None  # a max norm > 0, or "off"
+    accumulate: int | None = None  # micro-batches per optimizer step, >= 1
+    compile: bool | None = None  # torch.compile the model
 
     def __post_init__(self) -> None:
         self.run_dir = _path("run_dir", self.run_dir)
@@ -84,6 +91,13 @@ class RunConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.device is not None and not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu', got {self.device!r}")
+        if self.amp is not None and self.amp not in (*AMP_MODES, "off"):
+            raise ConfigError(f"--amp must be one of bf16, fp16, off, got {self.amp!r}")
+        if self.grad_clip is not None and self.grad_clip != "off":
+            self.grad_clip = max_norm("--grad-clip", self.grad_clip, ConfigError, text=True)
+        self.accumulate = _int("accumulate", self.accumulate, 1, optional=True)
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if self.nan not in NAN_MODES:
             raise ConfigError(f"--nan must be one of {', '.join(NAN_MODES)}, got {self.nan!r}")
         if self.nan_check not in NAN_CHECKS:

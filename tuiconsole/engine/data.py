@@ -160,6 +160,16 @@ class EpochData:
         self.batches += 1
         return batch
 
+    def hold_end(self) -> None:
+        """The epoch ran out in the middle of a step (gradient accumulation): keep its
+        position until that step is done, and end the epoch at the next :meth:`take`.
+
+        So a checkpoint at the step boundary says "all of this epoch's batches taken"
+        (not "between epochs", which would repeat the epoch on resume), as it does after
+        an epoch's last batch without accumulation.
+        """
+        self._iter = iter(())
+
     def position(self) -> dict[str, Any]:
         """Where the loader is (a checkpoint's ``data``): batches taken in this epoch,
         and the RNGs before its iter(); both None between epochs."""

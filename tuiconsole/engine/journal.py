@@ -59,8 +59,10 @@ def header_record(
     resumed_from: str | None = None,
     resumed_step: int | None = None,
     world_size: int = 1,
+    step: Record | None = None,
 ) -> Record:
-    """A session's first line: what ran, where, and the whole optimizer at its start."""
+    """A session's first line: what ran, where, and the whole optimizer at its start
+    (``step``: how steps are taken, engine/step.py, when more than plain)."""
     record: Record = {
         "type": HEADER,
         "version": JOURNAL_VERSION,
@@ -80,6 +82,8 @@ def header_record(
     }
     if world_size > 1:  # torchrun: the ranks that trained it (rank 0 journals)
         record["world_size"] = world_size
+    if step is not None:  # amp, grad_clip, accumulate, compile as the session began
+        record["step"] = step
     if resumed_from is not None:
         record |= {"resumed_from": resumed_from, "resumed_step": resumed_step}
     return record

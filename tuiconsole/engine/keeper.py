@@ -32,8 +32,10 @@ class Keeper:
         record: RunRecord,
         ranks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
         writes: bool = True,
+        step_features: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._ops, self._data, self._sha256, self._record = o, data, script_sha256, record
+        self._step_features = step_features  # engine/step.py: Stepping.state
         # torchrun: every rank's RNGs and data position, gathered (a collective: every
         # rank calls write() together); only rank 0 ``writes``.
         self._ranks, self.writes = ranks, writes
@@ -67,6 +69,7 @@ class Keeper:
             reason=reason,
             ranks=ranks,
             world_size=self._record.shape.world_size,
+            step_features=self._step_features() if self._step_features is not None else None,
         )
         save_checkpoint(path, content)
         self.last = str(path)

@@ -268,17 +268,26 @@ def apply(cmd: C.Command, o: Optimization, step: int, undo: Undo | None) -> tupl
     return result, armed
 
 
-def guarded_step(o: Optimization, undo: Undo, device: torch.device) -> str | None:
+def guarded_step(
+    o: Optimization,
+    undo: Undo,
+    device: torch.device,
+    take: Callable[[torch.optim.Optimizer], object] | None = None,
+) -> str | None:
     """The first optimizer.step() after command(s): None if it worked. If it failed
     before changing any parameter or state tensor, the command(s) are undone, the
     step is taken as it would have been, and the error is returned; if it changed
-    something, its exception propagates (an ordinary failure)."""
+    something, its exception propagates (an ordinary failure).
+
+    ``take(optimizer)`` takes the step (a GradScaler's ``step``; engine/step.py);
+    default ``optimizer.step()``."""
+    take = take or _step
     opt = o.optimizer
     watched = [p for g in opt.param_groups for p in g["params"]]
     watched += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     versions = [t._version for t in watched]
     try:
-        opt.step()
+        take(opt)
         return None
     except Exception as exc:
         if [t._version for t in watched] != versions:
@@ -291,8 +300,12 @@ def guarded_step(o: Optimization, undo: Undo, device: torch.device) -> str | Non
             torch.cuda.empty_cache()
     del opt
     undo.restore(o)
-    o.optimizer.step()  # the step the run would have taken without the command(s)
+    take(o.optimizer)  # the step the run would have taken without the command(s)
     return error
+
+
+def _step(optimizer: torch.optim.Optimizer) -> None:
+    optimizer.step()
 
 
 def undone_text(undo: Undo, error: str) -> str:

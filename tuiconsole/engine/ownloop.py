@@ -38,6 +38,7 @@ from tuiconsole.engine.config import RunConfig, stop_grace
 from tuiconsole.engine.control import Stopped
 from tuiconsole.engine.data import set_rng_state
 from tuiconsole.engine.snapshot import EvalPoint, RunState
+from tuiconsole.engine.step import Stepping, StepSettings
 from tuiconsole.engine.trainer import Trainer
 from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.script import TrainingSpec
@@ -107,6 +108,8 @@ class OwnLoop(Trainer):
         config: RunConfig | None = None,
         path: Path | None = None,
         scheduler_interval: str = "step",
+        scaler: torch.amp.GradScaler | None = None,
+        grad_clip: float | None = None,
     ) -> None:
         config = config or RunConfig()
         if config.epochs is not None:
@@ -119,6 +122,16 @@ class OwnLoop(Trainer):
                 "--device does not apply to a loop of its own: the model stays on the device "
                 "the script put it on"
             )
+        for option, value in (
+            ("--amp", config.amp),
+            ("--accumulate", config.accumulate),
+            ("--compile", config.compile),
+        ):
+            if value is not None:
+                raise TuiconsoleError(
+                    f"{option} does not apply to a loop of its own: the loop takes its steps "
+                    "itself (--grad-clip does: steer.clip_gradients() clips to it)"
+                )
         spec = TrainingSpec(
             model=model,
             optimizer=optimizer,
@@ -131,6 +144,7 @@ class OwnLoop(Trainer):
             sha256=hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None,
         )
         self._user_evaluate = evaluate
+        self._user_scaler, self._user_clip = scaler, grad_clip  # read by _make_stepping
         super().__init__(spec, config)
         self._thread: threading.Thread | None = None  # the thread that runs the loop
         self._optimizer_steps = 0  # optimizer.step() calls since the last boundary
@@ -142,6 +156,27 @@ class OwnLoop(Trainer):
         )
         self._ended = False  # the final checkpoint and end record are written
         self.start_step = self.step  # where a resumed run goes on (0 for a new one)
+
+    def _make_stepping(self, spec: TrainingSpec) -> Stepping:
+        """The loop takes its own steps: only the live clip value (``grad_clip=``, or
+        run's --grad-clip) and the user's GradScaler, checkpointed and resumed."""
+        clip = self.config.grad_clip if self.config.grad_clip is not None else self._user_clip
+        settings = StepSettings(grad_clip=None if clip in (None, "off") else float(clip))
+        return Stepping(settings, spec.model, self.device, scaler=self._user_scaler)
+
+    def clip_gradients(self, parameters: Any = None) -> torch.Tensor | None:
+        """Clip the gradients' total norm to the live max norm (``clip`` commands change
+        it), counted and shown as the engine's own step does; None while clipping is off."""
+        stepping = self._stepping
+        stepping.clip_used = True
+        return stepping.clip_now(None if parameters is None else list(parameters))
+
+    @property
+    def grad_clip(self) -> float | None:
+        """The live max norm, for a loop that clips by itself (it reads it, so a ``clip``
+        command is not told the loop ignores it)."""
+        self._stepping.clip_used = True
+        return self._stepping.clip
 
     @property
     def epoch_shown(self) -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,15 @@ from tuiconsole.engine.snapshot import (
     RunState,
     RunStatus,
     Snapshot,
+    StepView,
     Telemetry,
 )
 from tuiconsole.engine.telemetry import Meter, Progress
 from tuiconsole.engine.views import RunLog, Views
+
+
+def _no_step_view() -> StepView | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class RunRecord:
         self.meter = Meter(shape.device, enabled=shape.telemetry)  # the loop times its steps
         self.wanted = True  # a reader asked since the last publish, or a log line came
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
+        # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
+        self.step_view: Callable[[], StepView | None] = _no_step_view
         self._log = RunLog()
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -200,6 +208,7 @@ class RunRecord:
             optimizer=type(o.optimizer).__name__,
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
             telemetry=self._telemetry(steps_per_sec, facts),
+            step_view=self.step_view(),
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

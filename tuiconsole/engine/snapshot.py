@@ -91,6 +91,26 @@ class RunStatus:
 
 
 @dataclass(frozen=True)
+class StepView:
+    """How each training step is taken, when it is more than forward, backward, step
+    (engine/step.py): mixed precision, gradient clipping, accumulation, compile.
+
+    The device-side figures (grad norm, counts, the scaler's scale) are read when a
+    snapshot is built, never per step.
+    """
+
+    amp: str = ""  # "bf16" | "fp16" | "" (full precision)
+    scale: float | None = None  # the GradScaler's loss scale (fp16), else None
+    scaler_skipped: int = 0  # optimizer steps the scaler skipped (inf/NaN gradients)
+    grad_clip: float | None = None  # the max norm gradients are clipped to; None: off
+    grad_norm: float | None = None  # the total gradient norm of the last clipped step
+    clipped: int = 0  # steps whose norm was above the max norm (so they were clipped)
+    clip_steps: int = 0  # steps taken with clipping on: ``clipped`` is out of these
+    accumulate: int = 1  # micro-batches per optimizer step
+    compile: str = ""  # "" (off) | "compiling" | "compiled" | "failed: why (eager)"
+
+
+@dataclass(frozen=True)
 class GroupView:
     """One optimizer param group as the user sees it."""
 
@@ -225,6 +245,7 @@ class Snapshot:
     optimizer: str = ""
     scheduler: SchedulerView | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
+    step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,8 @@ from tuiconsole.engine.snapshot import (
     RunState,
     Snapshot,
 )
+from tuiconsole.engine.step import COMMANDS as STEP_COMMANDS
+from tuiconsole.engine.step import Stepping, StepSettings, take_step
 from tuiconsole.engine.stopping import Stopping
 from tuiconsole.engine.views import LOG_TEXT_CHARS
 from tuiconsole.errors import CommandError, TuiconsoleError
@@ -134,6 +138,8 @@ class Trainer:
         )
         self._undo: ops.Undo | None = None
         self._data = EpochData(spec.train_loader)
+        self._stepping = self._make_stepping(spec)  # amp, clip, accumulation, compile
+        self._record.step_view = self._stepping.view
         d = self._dist
         self._keeper = Keeper(
             self._ops,
@@ -142,6 +148,7 @@ class Trainer:
             self._record,
             ranks=None if d is None else lambda mine: D.rank_states(d, mine),
             writes=d is None or d.leader,
+            step_features=self._stepping.state,
         )
         self._controls = control.Controls(
             self._control, self._record, self._keeper, self._ops, spec, self.device, self._evaluate
@@ -174,11 +181,24 @@ class Trainer:
         resume = self.config.resume
         if resume is not None:
             self._adopt(resume, load_checkpoint(resume))
+        for note in self._stepping.notes:
+            self._append_log("info", note)
+        self._step_fn = self._one_step  # or step.take_step, once the step needs more
+        self._choose_step()
         resume_step = self.step if resume is not None else None
         self._replay = J.Replay(self.config.replay, resume_step, resume)
         if self._dist is not None and self._dist.leader:
             self._append_log("info", D.world_note(self._dist.ranks, self.device, notes))
         self._record.snapshot = self._build_snapshot()
+
+    def _make_stepping(self, spec: TrainingSpec) -> Stepping:
+        """How steps are taken: the script's amp / grad_clip / accumulate / compile, or
+        run's options (engine/step.py)."""
+        return Stepping(StepSettings.of(spec, self.config), spec.model, self.device)
+
+    def _choose_step(self) -> None:
+        """The plain step while no step feature is on, else engine/step.py's."""
+        self._step_fn = functools.partial(take_step, self) if self._stepping.on else self._one_step
 
     def _join(
         self, spec: TrainingSpec, ranks: D.Ranks
@@ -214,15 +234,16 @@ class Trainer:
         """The ``eval`` command: the eval_loader under model.eval() and no_grad()."""
         spec = self.spec
         d = self._dist
-        return evaluate(
-            spec.model,
-            spec.criterion,
-            spec.eval_loader,
-            self.device,
-            step,
-            spec.training_step,
-            reduce=None if d is None or d.broken else lambda local: D.reduce_eval(d, local),
-        )
+        with self._stepping.autocast():  # as the steps are taken (eager, not compiled)
+            return evaluate(
+                spec.model,
+                spec.criterion,
+                spec.eval_loader,
+                self.device,
+                step,
+                spec.training_step,
+                reduce=None if d is None or d.broken else lambda local: D.reduce_eval(d, local),
+            )
 
     def _adopt(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Take over what a checkpoint restores: optimizer, group bookkeeping, position."""
@@ -246,6 +267,8 @@ class Trainer:
         self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
+        for note in self._stepping.load(r.step_features):
+            self._append_log("info", f"resumed: {note}", ok=False)
         if r.note is not None:
             self._append_log("info", f"warning: {path}: {r.note}", ok=False)
         if not r.has_digest:
@@ -570,6 +593,7 @@ class Trainer:
             resumed_from=str(resumed) if resumed is not None else None,
             resumed_step=self.step if resumed is not None else None,
             world_size=self._dist.world_size if self._dist is not None else 1,
+            step=self._stepping.settings.record() if self._stepping.shown else None,
         )
 
     def _restore_position(self, r: Restored) -> None:
@@ -781,7 +805,7 @@ class Trainer:
         where = self._where
         where.phase, where.batch = "data", None
         try:
-            loss = self._one_step(where)
+            loss = self._step_fn(where)
         except BaseException as exc:  # sys.exit / KeyboardInterrupt in a step too: see hint
             # The traceback's frames hold this step's activations; drop them so
             # the memory is free again (an OOM must not leave the GPU full).
@@ -834,19 +858,7 @@ class Trainer:
             # Read once, used twice: the NaN check and the loss record (a float
             # needs no detach now and no batched read later).
             finite, value = faults.finite_on_cpu(loss)
-            if self._dist is not None and self._dist.broken is None:
-                # Every rank skips the step or none does (DDP's backward is a collective);
-                # the same all_reduce is this step's tick (see _flags_each_step).
-                if self._dist.flags(self.step, skip=not finite, say=self._wants_to_say()):
-                    bad = loss.detach().float().mean().item() if not finite else None
-                    rank, worst = next(
-                        (r, v) for r, v in enumerate(self._dist.exchange(bad)) if v is not None
-                    )
-                    self._dist.applied.append((self.step + 1, f"nan on rank {rank}"))
-                    self._nonfinite(self.step + 1, worst, skipped=True, rank=rank)
-                    return None
-            elif not finite:
-                self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
+            if (not finite or self._dist is not None) and self._skip_nonfinite(finite, loss):
                 return None
         loss.backward()
         where.phase = "optimizer"
@@ -861,11 +873,33 @@ class Trainer:
             meter.done()
         return loss if value is None else value
 
-    def _guarded_step(self, undo: ops.Undo) -> None:
-        """The first optimizer.step() after optimizer commands (see ops.guarded_step)."""
+    def _skip_nonfinite(self, finite: bool, loss: torch.Tensor) -> bool:
+        """The loss checked before the update (``_nan_each_step``): a non-finite one skips
+        this step's update (True). Under torchrun every rank skips it or none does (DDP's
+        backward is a collective), so every rank asks the others, each step."""
+        d = self._dist
+        if d is not None and d.broken is None:
+            # the same all_reduce is this step's tick (see _flags_each_step)
+            if not d.flags(self.step, skip=not finite, say=self._wants_to_say()):
+                return False
+            bad = loss.detach().float().mean().item() if not finite else None
+            rank, worst = next((r, v) for r, v in enumerate(d.exchange(bad)) if v is not None)
+            d.applied.append((self.step + 1, f"nan on rank {rank}"))
+            self._nonfinite(self.step + 1, worst, skipped=True, rank=rank)
+            return True
+        if finite:
+            return False
+        self._nonfinite(self.step + 1, loss.detach().float().mean().item(), skipped=True)
+        return True
+
+    def _guarded_step(
+        self, undo: ops.Undo, take: Callable[[torch.optim.Optimizer], object] | None = None
+    ) -> None:
+        """The first optimizer.step() after optimizer commands (see ops.guarded_step);
+        ``take`` takes the step (engine/step.py's GradScaler), default optimizer.step()."""
         self._undo = None
         try:
-            error = ops.guarded_step(self._ops, undo, self.device)
+            error = ops.guarded_step(self._ops, undo, self.device, take)
         finally:
             self._record.views.state_version += 1  # the first step after a change may add state
             if undo.restored:  # even if the step taken after it failed too
@@ -1043,6 +1077,10 @@ class Trainer:
             if result.structure_changed:
                 self._record.views.structure_version += 1
             return result.message
+        if isinstance(cmd, STEP_COMMANDS):  # clip, accumulate: how the next step is taken
+            message = self._stepping.apply(cmd, own_loop=self.OWN_LOOP)
+            self._choose_step()
+            return message
         return control.apply(cmd, self._controls, self._facts())
 
     # ------------------------------------------------------------------ snapshots
