@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need an accelerator, as one short script (DEV=cuda by default):
 # no per-step host sync (torch's sync debug mode), a headless run, NaN found at a
-# flush, checkpoint + resume, and the overhead ratios on that device.
+# flush, checkpoint + resume, the overhead ratios on that device, what telemetry costs,
+# and a 2-rank torchrun job whose ticks must add no host sync.
 #   bash benchmarks/gpu_check.sh            # on a machine with a GPU
 #   DEV=cpu PY=.venv/bin/python ROUNDS=1 bash benchmarks/gpu_check.sh   # a dry run
 cd "$(dirname "$0")/.."
@@ -25,3 +26,7 @@ timeout 60 $PY -m tuiconsole run sample_models/mlp.py --headless --device $DEV -
 timeout 60 $PY -m tuiconsole run sample_models/mlp.py --headless --device $DEV --resume "$RUNS/r3/checkpoint-step100.pt" --max-steps 150 --run-dir "$RUNS/r4" < /dev/null 2>&1 | grep -E "resumed|finished|error" | head -3
 echo "== 5 overhead on $DEV"
 timeout 150 $PY -m benchmarks.overhead --device $DEV --no-peers --rounds ${ROUNDS:-5} 2>&1 | tail -5
+echo "== 6 telemetry on vs off on $DEV"
+timeout 150 $PY -m benchmarks.telemetry --device $DEV --rounds ${ROUNDS:-3} --pairs 10 2>&1 | tail -12
+echo "== 7 torchrun: the ticks between 2 ranks add no host sync (both ranks on this GPU, gloo)"
+TUICONSOLE_DIST_BACKEND=${DIST_BACKEND:-gloo} timeout 150 $PY -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/gpu_ddp_sync.py $DEV 200 2>&1 | grep -E "rank 0|Error|error" | head -5

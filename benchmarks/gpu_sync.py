@@ -4,7 +4,7 @@
 
 300 steps of vgg (SGD) and resnet_adam (Adam) with every read disabled (no log
 lines, no snapshot reader): torch warns on each synchronizing call it detects.
-``vgg+step`` is vgg with the training step GPU users run (engine/step.py): amp bf16,
+``vgg+step`` (named) is vgg with the training step GPU users run (engine/step.py): amp bf16,
 clipping to 1.0 and 4 micro-batches a step (75 optimizer steps: 300 micro-batches);
 the grad norm and the clipped count stay on the device. After the steps, one snapshot
 is built (it reads them) and the loop checks that it did.
@@ -24,7 +24,7 @@ from tuiconsole.script import load_script  # noqa: E402
 dev = sys.argv[1]
 # amp + clip + accumulation: the step of engine/step.py
 STEP_FEATURES = {"amp": "bf16", "grad_clip": 1.0, "accumulate": 4}
-for name in sys.argv[2:] or ("vgg", "resnet_adam", "vgg+step"):  # "none": the loop below only
+for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered loop below
     if name == "none":
         continue
     script, _, featured = name.partition("+")
@@ -55,6 +55,19 @@ for name in sys.argv[2:] or ("vgg", "resnet_adam", "vgg+step"):  # "none": the l
         print("   ", x.filename, x.lineno, str(x.message)[:160])
     t._flush_losses()
     print(f"   loss last {t._losses.last:.4f}, state {t.state.value}")
+    # The telemetry a snapshot shows (the steps above timed with CUDA events): its
+    # view reads the events' timings, the allocator's counters and NVML; no sync either.
+    meter = t._record.meter
+    if dev.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(50):
+            tel = meter.view(50.0, t._record._progress(t._facts()))  # 50 steps/s: any rate
+    if dev.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [x for x in w if "synchroniz" in str(x.message)]
+    print(f"   telemetry view: {len(syncs)} sync warnings in 50 views (K={meter.every}): {tel}")
     if featured:  # what was kept on the device, read once now
         v = t._build_snapshot().step_view
         assert v is not None and v.clip_steps == t.step and v.grad_norm is not None

@@ -9,6 +9,7 @@ the marker. Tests that drive a pseudo-terminal also start a process on it and ca
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -44,6 +45,22 @@ def _refuse_unmarked_processes(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_refuse_unmarked_processes)
+
+# tuiconsole leaves with os._exit where threads of a script would keep the process
+# alive (hosting.leave_script_threads). A CLI run in this process (main() in a test)
+# must not end the whole suite that way, silently and with exit code 0: here it
+# raises SystemExit as sys.exit does. A forked child still exits for real.
+_SUITE_PID = os.getpid()
+_real_exit = os._exit
+
+
+def _exit_in_tests(code: int) -> None:
+    if os.getpid() != _SUITE_PID:
+        _real_exit(code)
+    raise SystemExit(code)
+
+
+os._exit = _exit_in_tests  # type: ignore[assignment]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -241,7 +241,8 @@ def run(
             script_args,
         )
     if not headless and not detached_child and not rank:
-        print("tuiconsole: not a terminal; running --headless", file=sys.stderr)
+        why = "a rank of torchrun" if rank == 0 else "not a terminal"
+        print(f"tuiconsole: {why}; running --headless", file=sys.stderr)
     owner = None
     owner_token = None
     if owner_fifo is not None and not rank:  # torchrun's ranks inherit no pipe: a FIFO
@@ -540,6 +541,7 @@ def ls(
         for e in entries:
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
             row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
+            row |= {"telemetry": e.telemetry}
             print(json.dumps(row))
     else:
         print(format_table(entries))

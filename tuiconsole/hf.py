@@ -51,10 +51,22 @@ another callback) is not seen by any callback: the run then ends with the
 process (``python train.py``: the atexit handler of :mod:`tuiconsole.library`
 records the error; under ``tuiconsole run`` the host does).
 
+Under torchrun (``torchrun --nproc-per-node N train.py`` or ``tuiconsole run
+--nproc-per-node N train.py``; accelerate makes the process group and the DDP
+wrapper) every rank's callback steers its rank: the run joins the ranks
+(engine/distributed.py), rank 0 alone serves and journals, and each command is
+applied on every rank at the same step, so ``should_training_stop`` is set on
+every rank at one step. ``eval`` is the Trainer's ``evaluate()`` on every rank at
+that step: it gathers the ranks' losses itself (accelerate's
+``gather_for_metrics``), so each rank gets the loss over the whole
+``eval_dataset``.
+
 Not supported, refused when ``train()`` begins: DeepSpeed and FSDP (their
-optimizers hold flattened or sharded parameters), LOMO (no optimizer step),
-more than one process (torchrun), and tuiconsole's ``--resume`` (resume with the Trainer's own
-``resume_from_checkpoint``, which also restores its data position).
+optimizers hold flattened or sharded parameters), accelerate's tensor / context
+parallelism, XLA, LOMO (no optimizer step), several processes that torchrun did
+not start (no RANK / WORLD_SIZE naming each), and tuiconsole's ``--resume``
+(resume with the Trainer's own ``resume_from_checkpoint``, which also restores its
+data position).
 """
 
 from __future__ import annotations
@@ -78,6 +90,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
+from tuiconsole.engine.distributed import env_ranks
 from tuiconsole.errors import CommandError, TuiconsoleError
 from tuiconsole.library import Steer, steer
 
@@ -314,9 +327,45 @@ def _check_supported(trainer: Trainer, args: TrainingArguments) -> None:
             "supported: LOMO updates the weights inside backward and never runs optimizer.step()"
         )
     if args.world_size > 1:
+        _check_ranks(trainer, args)
+
+
+def _check_ranks(trainer: Trainer, args: TrainingArguments) -> None:
+    """Several processes: DDP (accelerate's MULTI_CPU / MULTI_GPU...) over ranks torchrun
+    started, each steered by its own callback (engine/distributed.py); no sharding."""
+    kind = getattr(trainer.accelerator, "distributed_type", None)
+    kind = str(getattr(kind, "value", kind))
+    if kind in ("XLA", "MEGATRON_LM"):
         raise TuiconsoleError(
-            f"TuiconsoleCallback: this run has {args.world_size} processes; tuiconsole steers "
-            "a single-process run (commands would reach one rank only)"
+            f"TuiconsoleCallback: a {kind} run is not supported; on several processes "
+            "tuiconsole steers DDP"
+        )
+    config = getattr(trainer.accelerator, "parallelism_config", None)
+    sharded = [
+        what
+        for what in ("tp", "cp", "sp", "dp_shard")
+        if config is not None and getattr(config, f"{what}_enabled", False)
+    ]
+    if sharded:
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: parallelism_config shards the model ({', '.join(sharded)}); "
+            "tuiconsole's commands cannot edit sharded parameters: on several processes it "
+            "steers DDP"
+        )
+    try:
+        ranks = env_ranks()
+    except TuiconsoleError:
+        ranks = None
+    if (
+        ranks is None
+        or (ranks.rank, ranks.world_size) != (args.process_index, args.world_size)
+        or not torch.distributed.is_initialized()
+    ):
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: this run's {args.world_size} processes were not started by "
+            "torchrun (RANK / WORLD_SIZE in their environment do not say their place); start "
+            "them with `torchrun --nproc-per-node N train.py` or `tuiconsole run "
+            "--nproc-per-node N train.py`"
         )
 
 

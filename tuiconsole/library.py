@@ -133,23 +133,28 @@ class Steer:
 
     # ------------------------------------------------------------------ the loop's calls
 
-    def step(self, loss: torch.Tensor | float) -> None:
+    def step(self, loss: torch.Tensor | float, *, batch: Any = None) -> None:
         """The step boundary: call it once per step, after ``optimizer.step()``.
 
+        ``batch``: the step's batch or its inputs (a tensor, a tuple/list whose first
+        tensor is the inputs, a dict with ``input_ids``), for samples/s (its dim 0) and
+        tokens/s (integer inputs of 2+ dims); only shapes are read, on a few steps.
         Raises StopTraining once the run has ended (a stop, --max-steps, --nan stop).
         """
-        if not self.boundary(loss):
+        if not self.boundary(loss, batch=batch):
             assert self.ended is not None
             raise self.ended
 
     @_at_caller
-    def boundary(self, loss: torch.Tensor | float, *, skipped: bool = False) -> bool:
+    def boundary(
+        self, loss: torch.Tensor | float, *, skipped: bool = False, batch: Any = None
+    ) -> bool:
         """The step boundary for a framework's callback: as :meth:`step`, but returns
         False (and sets :attr:`ended`) where ``step`` raises: the loop must end.
         ``skipped``: the framework skipped this step's ``optimizer.step()`` (an fp16
         overflow); without it a first step skipped so is refused as a misuse."""
         try:
-            self._run.boundary(loss, skipped=skipped)
+            self._run.boundary(loss, skipped=skipped, batch=batch)
         except LoopEnds as ends:
             self.ended = StopTraining(ends.reason, self._exit_code(ends.state))
             return False

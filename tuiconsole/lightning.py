@@ -47,6 +47,21 @@ step, and a ``step`` command pauses between two optimizer steps).
   rebuild is refused. Lightning's ``global_step`` counts each optimizer's
   steps; tuiconsole's step is one a batch.
 - ``--resume`` does not apply: resume a fit with Lightning's ``ckpt_path=``.
+- Under torchrun (``strategy="ddp"``, started by ``torchrun --nproc-per-node N
+  train.py`` or ``tuiconsole run --nproc-per-node N train.py``; Lightning makes
+  the process group and the DDP wrapper) every rank's callback steers its rank:
+  ``steer()`` in ``on_train_start`` comes after Lightning made the group, and
+  joins the ranks (engine/distributed.py). Rank 0 alone serves and journals; each
+  command is applied on every rank at the same step, so ``should_stop`` is set on
+  every rank at one step. ``eval`` runs ``validation_step`` on every rank over its
+  shard (Lightning's DistributedSampler) and takes the mean of the ranks' results
+  (with equal batches: the whole val set's mean); ``self.log(sync_dist=True)``
+  is caught like any log, so Lightning reduces nothing there (a torchmetrics
+  ``Metric`` syncs itself in ``compute()``, on every rank at once). DDP on one
+  process is steered as one device. Refused: FSDP, DeepSpeed, model parallel and
+  XLA strategies, and processes Lightning starts itself (``ddp_spawn``,
+  ``ddp_notebook`` / ``ddp_fork``, ``devices=N`` without torchrun): tuiconsole
+  cannot reach those, so they say to start the ranks with torchrun.
 
 The loss each step is ``training_step``'s loss (the ``"loss"`` of its output,
 detached, read only when a snapshot is due); for manual optimization return
@@ -63,13 +78,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.strategies.xla import XLAStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torchmetrics import Metric
 
 from tuiconsole import library
+from tuiconsole.engine import distributed as D
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import joined
 from tuiconsole.engine.ownloop import Evaluate
@@ -176,14 +194,7 @@ class TuiconsoleCallback(pl.Callback):
             raise TuiconsoleError(
                 "TuiconsoleCallback steers one fit: give each Trainer.fit() a new callback"
             )
-        if trainer.world_size > 1 or not isinstance(trainer.strategy, SingleDeviceStrategy):
-            # Other strategies shard or wrap the optimizer (FSDP, DeepSpeed) or need every
-            # rank to apply a command at the same step (DDP): not steered (yet).
-            raise TuiconsoleError(
-                f"TuiconsoleCallback steers a fit on one device (SingleDeviceStrategy); "
-                f"this one uses {type(trainer.strategy).__name__} on "
-                f"{trainer.world_size} process(es)"
-            )
+        check_strategy(trainer)
         self._module = pl_module
         optimizers = [_real(o) for o in trainer.optimizers]
         if not optimizers:
@@ -326,6 +337,50 @@ class TuiconsoleCallback(pl.Callback):
         if isinstance(loss, torch.Tensor):
             return loss.detach()
         return loss  # type: ignore[no-any-return]
+
+
+def check_strategy(trainer: pl.Trainer) -> None:
+    """One device, or DDP over processes torchrun started (every rank's callback then
+    steers its rank, engine/distributed.py); any other strategy is one line, refused."""
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    if isinstance(strategy, SingleDeviceStrategy):
+        return
+    if not isinstance(strategy, DDPStrategy) or isinstance(
+        strategy, DeepSpeedStrategy | XLAStrategy
+    ):
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: {name} is not supported: its optimizer holds "
+            "sharded or flattened parameters (FSDP, DeepSpeed, model parallel) or runs on "
+            'another device type; use strategy="ddp" (under torchrun) or one device'
+        )
+    if isinstance(strategy.launcher, _MultiProcessingLauncher):
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: the {_strategy_name(strategy)} strategy starts its processes "
+            'itself, which tuiconsole cannot reach; use strategy="ddp" and start the ranks '
+            "with torchrun: `torchrun --nproc-per-node N train.py` or `tuiconsole run "
+            "--nproc-per-node N train.py`"
+        )
+    if trainer.world_size == 1:
+        return  # DDP over one process: steered as one device
+    try:
+        ranks = D.env_ranks()
+    except TuiconsoleError:
+        ranks = None
+    if ranks is None or (ranks.rank, ranks.world_size) != (trainer.global_rank, trainer.world_size):
+        raise TuiconsoleError(
+            f"TuiconsoleCallback: this DDP fit's {trainer.world_size} processes were not "
+            "started by torchrun (Lightning started them itself, or RANK / WORLD_SIZE in "
+            "their environment do not say their place); start the ranks with torchrun: "
+            "`torchrun --nproc-per-node N train.py` or `tuiconsole run --nproc-per-node N "
+            "train.py`"
+        )
+
+
+def _strategy_name(strategy: DDPStrategy) -> str:
+    method = getattr(strategy, "_start_method", "spawn")
+    names = {"spawn": "ddp_spawn", "fork": "ddp_fork / ddp_notebook"}
+    return names.get(method, f"ddp (start_method={method})")
 
 
 def layout(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -891,33 +891,58 @@ def test_a_group_added_to_one_of_several_optimizers_is_named_after_it(tmp_path: 
     assert lrs_of(trainer)[0][1] == pytest.approx(0.1 * 0.25)  # then StepLR, twice
 
 
-def test_a_strategy_other_than_one_device_is_refused_with_the_reason(tmp_path: Path) -> None:
-    """DDP with one CPU process: a real strategy that wraps the module (commands would
-    have to reach every rank at one step)."""
+def test_ddp_on_one_process_is_steered_as_one_device(tmp_path: Path) -> None:
+    """DDP with one CPU process (no torchrun): a real strategy that wraps the module in
+    DistributedDataParallel; the commands act on its one optimizer."""
     from lightning.pytorch.strategies import DDPStrategy
 
-    console = TuiconsoleCallback(run_dir=tmp_path / "run", listen=False)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        callbacks=[console],
-        accelerator="cpu",
-        devices=1,
-        strategy=DDPStrategy(process_group_backend="gloo"),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
     env = dict(os.environ)
     try:
-        with pytest.raises(TuiconsoleError, match="one device.*DDPStrategy on 1 process"):
-            trainer.fit(Tiny(), data())
+        trainer, script, _ = fit(
+            tmp_path,
+            Tiny(),
+            at={3: "lr all 0.01"},
+            epochs=1,
+            trainer_kw={"devices": 1, "strategy": DDPStrategy(process_group_backend="gloo")},
+        )
     finally:
         if torch.distributed.is_initialized():  # the process group the strategy made
             torch.distributed.destroy_process_group()
         os.environ.clear()  # and the MASTER_PORT, LOCAL_RANK, OMP_NUM_THREADS it set
         os.environ.update(env)
-    assert console.steer is None and not (tmp_path / "run").exists()
+    assert command(tmp_path, "lr all 0.01")["step"] == 3
+    assert [s["lrs"][0] for s in script.seen] == [0.05] * 3 + [0.01] * 5
+    assert end(tmp_path)["state"] == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "devices", "says"),
+    [
+        ("ddp_spawn", 2, "the ddp_spawn strategy starts its processes itself.*torchrun"),
+        ("ddp_notebook", 2, "ddp_fork / ddp_notebook strategy starts its processes itself"),
+        ("model_parallel", 1, "ModelParallelStrategy is not supported: .*sharded"),
+        ("ddp", 2, "2 processes were not started by torchrun.*--nproc-per-node N"),
+    ],
+)
+def test_a_strategy_it_cannot_steer_is_refused_with_the_reason(
+    strategy: Any, devices: int, says: str
+) -> None:
+    """Real Trainers, as configured (the check runs as the fit starts, before steer());
+    "ddp" on 2 devices without torchrun is Lightning launching the ranks itself."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from tuiconsole.lightning import check_strategy
+
+    if strategy == "model_parallel":  # FSDP's kin that Lightning builds on the CPU too
+        strategy = ModelParallelStrategy()
+    env = dict(os.environ)
+    try:
+        trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False)
+        with pytest.raises(TuiconsoleError, match=says):
+            check_strategy(trainer)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
 
 
 SIGTERMED = """

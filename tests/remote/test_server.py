@@ -7,7 +7,9 @@ is in test_detach_attach.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import os
 import socket
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from remote_helpers import TINY, wait_until
 
+from tuiconsole.engine.snapshot import Telemetry
 from tuiconsole.remote import protocol as P
 from tuiconsole.remote import server as server_mod
 from tuiconsole.remote.attach import attach
@@ -250,6 +253,26 @@ def test_lite_probe_and_rate_change(served) -> None:
     assert frames_within(1.0) <= 2  # 0.5 Hz: at most one frame a second (+1 in flight)
     client.set_rate(30)
     wait_until(lambda: frames_within(0.5) >= 5, 10, "faster snapshots")
+
+
+def test_ls_json_carries_the_telemetry(served) -> None:
+    """`ls --json` has the snapshot's telemetry, read from the run's server (a lite probe)."""
+    from typer.testing import CliRunner
+
+    from tuiconsole.cli import app
+
+    served.steps_advance()
+    wait_until(lambda: served.local.snapshot().telemetry.compute is not None, 20, "a timed step")
+    listing = CliRunner().invoke(app, ["ls", "--json"])  # in-process: the same runtime dir
+    assert listing.exit_code == 0, listing.output
+    (row,) = [r for r in map(json.loads, listing.stdout.splitlines()) if r["id"] == served.info.id]
+    tel = row["telemetry"]
+    assert set(tel) == {f.name for f in dataclasses.fields(Telemetry)}
+    assert tel["batch_size"] == 32 and tel["samples_per_sec"] > 0  # tiny_model: batches of 32
+    assert tel["compute"] >= 0.004  # its training_step naps 4 ms
+    assert 0 <= tel["data_fraction"] < 1 and tel["eta"] > 0  # epochs = 1,000,000
+    assert tel["tokens_per_sec"] is None  # float inputs
+    assert tel["memory_allocated"] is None and tel["gpu_utilization"] is None  # a CPU run
 
 
 def test_attach_streams_over_a_socket_path_and_sends_stdin(served) -> None:

@@ -64,6 +64,9 @@ class RunConfig:
     # Under torchrun (WORLD_SIZE > 1): train as one rank of the job (engine/distributed.py).
     # False: this process trains alone whatever its environment says.
     distributed: bool = True
+    # Throughput, data wait vs compute, ETA, GPU state in the snapshot (engine/telemetry.py);
+    # off only to measure what it costs (benchmarks/telemetry.py).
+    telemetry: bool = True
     # The training step (engine/step.py); None: the script's value (script.py). Given
     # here (`run --amp/--grad-clip/--accumulate/--compile`), they win over the script's.
     amp: str | None = None  # "bf16" | "fp16" | "off"
@@ -83,7 +86,7 @@ class RunConfig:
         self.log_every = _int("log_every", self.log_every, 0)
         self.log_min_interval = _seconds("log_min_interval", self.log_min_interval)
         self.snapshot_interval = _seconds("snapshot_interval", self.snapshot_interval)
-        for name in ("start_paused", "final_checkpoint", "distributed"):
+        for name in ("start_paused", "final_checkpoint", "distributed", "telemetry"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.device is not None and not isinstance(self.device, str):

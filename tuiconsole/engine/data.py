@@ -106,6 +106,15 @@ def set_epoch(loader: object, epoch: int) -> None:
 END_OF_EPOCH: Any = object()
 
 
+def _length(loader: Iterable[Any]) -> int | None:
+    """len(loader) where it has one; a loader whose len() raises has none."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except Exception:  # no __len__, an IterableDataset's DataLoader, a failing __len__
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
 class EpochData:
     """The train_loader's current epoch: its iterator, batches taken, the RNGs before it."""
 
@@ -115,6 +124,9 @@ class EpochData:
         self._iter: Iterator[Any] | None = None
         self.batches = 0  # batches taken from the current epoch's iterator
         self._rng: dict[str, Any] | None = None  # the RNGs before that iter()
+        # Batches in an epoch, for the ETA: len(train_loader), else those of the last
+        # epoch that ran out (None until one did: a generator, an IterableDataset).
+        self.length: int | None = _length(loader)
 
     @property
     def started(self) -> bool:
@@ -143,6 +155,7 @@ class EpochData:
                     "list or a DataLoader)"
                 ) from None
             self._iter = None
+            self.length = self.batches
             return END_OF_EPOCH
         self.batches += 1
         return batch

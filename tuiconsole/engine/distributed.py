@@ -5,15 +5,19 @@ in its environment. Each process trains the same model on its own shard of the d
 DDP averages the gradients inside ``backward()``. Rank 0 alone has a front-end (the
 console's socket, the journal, metrics, checkpoints); the others only train.
 
-Commands reach rank 0 only, so they are applied at an agreed step: the **tick**. Every
-K steps each rank calls one small collective (``all_gather_object`` on a gloo group of
-its own, never on the training stream, never a CUDA sync) in which rank 0 hands out the
-commands it received, and every rank reports a stop it was asked for (a signal) and a
-non-finite loss it found. Every rank then applies the same commands in the same order
-at the same step, and the ranks compare a digest of their optimizers. Rank 0 chooses K
-from a time budget (the tick's cost against the step's) and tells the others the step
-of the next tick in each tick; while no step may be taken (paused, finished), the ranks
-tick every few hundredths of a second instead, so nobody waits in a collective long.
+Commands reach rank 0 only, so they are applied at an agreed step: the **tick**, on a
+gloo group of its own (never on the training stream, never a CUDA sync). Its cheap part
+(``Coordinator.flags``) is one all_reduce of three ints: whether this step's loss is
+non-finite on some rank (on the CPU, where the loss is checked every step, so that every
+rank skips that update: DDP's backward is a collective no rank may skip alone), whether
+some rank has something to say (rank 0 commands; any rank a stop its signals asked for, or
+a non-finite loss it found later), and rank 0's step of the next tick. Only when a rank
+has something to say do the ranks exchange it (``Coordinator.tick``: one
+``all_gather_object``) at the next step boundary; every rank then applies the same
+commands in the same order at the same step, and the ranks compare a digest of their
+optimizers. On the CPU the flags are exchanged every step (with the loss check they share);
+elsewhere every K steps, K chosen by rank 0 from a time budget (the tick's cost against the
+step's); while no step may be taken (paused, finished) every few hundredths of a second.
 
 A collective on a rank that died fails at once (its sockets closed) and one on a rank
 that hangs times out after ``TUICONSOLE_DIST_TIMEOUT`` seconds (300): the others stop
@@ -42,12 +46,14 @@ from tuiconsole.engine.snapshot import EvalPoint
 from tuiconsole.errors import CommandError, ScriptError, TuiconsoleError
 
 TIMEOUT_ENV = "TUICONSOLE_DIST_TIMEOUT"
+BACKEND_ENV = "TUICONSOLE_DIST_BACKEND"  # the default group's backend (nccl on CUDA, else gloo)
 # A folder: each rank writes rank<N>.json there as it ends (its optimizer, a digest of its
 # weights and state, the commands it applied and at which step): to check that ranks agree.
 DUMP_ENV = "TUICONSOLE_RANK_DUMP"
 DEFAULT_TIMEOUT_S = 300.0
 TICK_BUDGET = 0.002  # of each step's time, at most, spent in ticks
-MAX_TICK_EVERY_S = 0.25  # a command waits at most about this long for its tick
+MAX_TICK_EVERY_S = 0.25  # a command waits about this long for its tick, at most...
+LATENCY_BUDGET = 0.01  # ...where ticks that often cost at most this share of the time
 IDLE_TICK_S = 0.05  # between ticks while no step may be taken
 
 
@@ -102,7 +108,9 @@ def rank_device(ranks: Ranks, wanted: str | None) -> torch.device:
             f"--device {wanted}: under torchrun each rank takes cuda:LOCAL_RANK (or cpu)"
         )
     if wanted == "cuda" or (wanted in (None, "auto") and torch.cuda.is_available()):
-        device = torch.device("cuda", ranks.local_rank)
+        # more ranks than GPUs (a check on one GPU) share them; nccl refuses that, gloo
+        # (TUICONSOLE_DIST_BACKEND=gloo) does not
+        device = torch.device("cuda", ranks.local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
@@ -123,7 +131,7 @@ def join(ranks: Ranks, device: torch.device) -> bool:
             )
         return _made_here
     _made_here = True
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(
         backend,
         timeout=datetime.timedelta(seconds=timeout_s()),
@@ -180,7 +188,8 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 def shard(loader: Any, ranks: Ranks, seed: int, *, train: bool) -> tuple[Any, str | None]:
     """``loader`` with each rank's own share of the data (a DistributedSampler in a copy
-    of the DataLoader), unless it shards already; and a note for the log, if any."""
+    of a DataLoader; every world_size-th batch of a list), unless it shards already; and
+    a note for the log, if any."""
     from torch.utils.data import (
         DataLoader,
         DistributedSampler,
@@ -192,6 +201,13 @@ def shard(loader: Any, ranks: Ranks, seed: int, *, train: bool) -> tuple[Any, st
     what = "train_loader" if train else "eval_loader"
     if loader is None:
         return None, None
+    if isinstance(loader, list | tuple):  # batches: every world_size-th one is this rank's
+        mine = loader[ranks.rank :: ranks.world_size]
+        if train:  # as many for every rank: DDP's all-reduce needs each rank to step
+            mine = mine[: len(loader) // ranks.world_size]
+        if mine:
+            return type(loader)(mine), None
+        return loader, f"{what} has fewer batches than ranks: every rank iterates all of it"
     if not isinstance(loader, DataLoader):
         return loader, (
             f"{what} is not a DataLoader: every rank iterates all of it (shard it yourself, "
@@ -288,7 +304,8 @@ class Coordinator:
         self.next_tick = 1
         self.every = 1
         self._timing = _Timing()
-        self._flag = torch.zeros(1, dtype=torch.int32)
+        self._flags = torch.zeros(3, dtype=torch.int64)
+        self.exchange_due = False  # a rank asked for an exchange at the next boundary
         self.broken: str | None = None  # why the ranks can no longer agree
         self.applied: list[tuple[int, str]] = []  # (step, command) as this rank applied them
         self.peers: list[tuple[str, int]] = []
@@ -316,45 +333,57 @@ class Coordinator:
             raise self.lost(exc) from None
         return got
 
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` is set on any rank (one tiny all_reduce, CPU only)."""
-        self._flag.fill_(int(flag))
+    def flags(
+        self, step: int, *, skip: bool = False, say: bool = False, idle: bool = False
+    ) -> bool:
+        """The cheap part of a tick, one all_reduce (MAX) of three ints on the gloo group:
+        ``skip`` (this step's loss is not finite here: every rank skips the update), ``say``
+        (this rank has something for an exchange: rank 0 commands, any rank a stop or a
+        non-finite loss it found) and rank 0's step of the next tick. Returns whether any
+        rank said ``skip``; sets ``exchange_due`` when any rank said ``say``."""
+        started = time.monotonic()
+        f = self._flags
+        f[0], f[1] = int(skip), int(say)
+        f[2] = step + (1 if idle else self._choose_every(step, started)) if self.leader else 0
         try:
-            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self.group)
+            dist.all_reduce(f, op=dist.ReduceOp.MAX, group=self.group)
         except Exception as exc:
             raise self.lost(exc) from None
-        return bool(self._flag.item())
-
-    def tick(
-        self, step: int, commands: list[tuple[C.Command, str]], report: Report, idle: bool
-    ) -> Tick:
-        """One tick at ``step``: rank 0's ``commands`` (the others pass none) and this
-        rank's ``report`` out, everyone's in; the step of the next tick agreed."""
-        started = time.monotonic()
-        mine: dict[str, Any] = {"report": report}
-        if self.leader:
-            mine["commands"] = commands
-            mine["next"] = step + (1 if idle else self._choose_every(step, started))
-        got = self.exchange(mine)
-        self.next_tick = int(got[0]["next"])
-        if self.leader:
+        self.next_tick = int(f[2])
+        if f[1]:
+            self.exchange_due = True
+        if self.leader and not idle:
             took = time.monotonic() - started
             t = self._timing
             t.tick_s = took if t.tick_s == 0 else 0.8 * t.tick_s + 0.2 * took
             t.at, t.step = time.monotonic(), step
+        return bool(f[0])
+
+    def tick(self, commands: list[tuple[C.Command, str]], report: Report) -> Tick:
+        """The exchange of a tick a rank asked for (``flags(say=True)``): rank 0's
+        ``commands`` (the others pass none) and this rank's ``report`` out, everyone's in
+        (one all_gather_object)."""
+        self.exchange_due = False
+        mine: dict[str, Any] = {"report": report}
+        if self.leader:
+            mine["commands"] = commands
+        got = self.exchange(mine)
         return Tick(list(got[0]["commands"]), [g["report"] for g in got], self.next_tick)
 
     def _choose_every(self, step: int, now: float) -> int:
-        """K: ticks cost at most TICK_BUDGET of the time, and come every MAX_TICK_EVERY_S."""
+        """K: ticks cost at most TICK_BUDGET of the time; they come every
+        MAX_TICK_EVERY_S where that costs at most LATENCY_BUDGET."""
         t = self._timing
         if step > t.step:
             took = (now - t.at) / (step - t.step)
             t.step_s = took if t.step_s == 0 else 0.8 * t.step_s + 0.2 * took
-        if t.step_s <= 0:
+        if t.step_s <= 0 or t.tick_s <= 0:
             return 1
-        cheap = math.ceil(t.tick_s / (TICK_BUDGET * t.step_s)) if t.tick_s > 0 else 1
+        cheap = max(1, math.ceil(t.tick_s / (TICK_BUDGET * t.step_s)))
         soon = max(1, int(MAX_TICK_EVERY_S / t.step_s))
-        self.every = max(1, min(cheap, soon))
+        if soon < cheap and t.tick_s / (soon * t.step_s) <= LATENCY_BUDGET:
+            cheap = soon
+        self.every = cheap
         return self.every
 
     def agree(self, optimizer: torch.optim.Optimizer, model: nn.Module, after: str) -> None:

@@ -99,11 +99,11 @@ class Keeper:
         )
         return str(path)
 
-    def final(self, step: int, epoch: int) -> tuple[str | None, bool]:
+    def final(self, step: int, epoch: int, together: bool = True) -> tuple[str | None, bool]:
         """The final checkpoint: its path (None if it could not be written) and
         whether the disk was full (what the user counts on is not on disk)."""
         try:
-            path = str(self.write(None, "final", step, epoch))
+            path = str(self.write(None, "final", step, epoch, together))
         except (CommandError, RuntimeError) as exc:
             self._record.note(step, "error", f"could not write the final checkpoint: {exc}")
             return None, isinstance(exc, CheckpointWriteError) and exc.disk_full

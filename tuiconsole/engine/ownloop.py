@@ -209,11 +209,13 @@ class OwnLoop(Trainer):
         except BaseException as exc:
             self._leave(exc)
 
-    def boundary(self, loss: Any, *, skipped: bool = False) -> None:
+    def boundary(self, loss: Any, *, skipped: bool = False, batch: Any = None) -> None:
         """A step was taken: record ``loss``, apply commands, wait while paused.
 
         ``skipped``: the framework skipped this step's ``optimizer.step()`` on purpose
         (a GradScaler found inf gradients under fp16); the step counts all the same.
+        ``batch``: the step's batch (or its inputs), for samples/s and tokens/s: only
+        its shapes are read, on the steps telemetry picks (engine/telemetry.py).
         Raises LoopEnds when the loop must end (and TuiconsoleError for invalid use).
         """
         if self._ended or self.state in (RunState.FINISHED, RunState.ERROR):
@@ -235,6 +237,7 @@ class OwnLoop(Trainer):
             )
         self._ever_stepped = True
         self._optimizer_steps = self._optimizer_began = 0
+        self._record.meter.counted(batch)
         self._undo = None  # the user's code takes the optimizer step: nothing to guard
         try:
             self._count_step(loss)
@@ -268,6 +271,8 @@ class OwnLoop(Trainer):
         optimizer.step() had begun since the last boundary: the weights are no longer
         those of the step reached)."""
         self._stopping.asked("KeyboardInterrupt")
+        if self._dist is not None and self._dist.broken is None:  # this rank alone: no gather
+            self._dist.broken = "interrupted (KeyboardInterrupt) on this rank"
         self._append_log("info", f"interrupted (KeyboardInterrupt) at step {self.step}; stopping")
         if self._optimizer_began:
             self.config = dataclasses.replace(self.config, final_checkpoint=False)

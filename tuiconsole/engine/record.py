@@ -31,7 +31,9 @@ from tuiconsole.engine.snapshot import (
     RunStatus,
     Snapshot,
     StepView,
+    Telemetry,
 )
+from tuiconsole.engine.telemetry import Meter, Progress
 from tuiconsole.engine.views import RunLog, Views
 
 
@@ -50,6 +52,7 @@ class RunShape:
     run_dir: Path | None
     scheduler_interval: str
     world_size: int = 1
+    telemetry: bool = True  # RunConfig.telemetry
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class RunFacts:
     error: RunError | None
     nan: NanEvent | None
     checkpoint: str
+    epoch_batches: int = 0  # batches taken in the current epoch (for the ETA)
+    epoch_length: int | None = None  # batches in an epoch, if known
 
 
 class RunRecord:
@@ -76,6 +81,7 @@ class RunRecord:
         self.losses = LossTracker()
         self.evals: deque[EvalPoint] = deque(maxlen=200)
         self.views = Views()
+        self.meter = Meter(shape.device, enabled=shape.telemetry)  # the loop times its steps
         self.wanted = True  # a reader asked since the last publish, or a log line came
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
         # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
@@ -169,12 +175,13 @@ class RunRecord:
         """A snapshot of the run now. The caller flushed the losses first (the flush
         may find a non-finite loss, which changes the facts)."""
         now, shape, views = time.monotonic(), self.shape, self.views
+        steps_per_sec = views.steps_per_sec(now, facts.step)
         status = RunStatus(
             script=shape.script,
             state=facts.state,
             epoch=facts.epoch_shown,
             step=facts.step,
-            steps_per_sec=views.steps_per_sec(now, facts.step),
+            steps_per_sec=steps_per_sec,
             elapsed=now - self._t0,
             device=shape.device,
             last_eval=self.evals[-1] if self.evals else None,
@@ -200,7 +207,32 @@ class RunRecord:
             run_dir=str(shape.run_dir or ""),
             optimizer=type(o.optimizer).__name__,
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
+            telemetry=self._telemetry(steps_per_sec, facts),
             step_view=self.step_view(),
+        )
+
+    def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:
+        """The meter's view; under torchrun samples/s and tokens/s are the job's: rank 0's
+        times the ranks (each steps with a batch of its own, in step with the others)."""
+        view = self.meter.view(steps_per_sec, self._progress(facts))
+        n = self.shape.world_size
+        if n == 1:
+            return view
+        return dataclasses.replace(
+            view,
+            samples_per_sec=None if view.samples_per_sec is None else view.samples_per_sec * n,
+            tokens_per_sec=None if view.tokens_per_sec is None else view.tokens_per_sec * n,
+        )
+
+    def _progress(self, facts: RunFacts) -> Progress:
+        return Progress(
+            state=facts.state,
+            step=facts.step,
+            max_steps=self.shape.max_steps,
+            epochs=self.shape.epochs,
+            epoch=facts.epoch,
+            epoch_batches=facts.epoch_batches,
+            epoch_length=facts.epoch_length,
         )
 
     def publish(self, facts: RunFacts, o: Optimization) -> Snapshot:

@@ -199,6 +199,34 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """Throughput, progress and the device, as measured by engine/telemetry.py.
+
+    None: not known (yet), or not measured here: every ``memory_*`` field off CUDA,
+    every ``gpu_*`` field off CUDA or without nvidia-ml-py (``gpu_note`` says why).
+    Step timings come from one step in ``sample_every`` (``sample_every`` 0: none yet).
+    """
+
+    samples_per_sec: float | None = None  # steps/s x the mean batch size (first tensor's dim 0)
+    tokens_per_sec: float | None = None  # only when the inputs are integer sequences (B, T, ...)
+    batch_size: float | None = None  # samples per step, mean over the measured steps
+    data_wait: float | None = None  # s per step waiting for the train_loader (host clock)
+    compute: float | None = None  # s per step after the batch: host clock; CUDA: device time
+    data_fraction: float | None = None  # data_wait / (data_wait + compute)
+    eta: float | None = None  # s until --max-steps / the last epoch, at the current rate
+    sample_every: int = 0  # one step in this many is timed
+    memory_allocated: int | None = None  # bytes, torch.cuda.memory_allocated(device)
+    memory_reserved: int | None = None  # bytes, torch.cuda.memory_reserved(device)
+    memory_peak: int | None = None  # bytes, torch.cuda.max_memory_allocated(device)
+    gpu_utilization: float | None = None  # %, NVML: time a kernel ran in its last sample period
+    gpu_memory_used: int | None = None  # bytes, NVML: the whole GPU's (every process)
+    gpu_memory_total: int | None = None  # bytes, NVML
+    gpu_power: float | None = None  # W, NVML
+    gpu_temperature: float | None = None  # degrees C, NVML
+    gpu_note: str = ""  # on CUDA, why the gpu_* fields are None ("" when read)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -216,6 +244,7 @@ class Snapshot:
     run_dir: str = ""
     optimizer: str = ""
     scheduler: SchedulerView | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
 
     def group(self, name: str) -> GroupView | None:

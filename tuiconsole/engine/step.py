@@ -57,6 +57,7 @@ from tuiconsole.errors import CommandError, TuiconsoleError
 
 if TYPE_CHECKING:
     from tuiconsole.engine.config import RunConfig
+    from tuiconsole.engine.record import RunRecord
     from tuiconsole.script import TrainingSpec
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -113,6 +114,7 @@ class StepHost(Protocol):
     _nan_each_step: bool
     _undo: Any
     _stepping: Stepping
+    _record: RunRecord
 
     @property
     def state(self) -> RunState: ...
@@ -372,10 +374,14 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
     handled), as Trainer._one_step does."""
     st = host._stepping
     data = host._data
+    meter = host._record.meter
+    timed = meter.sampled()  # one step in K is timed (engine/telemetry.py)
     while (batch := data.take(host.epoch)) is END_OF_EPOCH:
         host._end_epoch()
         if host.state == RunState.FINISHED:
             return None
+    if timed:
+        meter.took(batch)
     model = st.forward_model(host._ddp or host.model)
     optimizer = host.optimizer
     optimizer.zero_grad(set_to_none=True)
@@ -384,7 +390,7 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
         host._append_log("info", "compiling the model (torch.compile); the first step waits")
         host._publish()
     started = time.monotonic()
-    losses = _micro_batches(host, st, model, batch, where)
+    losses = _micro_batches(host, st, model, batch, where, timed)
     if st.compile_state == "compiling":
         st.compile_state = "compiled"
         took = time.monotonic() - started
@@ -409,11 +415,13 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
     where.phase = "scheduler"
     if host.scheduler is not None and host.spec.scheduler_interval == "step":
         host._scheduler_step()
+    if timed:
+        meter.done()
     return mean if value is None else value
 
 
 def _micro_batches(
-    host: StepHost, st: Stepping, model: nn.Module, batch: Any, where: Where
+    host: StepHost, st: Stepping, model: nn.Module, batch: Any, where: Where, timed: bool
 ) -> list[torch.Tensor]:
     """Forward and backward of the step's micro-batches, from ``batch`` on; their losses.
 
@@ -421,17 +429,28 @@ def _micro_batches(
     others run under ``no_sync()``, so the next micro-batch is taken before a backward
     (an epoch that ends there makes it the last). An epoch that runs out inside the
     step ends it: the gradients are brought to the mean of the micro-batches it had."""
-    data, ddp, n = host._data, host._ddp, st.accumulate
+    data, ddp, n, meter = host._data, host._ddp, st.accumulate, host._record.meter
+
+    def take_next() -> Any:
+        """The step's next micro-batch, or END_OF_EPOCH (the epoch's end held for the
+        next step); its wait timed in a step the meter samples (engine/telemetry.py)."""
+        where.phase, where.batch = "data", None
+        if timed:
+            meter.taking()
+        got = data.take(host.epoch)
+        if got is END_OF_EPOCH:
+            data.hold_end()
+        elif timed:
+            meter.took(got)
+        return got
+
     losses: list[torch.Tensor] = []
     while True:
         last = len(losses) + 1 >= n
         following: Any = None
         if ddp is not None and not last:
-            where.phase, where.batch = "data", None
-            following = data.take(host.epoch)
-            if following is END_OF_EPOCH:
-                data.hold_end()
-                last = True
+            following = take_next()
+            last = following is END_OF_EPOCH
         where.phase, where.batch = "forward", batch
         if not host._on_cpu:
             batch = to_device(batch, host.device)
@@ -447,10 +466,8 @@ def _micro_batches(
         if last:
             break
         if following is None:
-            where.phase, where.batch = "data", None
-            following = data.take(host.epoch)
+            following = take_next()
             if following is END_OF_EPOCH:
-                data.hold_end()
                 break
         batch = following
     if len(losses) < n:  # the epoch ended inside this step: a shorter one

@@ -84,6 +84,7 @@ from tuiconsole.script import TrainingSpec
 # half the time however fast commands come in.
 COMMANDS_PER_STEP = 8
 EXPENSIVE_COMMANDS = (C.Eval, C.Checkpoint)
+Item = tuple[C.Command, str, Future[C.CommandResult]]  # a queued command: its source, its answer
 
 
 def _shown(text: str) -> str:
@@ -128,6 +129,7 @@ class Trainer:
                 run_dir=self.run_dir,
                 scheduler_interval=spec.scheduler_interval,
                 world_size=self._dist.world_size if self._dist is not None else 1,
+                telemetry=self.config.telemetry,
             )
         )
         self._control = RunControl(self.config.start_paused)
@@ -166,6 +168,8 @@ class Trainer:
         )
         self._step_ended = time.monotonic()  # when the last command boundary ended
         self._nan_found: tuple[int, float] | None = None  # to report at the next tick
+        # torchrun on the CPU: the NaN check agreed every step is the tick (one all_reduce)
+        self._flags_each_step = self._nan_each_step and not self.OWN_LOOP
         self._done = threading.Event()
         self._stopping = Stopping()
         # The loop runs once: in a thread of its own (start) or in the caller's (run).
@@ -523,6 +527,8 @@ class Trainer:
         """What ended the loop, if it was not a stop: noted, or the run's error."""
         if isinstance(exc, Stopped):
             return
+        if self._dist is not None and self._dist.broken is None:
+            self._dist.broken = "this rank's loop ended on its own"  # no final gather
         if isinstance(exc, KeyboardInterrupt):  # in the main thread, no stop handler: a stop
             self._stopping.asked("KeyboardInterrupt")
             self._append_log("info", f"interrupted at step {self.step}; stopping")
@@ -603,11 +609,20 @@ class Trainer:
         """Paused or finished: wait for a command, keep snapshots fresh."""
         if self._record.wanted:
             self._publish()
-        if self._dist is not None:
-            if self._dist.broken is None:
-                self._tick(idle=True)
+        d = self._dist
+        if d is not None:
+            if d.broken is None:
+                held = None
+                if d.leader:  # a little wait for a command, then the idle tick
+                    with contextlib.suppress(queue.Empty):
+                        held = self._queue.get(timeout=D.IDLE_TICK_S)
+                d.flags(self.step, say=held is not None or self._wants_to_say(), idle=True)
+                if d.exchange_due:
+                    self._tick(held)
+                elif held is not None:  # pragma: no cover - said, so an exchange is due
+                    self._queue.put(held)
                 return
-            if not self._dist.leader:  # the job is over for this rank: leave
+            if not d.leader:  # the job is over for this rank: leave
                 raise Stopped
         try:
             item = self._queue.get(timeout=0.05)
@@ -641,17 +656,22 @@ class Trainer:
                 )
                 return
 
-    def _tick(self, idle: bool) -> None:
-        """A tick with the other ranks (engine/distributed.py): rank 0's commands, applied
-        on every rank at this step, in the same order; then what the ranks reported (a
+    def _wants_to_say(self) -> bool:
+        """This rank has something for an exchange with the others: commands (rank 0; on
+        another rank, a stop its signals asked for), or a non-finite loss it found."""
+        return self._nan_found is not None or not self._queue.empty()
+
+    def _tick(self, held: Item | None = None) -> None:
+        """The exchange of a tick (engine/distributed.py): rank 0's commands, applied on
+        every rank at this step, in the same order; then what the ranks reported (a
         non-finite loss, a stop asked by a signal); then the optimizers compared."""
         d = self._dist
         assert d is not None
-        items, stop = self._take_for_tick(idle)
+        items, stop = self._take_for_tick(held)
         report = D.Report(stop=stop, nan=self._nan_found)
         self._nan_found = None
         try:
-            tick = d.tick(self.step, [(c, s) for c, s, _ in items], report, idle)
+            tick = d.tick([(c, s) for c, s, _ in items], report)
         except D.PeerLost as exc:
             for cmd, _, waiting in items:
                 waiting.set_result(C.CommandResult(False, str(exc), cmd.text))
@@ -689,21 +709,20 @@ class Trainer:
             except D.PeerLost as exc:
                 self._fail(exc, None, step=self.step)
 
-    def _take_for_tick(
-        self, idle: bool
-    ) -> tuple[list[tuple[C.Command, str, Future[C.CommandResult]]], str | None]:
-        """Rank 0: the commands for this tick (waiting a little while idle). Another rank
-        takes only a stop (its signals'); commands go to rank 0."""
-        items: list[tuple[C.Command, str, Future[C.CommandResult]]] = []
+    def _take_for_tick(self, held: Item | None) -> tuple[list[Item], str | None]:
+        """Rank 0: the commands for this tick (``held``, taken already, first). Another
+        rank takes only a stop (its signals'); commands go to rank 0."""
+        items: list[Item] = []
         assert self._dist is not None
         leader, stop = self._dist.leader, None
-        wait = D.IDLE_TICK_S if idle and leader else 0.0
         while len(items) < COMMANDS_PER_STEP:
-            try:
-                item = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            wait = 0.0
+            if held is not None:
+                item, held = held, None
+            else:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if leader:
                 items.append(item)
                 if isinstance(item[0], EXPENSIVE_COMMANDS):
@@ -721,9 +740,12 @@ class Trainer:
         # Runs every step: the common case (nothing queued) must cost ~nothing.
         if self._replay:
             self._apply_replay()
-        if self._dist is not None and self._dist.broken is None:
-            if self._dist.due(self.step):
-                self._tick(idle=False)
+        d = self._dist
+        if d is not None and d.broken is None:
+            if not d.exchange_due and not self._flags_each_step and d.due(self.step):
+                d.flags(self.step, say=self._wants_to_say())
+            if d.exchange_due:
+                self._tick()
             return
         if self._queue.empty():
             return
@@ -809,10 +831,14 @@ class Trainer:
 
     def _one_step(self, where: faults.Where) -> torch.Tensor | float | None:
         """One training step; returns the loss to record (a float if already read), or None."""
+        meter = self._record.meter
+        timed = meter.sampled()  # one step in K is timed (engine/telemetry.py)
         while (batch := self._data.take(self.epoch)) is END_OF_EPOCH:
             self._end_epoch()
             if self.state == RunState.FINISHED:
                 return None
+        if timed:
+            meter.took(batch)
         where.phase, where.batch = "forward", batch
         if not self._on_cpu:
             batch = to_device(batch, self.device)
@@ -843,6 +869,8 @@ class Trainer:
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
+        if timed:
+            meter.done()
         return loss if value is None else value
 
     def _skip_nonfinite(self, finite: bool, loss: torch.Tensor) -> bool:
@@ -851,7 +879,8 @@ class Trainer:
         backward is a collective), so every rank asks the others, each step."""
         d = self._dist
         if d is not None and d.broken is None:
-            if not d.any_rank(not finite):
+            # the same all_reduce is this step's tick (see _flags_each_step)
+            if not d.flags(self.step, skip=not finite, say=self._wants_to_say()):
                 return False
             bad = loss.detach().float().mean().item() if not finite else None
             rank, worst = next((r, v) for r, v in enumerate(d.exchange(bad)) if v is not None)
@@ -939,7 +968,9 @@ class Trainer:
                 and self.state not in (RunState.ERROR, RunState.STARTING)
                 and self.unfinished is None  # abandoned: the process is leaving
             ):
-                checkpoint, disk_full = self._keeper.final(self.step, self.epoch)
+                checkpoint, disk_full = self._keeper.final(
+                    self.step, self.epoch, together=self._together_to_the_end
+                )
                 if disk_full:
                     self._failures.final_lost(self.step)
         finally:
@@ -1069,6 +1100,8 @@ class Trainer:
             error=self.error,
             nan=self.nan_event,
             checkpoint=self.last_checkpoint,
+            epoch_batches=self._data.batches if self._data.started else 0,
+            epoch_length=self._data.length,
         )
 
     def _build_snapshot(self) -> Snapshot:

@@ -8,6 +8,7 @@ leaving only detaches.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import sys
@@ -133,6 +134,7 @@ def probe(info: RunInfo, timeout: float = 2.0) -> RunEntry:
             loss=snap.loss_last,
             clients=clients if isinstance(clients, int) else None,
             optimizer=snap.optimizer_state(),
+            telemetry=dataclasses.asdict(snap.telemetry),
         )
     finally:
         session.close()

@@ -228,6 +228,8 @@ class RunEntry:
     clients: int | None = None
     error: str = ""
     optimizer: dict[str, Any] | None = None  # Snapshot.optimizer_state(): the whole optimizer
+    # Snapshot.telemetry as a dict: samples/s, tokens/s, data wait vs compute, ETA, GPU
+    telemetry: dict[str, Any] | None = None
 
 
 def live_runs(clean: bool = True) -> list[RunInfo]:

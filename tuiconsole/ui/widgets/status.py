@@ -22,7 +22,8 @@ def render_status(
     # epoch 0: a loop of its own, which counts its epochs itself
     text.append(f"  epoch {epoch}  step {step}  " if status.epoch else f"  step {step}  ")
     text.append(f"{status.steps_per_sec:.1f} steps/s", style="bold")
-    text.append(f"  {fmt_elapsed(status.elapsed)}  {status.device}")
+    ranks = f" ×{status.world_size} ranks" if status.world_size > 1 else ""
+    text.append(f"  {fmt_elapsed(status.elapsed)}  {status.device}{ranks}")
     if optimizer:
         text.append(f"  {optimizer}", style="dim")
     text.append("\n")
