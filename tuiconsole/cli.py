@@ -541,7 +541,7 @@ def ls(
         for e in entries:
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
             row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
-            row |= {"telemetry": e.telemetry}
+            row |= {"telemetry": e.telemetry, "step_view": e.step_view}
             print(json.dumps(row))
     else:
         print(format_table(entries))

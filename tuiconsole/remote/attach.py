@@ -135,6 +135,7 @@ def probe(info: RunInfo, timeout: float = 2.0) -> RunEntry:
             clients=clients if isinstance(clients, int) else None,
             optimizer=snap.optimizer_state(),
             telemetry=dataclasses.asdict(snap.telemetry),
+            step_view=dataclasses.asdict(snap.step_view) if snap.step_view else None,
         )
     finally:
         session.close()

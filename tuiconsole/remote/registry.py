@@ -230,6 +230,9 @@ class RunEntry:
     optimizer: dict[str, Any] | None = None  # Snapshot.optimizer_state(): the whole optimizer
     # Snapshot.telemetry as a dict: samples/s, tokens/s, data wait vs compute, ETA, GPU
     telemetry: dict[str, Any] | None = None
+    # Snapshot.step_view as a dict (amp, scale, max norm, grad norm, clipped, accumulate,
+    # compile), None for a plain step
+    step_view: dict[str, Any] | None = None
 
 
 def live_runs(clean: bool = True) -> list[RunInfo]:
