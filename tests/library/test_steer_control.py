@@ -78,7 +78,10 @@ def test_paused_waits_in_steer_until_a_front_end_resumes(tmp_path, monkeypatch):
             time.sleep(0.01)
         client = RemoteSession(socks[0])
         try:
-            state = client.snapshot().status.state
+            # served from steer(), which publishes STARTING first, then PAUSED at begin()
+            while (state := client.snapshot().status.state) == RunState.STARTING:
+                assert time.monotonic() < deadline, "the run never left STARTING"
+                time.sleep(0.01)
             return state, [client.submit(c).result(20) for c in ("lr head 0.3", "resume")]
         finally:
             client.close()
