@@ -273,7 +273,6 @@ class Tick:
 
     commands: list[tuple[C.Command, str]]
     reports: list[Report]
-    next_tick: int
 
 
 @dataclass
@@ -368,7 +367,7 @@ class Coordinator:
         if self.leader:
             mine["commands"] = commands
         got = self.exchange(mine)
-        return Tick(list(got[0]["commands"]), [g["report"] for g in got], self.next_tick)
+        return Tick(list(got[0]["commands"]), [g["report"] for g in got])
 
     def _choose_every(self, step: int, now: float) -> int:
         """K: ticks cost at most TICK_BUDGET of the time; they come every
