@@ -101,7 +101,7 @@ def test_lrs_change_only_at_boundaries_under_a_flood_of_commands(new_steer):
     parts.take = take  # type: ignore[method-assign]
     sender = Beside(flood)
     try:
-        train(steer, parts, 300)
+        train(steer, parts, 100)
     finally:
         stop.set()
         steer.close()  # answers a command sent after the last boundary
