@@ -65,6 +65,7 @@ def everything(t: Trainer) -> dict[str, Any]:
         "losses": t._losses.history.series(),
         "last_loss": t._losses.last,
         "step_view": t._stepping.view(),
+        "scaler": t._stepping.scaler.state_dict() if t._stepping.scaler else None,
         "modes": [m.training for m in t.model.modules()],
     }
 
@@ -90,20 +91,24 @@ def next_batches(t: Trainer, n: int) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    "optimizer, scheduler, features",
+    "optimizer, scheduler, features, config",
     [
-        ("sgd", "step", []),  # SGD with momentum, StepLR stepped every step
-        ("adam", "lambda", ["clip 0.5", "accumulate 2"]),  # engine/step.py's step
+        ("sgd", "step", [], {}),  # SGD with momentum, StepLR stepped every step
+        ("adam", "lambda", ["clip 0.5", "accumulate 2"], {}),  # engine/step.py's step
+        ("adam", None, ["clip 1"], {"amp": "fp16"}),  # autocast and a GradScaler (CPU)
     ],
 )
 def test_a_run_with_an_lrfind_in_the_middle_is_bit_for_bit_the_run_without(
-    drive, optimizer, scheduler, features
+    drive, optimizer, scheduler, features, config
 ):
     results = []
     for sweep in (True, False):
-        d = drive(shuffled_spec(optimizer, scheduler))
+        d = drive(shuffled_spec(optimizer, scheduler), **config)
         for f in features:
             assert d.cmd(f).ok
+        scaler = d.trainer._stepping.scaler
+        if scaler is not None:
+            scaler.set_growth_interval(1)  # its scale doubles each step: the sweep's too
         d.steps(5)  # 5 batches into an 8-batch epoch
         if sweep:
             before = everything(d.trainer)
