@@ -304,9 +304,11 @@ def test_refused_while_running_unknown_target_or_a_loader_it_cannot_put_back(dri
         def __iter__(self):
             yield from make_data()
 
+    dataset = TensorDataset(torch.randn(64, 8), torch.zeros(64, dtype=torch.long))
     for loader, why in (
         (iter(make_data() * 10), "iterator"),
         (DataLoader(Stream(), batch_size=None), "IterableDataset"),
+        (DataLoader(dataset, num_workers=1, persistent_workers=True), "persistent workers"),
     ):
         spec = make_spec()
         spec = TrainingSpec(
@@ -316,10 +318,21 @@ def test_refused_while_running_unknown_target_or_a_loader_it_cannot_put_back(dri
             train_loader=loader,
             epochs=1,
         )
-        d = drive(spec)
-        d.steps(1)
+        d = drive(spec)  # refused before a batch is taken (no worker is started)
         r = d.cmd("lrfind")
         assert not r.ok and why in r.message, r.message
+
+
+def test_refused_in_a_loop_of_its_own(tmp_path):
+    from tuiconsole.engine.ownloop import OwnLoop
+
+    spec = make_spec()
+    run = OwnLoop(spec.model, spec.optimizer, config=RunConfig(run_dir=tmp_path, start_paused=True))
+    try:
+        r = run.apply_now("lrfind")
+        assert not r.ok and "own" in r.message, r.message
+    finally:
+        run.close()
 
 
 def test_a_nan_paused_run_can_sweep_and_stays_nan_paused(drive):
