@@ -78,6 +78,7 @@ from tuiconsole.script import TrainingSpec
 if TYPE_CHECKING:
     from tuiconsole.engine.trainer import Trainer
 
+COMMANDS = (C.LrFind,)  # the commands handled here (Trainer._dispatch)
 CHUNK_S = 0.1  # sweep steps per turn of the loop: about this long, then commands
 VIEW_POINTS = 500  # points in the snapshot's LrFindView at most (the journal has all)
 DIVERGE = 4.0  # stop once the smoothed loss passes this many times its lowest
