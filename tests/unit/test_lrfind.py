@@ -214,6 +214,10 @@ def test_cancel_midway_puts_the_run_back_and_commands_wait_meanwhile(tmp_path):
                 r = d.cmd("lrfind from=1e-6 to=1e-5 steps=10000")
                 assert r.ok and "10000 steps" in r.message, r.message
                 wait_for(lambda: (v := t.latest_snapshot().lrfind) is not None and v.taken >= 3)
+                snap = t.latest_snapshot()
+                assert snap.lrfind is not None and snap.lrfind.state == "running"
+                assert snap.status.step == 3 and snap.status.state == RunState.PAUSED
+                assert [g.lr for g in snap.groups] == lrs  # the groups' own, not the sweep's
                 busy = d.cmd("lr features 0.1")
                 assert not busy.ok and "lrfind cancel" in busy.message
                 assert not d.cmd("lrfind").ok  # one at a time

@@ -68,7 +68,6 @@ from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
 from tuiconsole.engine import optclass
 from tuiconsole.engine.data import EpochData, rng_state, set_rng_state
-from tuiconsole.engine.faults import Where
 from tuiconsole.engine.record import RunRecord
 from tuiconsole.engine.snapshot import LrFindView, RunState
 from tuiconsole.engine.step import Stepping, take_step
@@ -209,7 +208,9 @@ class Saved:
         self._values = values
         self._model = _Model(model, values)
         self._state = _OptimizerState(optimizer, values)
-        self._optimizer = _Attrs(optimizer, ("_opt_called",), values)
+        # its plain attributes (a scheduler's `_opt_called`, a custom class's counters)
+        plain = [k for k, v in vars(optimizer).items() if isinstance(v, bool | int | float | str)]
+        self._optimizer = _Attrs(optimizer, plain, values)
         self._scheduler = scheduler
         self._schedule = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
         scaler = stepping.scaler
@@ -527,7 +528,7 @@ class LrFinder:
         groups = s.host.optimizer.param_groups
         for i in s.indices:
             _set_lr(groups[i], lr)
-        loss = take_step(s.host, Where())
+        loss = take_step(s.host, self._t._where)  # where a stuck step is, for a stop
         s.taken += 1
         if loss is None or s.host.nonfinite:
             return "done", f"stopped at lr {lr:.3g}: the loss is not finite"
