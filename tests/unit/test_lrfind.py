@@ -436,3 +436,22 @@ def test_the_view_travels_over_the_socket_protocol(drive):
     snap = d.trainer.latest_snapshot()
     again = snapshot_from_dict(json.loads(json.dumps(snapshot_to_dict(snap))))
     assert again.lrfind == snap.lrfind and again.lrfind is not None
+
+
+@pytest.mark.subprocess  # DataLoader workers are processes
+def test_a_loader_with_workers_is_put_back_too(drive):
+    """The sweep's pass has workers of its own; the run's iterator (and its workers'
+    prefetched batches) is left as it was."""
+    results = []
+    for sweep in (True, False):
+        spec = shuffled_spec("adam", None)
+        loader = spec.train_loader
+        assert isinstance(loader, DataLoader)
+        spec.train_loader = DataLoader(loader.dataset, batch_size=32, shuffle=True, num_workers=2)
+        d = drive(spec)
+        d.steps(5)
+        if sweep:
+            assert d.cmd("lrfind steps=12 from=1e-4 to=1").ok
+        d.steps(6)
+        results.append((everything(d.trainer), next_batches(d.trainer, 3)))
+    assert_same(*results, "after")
