@@ -12,6 +12,9 @@ and remote clients.
     clip MAX_NORM | clip off   gradient clipping by norm (engine/step.py)
     accumulate N               micro-batches per optimizer step, from the next step
     pause | resume | step [N] | eval | stop | checkpoint [PATH]
+    lrfind [TARGET] [from=V] [to=V] [steps=N] | lrfind cancel
+                               lr range test while paused; the run is put back
+                               exactly as it was (engine/lrfind.py)
 
 TARGET is a group name, a module path (the group(s) holding its parameters) or
 ``all``. Parsing is pure text -> frozen Command; applying happens in the trainer
@@ -48,6 +51,7 @@ COMMAND_NAMES = (
     "eval",
     "stop",
     "checkpoint",
+    "lrfind",
 )
 
 
@@ -245,6 +249,34 @@ class Checkpoint(Command):
         return _join("checkpoint", _q(self.path) if self.path is not None else "")
 
 
+@dataclass(frozen=True)
+class LrFind(Command):
+    """The lr range test (engine/lrfind.py), or ``lrfind cancel`` of the one running.
+
+    A control command: it leaves the run as it found it, so a replay skips it.
+    The text is always written whole (defaults included), so the journal says
+    what was swept."""
+
+    name: ClassVar[str] = "lrfind"
+    control: ClassVar[bool] = True
+    target: str = "all"
+    lr_from: float = 1e-7
+    lr_to: float = 10.0
+    steps: int = 100
+    cancel: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.cancel:
+            return "lrfind cancel"
+        return (
+            f"lrfind {_q(self.target)} from={_fmt(self.lr_from)} to={_fmt(self.lr_to)} "
+            f"steps={self.steps}"
+        )
+
+
+LRFIND_MAX_STEPS = 10_000
+
 USAGE = {
     "lr": "lr TARGET VALUE   (VALUE: 1e-3, *0.5 or /10)",
     "decay": "decay FACTOR [TARGET]",
@@ -259,6 +291,7 @@ USAGE = {
     "eval": "eval",
     "stop": "stop",
     "checkpoint": "checkpoint [PATH]",
+    "lrfind": "lrfind [TARGET] [from=1e-7] [to=10] [steps=100] | lrfind cancel",
 }
 
 
@@ -421,6 +454,8 @@ def _parse_args(name: str, args: list[str]) -> Command:
     if name == "checkpoint":
         _need(len(args) <= 1)
         return Checkpoint(_name(args[0], "checkpoint path") if args else None)
+    if name == "lrfind":
+        return _lrfind(args)
     _need(not args)
     simple: dict[str, type[Command]] = {
         "pause": Pause,
@@ -429,6 +464,35 @@ def _parse_args(name: str, args: list[str]) -> Command:
         "stop": Stop,
     }
     return simple[name]()
+
+
+def _lrfind(args: list[str]) -> LrFind:
+    """``lrfind [TARGET] [from=V] [to=V] [steps=N]`` or ``lrfind cancel``: every value
+    checked here (0 < from < to, both finite; 2 <= steps <= 10000)."""
+    if [a.lower() for a in args] == ["cancel"]:
+        return LrFind(cancel=True)
+    target = "all"
+    values: dict[str, str] = {}
+    for i, tok in enumerate(args):
+        if "=" not in tok:
+            _need(i == 0)  # TARGET first, then KEY=VALUE items
+            target = _name(tok, "target")
+            continue
+        key, _, val = tok.partition("=")
+        key = key.lower()
+        if key not in ("from", "to", "steps"):
+            raise CommandError(f"lrfind takes from=, to= and steps=, got {tok!r}")
+        if key in values:
+            raise CommandError(f"{key!r} given twice")
+        values[key] = val
+    lr_from = parse_positive(values.get("from", "1e-7"), "from")
+    lr_to = parse_positive(values.get("to", "10"), "to")
+    if lr_from >= lr_to:
+        raise CommandError(f"lrfind: from ({lr_from:g}) must be below to ({lr_to:g})")
+    steps = parse_count(values.get("steps", "100"), "steps")
+    if not 2 <= steps <= LRFIND_MAX_STEPS:
+        raise CommandError(f"lrfind: steps must be 2..{LRFIND_MAX_STEPS:,}, got {steps}")
+    return LrFind(target, lr_from, lr_to, steps)
 
 
 def coerce(command: str | Command) -> Command:

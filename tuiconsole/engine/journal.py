@@ -11,7 +11,8 @@ Each record is a flat JSON object whose ``type`` says which kind it is.
 
 journal.jsonl, in order: one ``header`` per process that wrote to it (a resumed
 run appends a new one), then ``command``, ``undo`` and ``nan`` records as they
-happen, at most one ``error``, and one ``end``. metrics.jsonl: ``train``,
+happen, ``lrfind`` records (an lr range test's result: not a change, never
+replayed), at most one ``error``, and one ``end``. metrics.jsonl: ``train``,
 ``eval`` and ``nan`` records.
 """
 
@@ -38,6 +39,7 @@ Record = dict[str, Any]
 
 # The record types (each record's "type").
 HEADER, COMMAND, UNDO, NAN, ERROR, END = "header", "command", "undo", "nan", "error", "end"
+LRFIND = "lrfind"  # an lr range test's result (engine/lrfind.py); replay skips it
 TRAIN, EVAL = "train", "eval"  # metrics.jsonl (and NAN)
 
 
@@ -133,6 +135,39 @@ def nan_record(event: NanEvent, action: str) -> Record:
     if event.rank is not None:  # torchrun: whose loss it was
         record["rank"] = event.rank
     return record
+
+
+def lrfind_record(
+    *,
+    step: int,
+    state: str,
+    target: str,
+    lr_from: float,
+    lr_to: float,
+    steps: int,
+    points: Sequence[tuple[float, float]],
+    suggestion: float | None,
+    rule: str,
+    message: str,
+) -> Record:
+    """An lr range test at ``step`` (state: done, cancelled, failed): every (lr, loss)
+    point, the suggested lr and its rule. The run was put back as it was, so this is
+    not a change and a replay skips it."""
+    return {
+        "type": LRFIND,
+        "step": step,
+        "time": time.time(),
+        "state": state,
+        "target": target,
+        "from": lr_from,
+        "to": lr_to,
+        "steps": steps,
+        "lrs": [lr for lr, _ in points],
+        "losses": [loss for _, loss in points],
+        "suggestion": suggestion,
+        "rule": rule,
+        "message": message,
+    }
 
 
 def error_record(

@@ -25,6 +25,7 @@ from tuiconsole.engine.ops import Optimization
 from tuiconsole.engine.snapshot import (
     EvalPoint,
     LogEntry,
+    LrFindView,
     NanEvent,
     RunError,
     RunState,
@@ -86,6 +87,7 @@ class RunRecord:
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
         # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
         self.step_view: Callable[[], StepView | None] = _no_step_view
+        self.lrfind: LrFindView | None = None  # the latest lr range test (engine/lrfind.py)
         self._log = RunLog()
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -209,6 +211,7 @@ class RunRecord:
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
             telemetry=self._telemetry(steps_per_sec, facts),
             step_view=self.step_view(),
+            lrfind=self.lrfind,
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

@@ -227,6 +227,26 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class LrFindView:
+    """The latest lr range test (``lrfind``, engine/lrfind.py): its points so far (at
+    most lrfind.VIEW_POINTS, evenly downsampled; the journal's ``lrfind`` record has
+    all), the suggested lr and the rule that chose it."""
+
+    state: str  # "running" | "done" | "cancelled" | "failed"
+    target: str  # the group/module/"all" swept
+    lr_from: float = 0.0
+    lr_to: float = 0.0
+    steps: int = 0  # steps planned
+    taken: int = 0  # steps done so far (progress = taken/steps)
+    lrs: tuple[float, ...] = ()
+    losses: tuple[float, ...] = ()
+    suggestion: float | None = None
+    rule: str = ""  # how the suggestion was chosen, in words
+    at_step: int = 0  # the run's step when it ran (the run is restored to it)
+    message: str = ""  # e.g. why it failed / was cancelled
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -246,6 +266,7 @@ class Snapshot:
     scheduler: SchedulerView | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
+    lrfind: LrFindView | None = None  # the latest lr range test (kept after it ends)
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

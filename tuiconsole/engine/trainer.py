@@ -58,6 +58,7 @@ from tuiconsole.engine.evaluate import evaluate
 from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
 from tuiconsole.engine.keeper import Keeper
+from tuiconsole.engine.lrfind import LrFinder
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
 from tuiconsole.engine.rundir import StorageError
@@ -162,6 +163,7 @@ class Trainer:
             self.device,
         )
         self._where = faults.Where()
+        self._lrfind = LrFinder(self)  # `lrfind`: the lr range test (engine/lrfind.py)
         self._nan_each_step = self.config.nan_policy.every_step(self.device)
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
@@ -520,6 +522,8 @@ class Trainer:
             self._apply_pending()
             if train and self._control.can_step:
                 self._train_step()
+            elif self._lrfind.running:  # a slice of the lr range test, then commands
+                self._lrfind.slice()
             else:
                 self._idle()
 
@@ -1072,6 +1076,10 @@ class Trainer:
 
     def _dispatch(self, cmd: C.Command) -> str:
         """Apply one command; its result line, or a CommandError having changed nothing."""
+        if isinstance(cmd, C.LrFind):
+            return self._lrfind.apply(cmd)
+        if self._lrfind.running:  # stop puts the run back first; most others wait
+            self._lrfind.before(cmd)
         if ops.is_op(cmd):
             result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
             if result.structure_changed:
