@@ -53,6 +53,9 @@ def test_continuing_after_a_rollback_equals_a_straight_run(drive):
     assert r.ok and "rolled back from step 11 to step 5" in r.message, r.message
     assert d.trainer.step == 5 and d.trainer.state == RunState.PAUSED
     assert [g["lr"] for g in d.opt.param_groups] == [1e-3, 1e-2]
+    snap = d.trainer.latest_snapshot()
+    assert snap.loss_history.steps and max(snap.loss_history.steps) <= 5  # the present's
+    assert snap.status.step == 5 and snap.changes[-1].step == 11
     d.steps(10)
     straight = drive()
     straight.steps(15)

@@ -152,6 +152,7 @@ class Trainer:
         self._schedule = Schedule()  # `at` (engine/schedule.py)
         self._record.pending = self._schedule.views
         self._source = ""  # of the command being applied
+        self._resumed_from: tuple[int, str] | None = None  # (step, checkpoint): rollback
         self._data = EpochData(spec.train_loader)
         self._stepping = self._make_stepping(spec)  # amp, clip, accumulation, compile
         self._record.step_view = self._stepping.view
@@ -197,6 +198,7 @@ class Trainer:
         resume = self.config.resume
         if resume is not None:
             self._adopt(resume, load_checkpoint(resume))
+            self._resumed_from = (self.step, str(resume))
             self._record.changed(Change(self.step, f"resume {resume}", "engine", (), "resume"))
         for note in self._stepping.notes:
             self._append_log("info", note)
@@ -1223,10 +1225,7 @@ class Trainer:
     def _rollback_path(self, given: str | None) -> Path:
         run_dir = self.run_dir
         if given is None:
-            resumed = None
-            if self._resumed is not None and self.config.resume is not None:
-                resumed = (self._resumed.step, str(self.config.resume))
-            known = RB.candidates(self._keeper.written, resumed, run_dir)
+            known = RB.candidates(self._keeper.written, self._resumed_from, run_dir)
             nan = self.nan_event
             nan_step = nan.step if nan is not None and self.state == RunState.NAN_PAUSED else None
             return RB.default(known, self.step, nan_step)
@@ -1253,9 +1252,13 @@ class Trainer:
         if self._dist is not None:
             raise CommandError("rollback is not offered under torchrun; stop, then --resume")
         replaying = self._source.startswith("replay:")
-        if not replaying and self.state not in (RunState.PAUSED, RunState.NAN_PAUSED):
+        if not replaying and self.state in (RunState.RUNNING, RunState.STEPPING):
             raise CommandError(
                 f"rollback: pause the run first (it is {self.state.value}); nothing changed"
+            )
+        if not replaying and self.state not in (RunState.PAUSED, RunState.NAN_PAUSED):
+            raise CommandError(
+                f"rollback is only for a PAUSED or NAN-PAUSED run (it is {self.state.value})"
             )
         return replaying
 
@@ -1284,6 +1287,8 @@ class Trainer:
             ) from None
         self._undo, self._nan_found = None, None
         self._history.clear()
+        self._record.losses.rewind(self.step)  # the losses after it are of a gone future
+        self._record.views.rewound()
         self._choose_step()
         self._control.rolled_back(replaying)
         self._record.views.state_version += 1
