@@ -147,3 +147,25 @@ def test_undo_refuses_when_the_groups_changed_and_bad_input(drive):
     r = d.cmd("undo")
     assert not r.ok and "the groups changed since" in r.message
     assert d.opt.param_groups[0]["lr"] == 0.01
+
+
+def test_a_change_the_engine_took_back_leaves_the_undo_stack_too(tmp_path):
+    """ops' guard undid `set` (its first step failed cleanly): `undo` then takes back
+    the change before it, not the one that is already gone."""
+    from tests.reliability.helpers import sync_trainer
+    from tests.reliability.test_accepted_commands import picky_spec
+
+    t = sync_trainer(picky_spec(), tmp_path / "run")
+    t.step_now(3)
+    assert t.apply_now("lr all 0.002").ok
+    t.step_now(1)
+    assert t.apply_now("set all momentum=0.99").ok  # Picky refuses it at its step
+    t.step_now(1)
+    kinds = [c.kind for c in t._build_snapshot().changes]
+    assert kinds == ["lr", "set", "undone"]
+    assert [g["momentum"] for g in t.optimizer.param_groups] == [0.9, 0.9]
+    r = t.apply_now("undo")
+    assert r.ok and "undid `lr all 0.002`" in r.message, r.message
+    assert [g["lr"] for g in t.optimizer.param_groups] == [1e-3, 1e-2]
+    assert not t.apply_now("undo").ok
+    t.close()
