@@ -67,7 +67,7 @@ def test_continuing_after_a_rollback_equals_a_straight_run(drive):
     assert not d.cmd("undo").ok  # the history before a rollback is gone with it
 
 
-def test_after_a_nan_rollback_goes_to_the_checkpoint_before_it(drive):
+def test_after_a_nan_rollback_goes_to_the_checkpoint_before_it(drive, tmp_path):
     d = drive(nan="pause")
     d.steps(4)
     assert d.cmd("checkpoint").ok
@@ -87,6 +87,18 @@ def test_after_a_nan_rollback_goes_to_the_checkpoint_before_it(drive):
     assert d.cmd("decay 0.5").ok  # lower an lr and go on
     d.steps(20)
     assert math.isfinite(t._losses.last)
+    assert d.cmd("stop").ok
+    t.close()
+    # the replay meets the same NaN, rolls back there, and goes on as the run did
+    replay = Trainer(
+        make_spec(),
+        RunConfig(run_dir=tmp_path / "replay", replay=t.run_dir / "journal.jsonl", nan="pause"),
+    ).prepare()
+    replay.step_now(1000)
+    replay.close()
+    assert replay.state == RunState.STOPPED and replay.step == t.step == 26
+    assert same_tensors(weights(replay.model), weights(t.model))
+    assert same_tensors(replay.optimizer.state_dict(), t.optimizer.state_dict())
 
 
 def other_model_spec() -> TrainingSpec:

@@ -80,11 +80,9 @@ def test_undo_of_a_split_merges_back_with_the_adam_state_kept(drive):
     d.steps(3)
     before_members, before_h = members(d.opt), hparams(d.opt)
     assert d.cmd("split head classifier.3 features.0 lr=0.004").ok
-    assert [g["name"] for g in d.opt.param_groups] == [
-        "features",
-        "classifier",
-        "head",
-    ]  # one group of both sources
+    assert [g["name"] for g in d.opt.param_groups] == ["features", "classifier", "head"]
+    split = d.trainer.latest_snapshot().changes[-1]  # one group made, of both sources
+    assert (split.kind, split.groups) == ("split", ("head", "features", "classifier"))
     d.steps(4)
     objects, values = state_objects(d.opt), state_values(d.opt)
     r = d.cmd("undo")

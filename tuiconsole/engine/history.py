@@ -150,7 +150,11 @@ class History:
                 indices = G.resolve_target(cmd.target, o.model, opt)
             except CommandError:
                 return None
-            return [(i, dict(opt.param_groups[i])) for i in indices]
+            # the lr as a number: a tensor lr is changed in place (fill_)
+            return [
+                (i, {**opt.param_groups[i], "lr": float(opt.param_groups[i]["lr"])})
+                for i in indices
+            ]
         if isinstance(cmd, C.Split):
             lists: list[tuple[Any, str, list[Any]]] = []
             for sched in G.scheduler_chain(o.scheduler):
@@ -187,12 +191,18 @@ class History:
             names = tuple(str(groups[i].get("name")) for i, _ in before)
             entry = LrEntry(step, cmd.text, cmd.name, names, after, lrs, hp)
         elif isinstance(cmd, C.Split) and before is not None:
-            made = tuple(n for n in after if n not in {str(g.get("name")) for g in before[0]})
+            members = {str(g.get("name")): {id(p) for p in g["params"]} for g in groups}
+            made = [n for n in after if n not in {str(g.get("name")) for g in before[0]}]
+            sources = [  # the groups the parameters came from
+                str(g.get("name"))
+                for g in before[0]
+                if members.get(str(g.get("name"))) != {id(p) for p in g["params"]}
+            ]
             entry = SplitEntry(
                 step,
                 cmd.text,
                 "split",
-                made,
+                tuple(made + [n for n in sources if n not in made]),
                 after,
                 before[0],
                 before[1],
@@ -292,8 +302,8 @@ class History:
             if current is not None:
                 after = entry.lr_after.get(str(current.get("name")), {})
                 for key, value in _lr_values(current).items():
-                    if key not in group or key not in after:
-                        continue
+                    if key not in after or not isinstance(group.get(key), int | float):
+                        continue  # a tensor lr is the live object the scheduler fills
                     was = float(group[key])
                     if value != after[key]:  # the scheduler moved it since the split
                         moved = value if after[key] == 0 else was * (value / after[key])
