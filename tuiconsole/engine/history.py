@@ -25,9 +25,10 @@ What an undo puts back, per kind:
   parameter, so it stays attached (the same tensors).
 - ``clip`` / ``accumulate``: the previous setting.
 
-Each undo checks first that the groups are those the change left (same names,
-same order) and refuses with the reason otherwise (the training code added a
-group, several optimizers are joined...).
+Each undo checks first that the groups are there: an lr or set edit needs the
+groups it touched (by name), a split the very groups it left (same names, same
+order); it refuses with the reason otherwise (the training code added a group,
+several optimizers are joined...).
 """
 
 from __future__ import annotations
@@ -238,7 +239,10 @@ class History:
                 f"cannot undo `{entry.text}` (step {entry.step}): it dropped the optimizer's "
                 "state (momentum/Adam moments), which cannot be given back; nothing changed"
             )
-        if _names(o) != entry.after and not isinstance(entry, StepEntry):
+        now = _names(o)
+        # an lr/set edit needs its groups (by name); a split the very groups it left
+        gone = isinstance(entry, LrEntry) and not set(entry.groups) <= set(now)
+        if gone or (isinstance(entry, SplitEntry) and now != entry.after):
             raise CommandError(
                 f"cannot undo `{entry.text}` (step {entry.step}): the groups changed since "
                 f"(now {', '.join(_names(o))}; it left {', '.join(entry.after)}); nothing changed"
