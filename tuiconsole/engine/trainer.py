@@ -934,7 +934,7 @@ class Trainer:
             return
         self._history.taken_back()
         self._record.changed(
-            Change(self.step + 1, ops.undone_text(undo, error), "engine", (), "undone")
+            Change(self.step + 1, f"undone {'; '.join(undo.commands)}", "engine", (), "undone")
         )
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
         self._record.write(
