@@ -194,3 +194,30 @@ def test_a_journal_with_undo_at_and_rollback_replays_bit_for_bit(drive, tmp_path
     assert [c.kind for c in replay.latest_snapshot().changes] == [
         c.kind for c in original.latest_snapshot().changes
     ]
+
+
+def two_lambdas_spec() -> TrainingSpec:
+    """LambdaLR with a function per group: a checkpoint cannot hold them."""
+    spec = make_spec()
+    spec.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        spec.optimizer, [lambda s: 1.0 / (1 + 0.05 * s), lambda s: 0.97**s]
+    )
+    return spec
+
+
+def test_a_rollback_across_a_split_gives_each_group_its_own_schedule_back(drive):
+    """The split moved all of `features` away (the group is gone, the lists shifted):
+    the checkpoint's groups get their functions from the script's, by lineage."""
+    d = drive(two_lambdas_spec())
+    d.steps(3)
+    assert d.cmd("checkpoint").ok
+    assert d.cmd("split body features classifier.0").ok
+    assert [g["name"] for g in d.opt.param_groups] == ["classifier", "body", "body.2"]
+    d.steps(4)
+    assert d.cmd("rollback").ok
+    assert [g["name"] for g in d.opt.param_groups] == ["features", "classifier"]
+    d.steps(6)
+    straight = drive(two_lambdas_spec())
+    straight.steps(9)
+    assert [g["lr"] for g in d.opt.param_groups] == [g["lr"] for g in straight.opt.param_groups]
+    assert same_tensors(weights(d.trainer.model), weights(straight.trainer.model))

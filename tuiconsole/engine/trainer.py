@@ -153,6 +153,14 @@ class Trainer:
         self._record.pending = self._schedule.views
         self._source = ""  # of the command being applied
         self._resumed_from: tuple[int, str] | None = None  # (step, checkpoint): rollback
+        # The scheduler's per-group lists as the script made them (lr_lambdas...): a
+        # checkpoint's groups are mapped from these (group_origin), also at a rollback.
+        self._script_lists = [
+            (s, attr, list(v))
+            for s in G.scheduler_chain(spec.scheduler)
+            for attr in G.SCHED_GROUP_LISTS
+            if isinstance(v := getattr(s, attr, None), list)
+        ]
         self._data = EpochData(spec.train_loader)
         self._stepping = self._make_stepping(spec)  # amp, clip, accumulation, compile
         self._record.step_view = self._stepping.view
@@ -1273,6 +1281,8 @@ class Trainer:
             raise CommandError(str(exc)) from None
         before = self.step
         self._flush_losses()
+        for sched, attr, values in self._script_lists:  # restore() maps them from the script's
+            setattr(sched, attr, list(values))
         try:
             self._adopt(path, ckpt)
             r = self._resumed
