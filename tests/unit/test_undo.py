@@ -167,3 +167,21 @@ def test_a_change_the_engine_took_back_leaves_the_undo_stack_too(tmp_path):
     assert [g["lr"] for g in t.optimizer.param_groups] == [1e-3, 1e-2]
     assert not t.apply_now("undo").ok
     t.close()
+
+
+def test_undo_of_a_split_under_a_scheduler_goes_on_with_the_schedule(drive):
+    d = drive(make_spec(scheduler="step"))
+    ref = drive(make_spec(scheduler="step"))
+    d.steps(3)
+    ref.steps(3)
+    assert d.cmd("split head classifier.3 lr=0.05").ok
+    d.steps(4)  # StepLR halved every group at step 5, `head` from its own 0.05
+    ref.steps(4)
+    assert [g["lr"] for g in d.opt.param_groups] == [5e-4, 5e-3, 0.025]
+    assert d.cmd("undo").ok
+    sched, ref_sched = d.trainer.scheduler, ref.trainer.scheduler
+    assert [g["lr"] for g in d.opt.param_groups] == [g["lr"] for g in ref.opt.param_groups]
+    assert sched.base_lrs == ref_sched.base_lrs and sched.get_last_lr() == ref_sched.get_last_lr()
+    d.steps(6)
+    ref.steps(6)
+    assert [g["lr"] for g in d.opt.param_groups] == [g["lr"] for g in ref.opt.param_groups]
