@@ -31,12 +31,17 @@ def train_step(o: ops.Optimization) -> None:
 
 def test_every_command_has_exactly_one_handler():
     """No ladder to forget a command in: each type is an op, a control command or one
-    of how steps are taken (engine/step.py: clip, accumulate)."""
+    of how steps are taken (engine/step.py: clip, accumulate), or one of the tuning
+    commands the trainer applies itself (undo, at, rollback)."""
+    from tuiconsole.engine.trainer import TUNING_COMMANDS
+
     kinds = set(C.Command.__subclasses__())
     steps = set(step.COMMANDS)
     sweeps = set(lrfind.COMMANDS)  # the lr range test (engine/lrfind.py): a control command
-    assert set(ops.OPS) | set(control.CONTROLS) | steps | sweeps == kinds
-    assert not (set(ops.OPS) | set(control.CONTROLS) | steps) & sweeps
+    tuning = set(TUNING_COMMANDS)
+    assert set(ops.OPS) | set(control.CONTROLS) | steps | sweeps | tuning == kinds
+    assert not (set(ops.OPS) | set(control.CONTROLS) | steps) & (sweeps | tuning)
+    assert not sweeps & tuning
     assert all(k.control for k in sweeps)  # not replayed: it puts the run back
     assert not set(ops.OPS) & set(control.CONTROLS)
     assert not (set(ops.OPS) | set(control.CONTROLS)) & steps

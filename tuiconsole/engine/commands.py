@@ -15,6 +15,11 @@ and remote clients.
     lrfind [TARGET] [from=V] [to=V] [steps=N] | lrfind cancel
                                lr range test while paused; the run is put back
                                exactly as it was (engine/lrfind.py)
+    undo                       revert the last optimizer change still revertible
+    rollback [CHECKPOINT]      load a checkpoint into the paused run (default: the
+                               last one before the NaN, else the last one)
+    at STEP COMMAND | at cancel ID
+                               apply COMMAND when the run's step reaches STEP
 
 TARGET is a group name, a module path (the group(s) holding its parameters) or
 ``all``. Parsing is pure text -> frozen Command; applying happens in the trainer
@@ -52,6 +57,9 @@ COMMAND_NAMES = (
     "stop",
     "checkpoint",
     "lrfind",
+    "undo",
+    "rollback",
+    "at",
 )
 
 
@@ -277,6 +285,64 @@ class LrFind(Command):
 
 LRFIND_MAX_STEPS = 10_000
 
+
+@dataclass(frozen=True)
+class UndoLast(Command):
+    """Revert the last optimizer change that can still be reverted (engine/history.py).
+    Not ops.Undo: that one takes back commands whose next optimizer.step() failed."""
+
+    name: ClassVar[str] = "undo"
+
+    @property
+    def text(self) -> str:
+        return "undo"
+
+
+@dataclass(frozen=True)
+class Rollback(Command):
+    """Load a checkpoint into the paused run. ``digest``: the checkpoint's sha256 as the
+    journal records it (the run resolves ``path`` and ``digest`` before applying it, so a
+    replay loads the very same file, or refuses one that changed)."""
+
+    name: ClassVar[str] = "rollback"
+    path: str | None = None
+    digest: str | None = None
+
+    @property
+    def text(self) -> str:
+        return _join(
+            "rollback",
+            _q(self.path) if self.path is not None else "",
+            f"digest={self.digest}" if self.digest else "",
+        )
+
+
+@dataclass(frozen=True)
+class At(Command):
+    """Apply ``command`` at the boundary where the run's step reaches ``step``."""
+
+    name: ClassVar[str] = "at"
+    step: int
+    command: Command
+
+    @property
+    def text(self) -> str:
+        return f"at {self.step} {self.command.text}"
+
+
+@dataclass(frozen=True)
+class AtCancel(Command):
+    name: ClassVar[str] = "at"
+    id: int
+
+    @property
+    def text(self) -> str:
+        return f"at cancel {self.id}"
+
+
+# Commands `at` cannot schedule: what they act on is only known when they are typed.
+NOT_SCHEDULABLE = ("at", "undo", "rollback", "lrfind")
+
 USAGE = {
     "lr": "lr TARGET VALUE   (VALUE: 1e-3, *0.5 or /10)",
     "decay": "decay FACTOR [TARGET]",
@@ -292,6 +358,9 @@ USAGE = {
     "stop": "stop",
     "checkpoint": "checkpoint [PATH]",
     "lrfind": "lrfind [TARGET] [from=1e-7] [to=10] [steps=100] | lrfind cancel",
+    "undo": "undo   (revert the last optimizer change)",
+    "rollback": "rollback [CHECKPOINT]   (while paused)",
+    "at": "at STEP COMMAND | at cancel ID",
 }
 
 
@@ -451,6 +520,13 @@ def _parse_args(name: str, args: list[str]) -> Command:
         if args:
             n = parse_count(args[0], "step count")
         return Step(n)
+    if name == "rollback":
+        return _parse_rollback(args)
+    if name == "at":
+        return _parse_at(args)
+    if name == "undo":
+        _need(not args)
+        return UndoLast()
     if name == "checkpoint":
         _need(len(args) <= 1)
         return Checkpoint(_name(args[0], "checkpoint path") if args else None)
@@ -493,6 +569,36 @@ def _lrfind(args: list[str]) -> LrFind:
     if not 2 <= steps <= LRFIND_MAX_STEPS:
         raise CommandError(f"lrfind: steps must be 2..{LRFIND_MAX_STEPS:,}, got {steps}")
     return LrFind(target, lr_from, lr_to, steps)
+
+
+def _parse_rollback(args: list[str]) -> Rollback:
+    digest = None
+    if args and args[-1].startswith("digest="):
+        digest = args.pop()[len("digest=") :].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise CommandError("digest must be 64 hex digits (a sha256)")
+    _need(len(args) <= 1)
+    return Rollback(_name(args[0], "checkpoint path") if args else None, digest)
+
+
+def _parse_at(args: list[str]) -> Command:
+    _need(len(args) >= 2)
+    if args[0].lower() == "cancel":
+        _need(len(args) == 2)
+        return AtCancel(parse_count(args[1], "at cancel ID"))
+    try:
+        step = int(args[0])
+    except ValueError:
+        raise CommandError(f"at: STEP must be a whole number, got {args[0]!r}") from None
+    if step < 1:
+        raise CommandError(f"at: STEP must be >= 1, got {step}")
+    if args[1].lower() in NOT_SCHEDULABLE:
+        raise CommandError(f"at: {args[1].lower()!r} cannot be scheduled")
+    try:
+        inner = parse(shlex.join(args[1:]))
+    except CommandError as exc:
+        raise CommandError(f"at {step}: {exc}") from None
+    return At(step, inner)
 
 
 def coerce(command: str | Command) -> Command:

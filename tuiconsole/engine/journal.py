@@ -448,9 +448,17 @@ def read_sessions(path: Path) -> list[JournalSession]:
         raise TuiconsoleError(f"{path}: no journal header line (is it a tuiconsole journal?)")
     for session in sessions:
         entries = session.entries
-        if any(b.step < a.step for a, b in zip(entries, entries[1:], strict=False)):
+        if any(
+            b.step < a.step and not _rolled_back(a)
+            for a, b in zip(entries, entries[1:], strict=False)
+        ):
             raise TuiconsoleError(f"{path}: command steps go backwards; the journal was edited?")
     return sessions
+
+
+def _rolled_back(entry: JournalEntry) -> bool:
+    """An applied rollback: the steps after it go back to its checkpoint's."""
+    return entry.ok and entry.cmd.split(maxsplit=1)[:1] == ["rollback"]
 
 
 def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:

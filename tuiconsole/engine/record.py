@@ -23,10 +23,12 @@ from tuiconsole.engine import journal as J
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.ops import Optimization
 from tuiconsole.engine.snapshot import (
+    Change,
     EvalPoint,
     LogEntry,
     LrFindView,
     NanEvent,
+    PendingCommand,
     RunError,
     RunState,
     RunStatus,
@@ -40,6 +42,13 @@ from tuiconsole.engine.views import RunLog, Views
 
 def _no_step_view() -> StepView | None:
     return None
+
+
+def _no_pending() -> tuple[PendingCommand, ...]:
+    return ()
+
+
+MAX_CHANGES = 500  # Snapshot.changes keeps the newest
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,9 @@ class RunRecord:
         # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
         self.step_view: Callable[[], StepView | None] = _no_step_view
         self.lrfind: LrFindView | None = None  # the latest lr range test (engine/lrfind.py)
+        # The `at` commands pending (engine/schedule.py), read as a snapshot is built
+        self.pending: Callable[[], tuple[PendingCommand, ...]] = _no_pending
+        self.changes: deque[Change] = deque(maxlen=MAX_CHANGES)  # applied optimizer changes
         self._log = RunLog()
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -127,6 +139,11 @@ class RunRecord:
     def note(self, step: int, kind: str, text: str, ok: bool = True, source: str = "") -> None:
         """A log line (from any thread); the next snapshot shows it."""
         self._log.append(step, kind, text, ok, source)
+        self.wanted = True
+
+    def changed(self, change: Change) -> None:
+        """An optimizer change was applied (or a rollback, a resume): the plots mark it."""
+        self.changes.append(change)
         self.wanted = True
 
     def tail(self) -> tuple[LogEntry, ...]:
@@ -212,6 +229,8 @@ class RunRecord:
             telemetry=self._telemetry(steps_per_sec, facts),
             step_view=self.step_view(),
             lrfind=self.lrfind,
+            pending=self.pending(),
+            changes=tuple(self.changes),
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

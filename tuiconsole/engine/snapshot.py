@@ -247,6 +247,27 @@ class LrFindView:
 
 
 @dataclass(frozen=True)
+class PendingCommand:
+    """A command scheduled with ``at STEP COMMAND`` (engine/schedule.py), not yet applied."""
+
+    id: int
+    step: int  # applied at the boundary where the run's step reaches this (after STEP steps)
+    text: str  # canonical command text
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """An applied optimizer change (engine/history.py), as the console marks it on the plots."""
+
+    step: int
+    text: str  # canonical command text (e.g. "lr features 0.001", "undo", "rollback ...")
+    source: str = ""  # "console" | "attach" | "stdin" | "at" | "engine" | ...
+    groups: tuple[str, ...] = ()  # the groups it touched (empty: the whole optimizer)
+    kind: str = ""  # "lr" | "decay" | "set" | "split" | "rebuild" | "clip" | "undo" | ...
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -267,6 +288,8 @@ class Snapshot:
     telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
     lrfind: LrFindView | None = None  # the latest lr range test (kept after it ends)
+    pending: tuple[PendingCommand, ...] = ()  # `at` commands not yet applied, by step
+    changes: tuple[Change, ...] = ()  # applied optimizer changes, newest last (at most 500)
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:
