@@ -542,6 +542,7 @@ def ls(
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
             row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
             row |= {"telemetry": e.telemetry, "step_view": e.step_view}
+            row |= {"signals": e.signals, "signal_every": e.signal_every}
             print(json.dumps(row))
     else:
         print(format_table(entries))

@@ -221,3 +221,16 @@ def test_sparse_gradients_are_left_out():
     assert got["emb"].grad_norm is None and got["emb"].step == 1
     assert got["h"].grad_norm == pytest.approx(norm([p.grad for p in head.parameters()]), rel=1e-5)
     run.close()
+
+
+def test_steps_taken_while_suspended_are_not_measured():
+    """For steps that are not the run's (an lr range test's sweep): none measured."""
+    t = Trainer(make_spec("sgd"), RunConfig(max_steps=50, log_every=0, signal_every=1))
+    t.step_now(2)
+    with t._record.signals.suspended():
+        t.step_now(3)
+    assert t._record.signals.measured == 2
+    assert all(s.step == 2 for s in t._build_snapshot().signals)
+    t.step_now(1)
+    assert all(s.step == 6 for s in t._build_snapshot().signals)
+    t.close()

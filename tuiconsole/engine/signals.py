@@ -36,8 +36,10 @@ torchrun only rank 0 measures (its gradients are the all-reduced ones).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,6 +270,16 @@ class Signals:
                 n: s.update_ratio if s else None for n, s in zip(names, last, strict=True)
             },
         }
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """No measurement inside (steps that are not the run's: an lr range test's sweep,
+        which the run is put back from); the countdown goes on where it was after."""
+        enabled, self.enabled, self._measuring = self.enabled, False, None
+        try:
+            yield
+        finally:
+            self.enabled = enabled
 
     @property
     def every_shown(self) -> int:
