@@ -171,8 +171,8 @@ def measure(args: argparse.Namespace, threads: str) -> list[Row]:
     share = (cost / k + read * READ_HZ * step_s) / step_s
     rows += [
         Row(f"{label}: step (signals off)", step_s * 1000, "ms", "median", "", None),
-        Row(f"{label}: one measurement", cost * 1e6, "us", "median of 5", "", None),
-        Row(f"{label}: a snapshot's read", read * 1e6, "us", "", "", None),
+        Row(f"{label}: one measurement", cost * 1e6, "us", "median of 30", "", None),
+        Row(f"{label}: a snapshot's read", read * 1e6, "us", "median of 30", "", None),
         Row(f"{label}: K (one step in K measured)", k, "", f"{min(everies)}..{max(everies)}",
             "", None),
         Row(f"{label}: the signals' own work / step", 100 * share, "%", f"K={k:g}", "<= 1%",

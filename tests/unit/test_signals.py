@@ -12,7 +12,7 @@ from torch import nn
 
 from tests.unit.models import make_spec
 from tuiconsole.engine.ownloop import OwnLoop
-from tuiconsole.engine.signals import MAX_EVERY
+from tuiconsole.engine.signals import MAX_EVERY, SHOWN_POINTS
 from tuiconsole.engine.snapshot import GroupSignals
 from tuiconsole.engine.trainer import RunConfig, Trainer
 
@@ -234,3 +234,33 @@ def test_steps_taken_while_suspended_are_not_measured():
     t.step_now(1)
     assert all(s.step == 6 for s in t._build_snapshot().signals)
     t.close()
+
+
+def test_many_groups_share_a_bounded_number_of_history_points():
+    """A snapshot carries at most SHOWN_POINTS history points of each kind over all groups
+    (each group's own history keeps HISTORY buckets): frames stay small with 500 groups."""
+    groups = 100  # SHOWN_POINTS // 100: 40 points a group
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(groups)])
+    opt = torch.optim.SGD(
+        [{"params": m.parameters(), "name": f"g{i}"} for i, m in enumerate(model)], lr=0.01
+    )
+    run = OwnLoop(model, opt, config=RunConfig(log_every=0, signal_every=1))
+    run.open()
+    run.begin()
+    x = torch.randn(4, 2)
+    for _ in range(48):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        run.boundary(loss)
+    snap = run._build_snapshot()
+    assert len(snap.signals) == groups
+    assert run._record.signals._grad_history["g0"].count == 48
+    sizes = [len(s.grad_norm_history) for s in snap.signals]
+    assert max(sizes) == 24 and sum(sizes) <= SHOWN_POINTS  # 48 in buckets of 2
+    full = run._record.signals._grad_history["g0"].series()
+    thinned = snap.signals[0].grad_norm_history
+    assert thinned.steps[-1] == full.steps[-1] == 48
+    assert sum(thinned.values) / len(thinned) == pytest.approx(sum(full.values) / len(full))
+    run.close()

@@ -51,6 +51,9 @@ from tuiconsole.engine.snapshot import GroupSignals, Series
 BUDGET = 0.005  # a measurement costs at most this share of the steps (half of the 1% allowed)
 MAX_EVERY = 1000
 HISTORY = 64  # buckets of each group's history (DownsampledSeries): every snapshot has them
+# ...but a snapshot carries at most this many points of each kind over all groups (a
+# 500-group optimizer: 8 a group), so its frames stay small 10 times a second
+SHOWN_POINTS = 4096
 MAX_PENDING = 256  # measurements kept unread on the device; then read at once
 FIELDS = ("grad_norm", "param_norm", "update_ratio", "adam_step")
 
@@ -238,6 +241,7 @@ class Signals:
         if shown is not None and shown[0] == tuple(names) and shown[1] == self.measured:
             return shown[2]  # nothing new: the same tuple (snapshots are built 10 times a second)
         out = []
+        points = max(8, SHOWN_POINTS // max(1, len(names)))
         for name in names:
             last = self._latest.get(name) or GroupSignals(name)
             grads, ratios = self._grad_history.get(name), self._ratio_history.get(name)
@@ -249,8 +253,8 @@ class Signals:
                     param_norm=last.param_norm,
                     update_ratio=last.update_ratio,
                     adam_step=last.adam_step,
-                    grad_norm_history=grads.series() if grads else Series(),
-                    update_ratio_history=ratios.series() if ratios else Series(),
+                    grad_norm_history=_thin(grads.series(), points) if grads else Series(),
+                    update_ratio_history=_thin(ratios.series(), points) if ratios else Series(),
                 )
             )
         self._shown = (tuple(names), self.measured, tuple(out))
@@ -285,6 +289,19 @@ class Signals:
     def every_shown(self) -> int:
         """Snapshot.signal_every: K, 0 while off or before the first measurement."""
         return self.every if self.enabled and (self.measured or self._latest) else 0
+
+
+def _thin(series: Series, points: int) -> Series:
+    """At most ``points`` of ``series``: adjacent buckets merged (means, the last step)."""
+    n = len(series)
+    if n <= points:
+        return series
+    width = math.ceil(n / points)
+    steps, values = series.steps, series.values
+    return Series(
+        tuple(steps[min(i + width, n) - 1] for i in range(0, n, width)),
+        tuple(sum(values[i : i + width]) / len(values[i : i + width]) for i in range(0, n, width)),
+    )
 
 
 def _measure(group: _Group, g: dict[str, Any], state: Any) -> list[torch.Tensor | None]:
