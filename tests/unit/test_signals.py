@@ -264,3 +264,33 @@ def test_many_groups_share_a_bounded_number_of_history_points():
     assert thinned.steps[-1] == full.steps[-1] == 48
     assert sum(thinned.values) / len(thinned) == pytest.approx(sum(full.values) / len(full))
     run.close()
+
+
+def test_fp16_steps_measure_the_unscaled_gradients():
+    """Under fp16 the GradScaler's step unscales the gradients: the norm is of those the
+    optimizer used, not of the scaled ones (x 65536)."""
+    cfg = RunConfig(max_steps=50, log_every=0, signal_every=1, amp="fp16")
+    t = Trainer(make_spec("adam"), cfg)
+    before = weights(t)
+    t.step_now(1)
+    snap = t._build_snapshot()
+    assert snap.step_view is not None and snap.step_view.scale == 65536.0
+    hand = hand_signals(t, before)
+    for s in snap.signals:
+        assert s.grad_norm == pytest.approx(hand[s.name][0], rel=1e-5)
+        assert 0 < s.grad_norm < 10  # unscaled
+        assert s.update_ratio == pytest.approx(hand[s.name][2], rel=1e-4)
+    t.close()
+
+
+def test_measuring_changes_nothing_in_the_training():
+    """The signals only read: a run measured at every step is bit for bit the run without."""
+    runs = {}
+    for every in (0, 1):
+        t = Trainer(make_spec("adam"), RunConfig(max_steps=30, log_every=0, signal_every=every))
+        t.step_now(30)
+        runs[every] = (t.model.state_dict(), t.optimizer.state_dict()["state"])
+        t.close()
+    (m0, s0), (m1, s1) = runs[0], runs[1]
+    assert all(torch.equal(m0[k], m1[k]) for k in m0)
+    assert all(torch.equal(s0[i][k], s1[i][k]) for i in s0 for k in s0[i])
