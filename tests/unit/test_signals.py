@@ -223,8 +223,9 @@ def test_sparse_gradients_are_left_out():
     run.close()
 
 
-def test_steps_taken_while_suspended_are_not_measured():
-    """For steps that are not the run's (an lr range test's sweep): none measured."""
+def test_steps_taken_while_suspended_are_not_measured_and_a_reset_forgets():
+    """Steps that are not the run's (an lr range test's sweep): none measured; a reset
+    (a rollback to an earlier step) forgets what was."""
     t = Trainer(make_spec("sgd"), RunConfig(max_steps=50, log_every=0, signal_every=1))
     t.step_now(2)
     with t._record.signals.suspended():
@@ -233,6 +234,10 @@ def test_steps_taken_while_suspended_are_not_measured():
     assert all(s.step == 2 for s in t._build_snapshot().signals)
     t.step_now(1)
     assert all(s.step == 6 for s in t._build_snapshot().signals)
+    t._record.signals.reset()  # e.g. a rollback to an earlier step: nothing measured yet
+    assert all(s.step == 0 and not s.grad_norm_history for s in t._build_snapshot().signals)
+    t.step_now(1)
+    assert [len(s.grad_norm_history) for s in t._build_snapshot().signals] == [1, 1]
     t.close()
 
 

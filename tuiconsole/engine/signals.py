@@ -55,7 +55,7 @@ HISTORY = 64  # buckets of each group's history (DownsampledSeries): every snaps
 # 500-group optimizer: 8 a group), so its frames stay small 10 times a second
 SHOWN_POINTS = 4096
 MAX_PENDING = 256  # measurements kept unread on the device; then read at once
-FIELDS = ("grad_norm", "param_norm", "update_ratio", "adam_step")
+MAX_TIMING = 16  # CUDA: measurements whose events are not read yet, at most
 
 
 @dataclass
@@ -72,7 +72,6 @@ class _Measuring:
     optimizer: torch.optim.Optimizer
     layout: list[int]  # tensors per group
     groups: list[_Group]
-    started: float  # host clock
     host: float  # host seconds spent in before()
     events: tuple[Any, Any] | None  # CUDA events around before()'s work
 
@@ -132,7 +131,6 @@ class Signals:
             optimizer,
             _layout(optimizer),
             groups,
-            started,
             time.perf_counter() - started,
             _events_end(events),
         )
@@ -165,6 +163,7 @@ class Signals:
         host = m.host + time.perf_counter() - started
         if m.events is not None:
             self._timing.append((host, [m.events, _events_end(events)]))  # type: ignore[list-item]
+            del self._timing[:-MAX_TIMING]  # a device that never completes them: the newest
         else:
             self._cost = host
         if len(self._pending) >= MAX_PENDING:
@@ -274,6 +273,16 @@ class Signals:
                 n: s.update_ratio if s else None for n, s in zip(names, last, strict=True)
             },
         }
+
+    def reset(self) -> None:
+        """Forget what was measured (a checkpoint loaded into the running trainer took the
+        run back to an earlier step: its history would run backwards); K is kept."""
+        self._measuring = None
+        self._pending.clear()
+        self._latest.clear()
+        self._grad_history.clear()
+        self._ratio_history.clear()
+        self._shown = None
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
