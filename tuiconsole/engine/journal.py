@@ -215,10 +215,14 @@ def train_metrics(
     loss_mean: float,
     lr: Mapping[str, float],
     time: float,
+    grad_norm: Mapping[str, float | None] | None = None,
+    update_ratio: Mapping[str, float | None] | None = None,
 ) -> Record:
     """metrics.jsonl: the loss at ``step``, the mean since the last record, each group's
-    lr, and the wall-clock time (s since the epoch) the record was made: rates per step."""
-    return {
+    lr, and the wall-clock time (s since the epoch) the record was made: rates per step.
+    With the signals on (engine/signals.py), each group's latest ``grad_norm`` and
+    ``update_ratio`` too, shaped as ``lr`` (null: not measured yet)."""
+    record: Record = {
         "type": TRAIN,
         "step": step,
         "epoch": epoch,
@@ -227,6 +231,11 @@ def train_metrics(
         "lr": dict(lr),
         "time": time,
     }
+    if grad_norm is not None:
+        record["grad_norm"] = dict(grad_norm)
+    if update_ratio is not None:
+        record["update_ratio"] = dict(update_ratio)
+    return record
 
 
 def eval_metrics(*, step: int, loss: float, accuracy: float | None) -> Record:

@@ -250,7 +250,7 @@ class Saved:
 class _Host:
     """What take_step is given for a sweep step: the trainer's model, optimizer and step
     settings, and the sweep's own data; no scheduler step, no NaN pause (a non-finite
-    loss skips the update and ends the sweep), no telemetry, no undo."""
+    loss skips the update and ends the sweep), no telemetry, no signals (the run's are not fed: its record is not the run's), no undo."""
 
     def __init__(self, t: Trainer, data: EpochData) -> None:
         self._t = t
@@ -266,7 +266,7 @@ class _Host:
         self._nan_each_step = True  # read every loss: the sweep needs each one
         self._undo: Any = None
         self._stepping: Stepping = t._stepping
-        shape = dataclasses.replace(t._record.shape, telemetry=False, run_dir=None)
+        shape = dataclasses.replace(t._record.shape, telemetry=False, run_dir=None, signal_every=0)
         self._record = RunRecord(shape)  # its meter times nothing
         self.nonfinite = False
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from tuiconsole.engine import journal as J
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.ops import Optimization
+from tuiconsole.engine.signals import Signals
 from tuiconsole.engine.snapshot import (
     Change,
     EvalPoint,
@@ -63,6 +64,7 @@ class RunShape:
     scheduler_interval: str
     world_size: int = 1
     telemetry: bool = True  # RunConfig.telemetry
+    signal_every: int | None = None  # RunConfig.signal_every (0: off; rank 0 alone measures)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class RunRecord:
         self.evals: deque[EvalPoint] = deque(maxlen=200)
         self.views = Views()
         self.meter = Meter(shape.device, enabled=shape.telemetry)  # the loop times its steps
+        self.signals = Signals(shape.signal_every)  # per-group signals, measured by the steps
         self.wanted = True  # a reader asked since the last publish, or a log line came
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
         # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
@@ -168,9 +171,16 @@ class RunRecord:
             return
         mean = sum(v for _, v in values) / len(values) if values else loss
         step, epoch = facts.step, facts.epoch_shown
+        signals = self.signals.latest(list(lr))
         self.metric(
             J.train_metrics(
-                step=step, epoch=epoch, loss=loss, loss_mean=mean, lr=lr, time=time.time()
+                step=step,
+                epoch=epoch,
+                loss=loss,
+                loss_mean=mean,
+                lr=lr,
+                time=time.time(),
+                **(signals or {}),
             )
         )
         now = time.monotonic()
@@ -211,10 +221,11 @@ class RunRecord:
             checkpoint=facts.checkpoint,
             world_size=shape.world_size,
         )
+        groups = views.groups(o)
         return Snapshot(
             seq=views.next_seq(),
             status=status,
-            groups=views.groups(o),
+            groups=groups,
             modules=views.modules(o),
             structure_version=views.structure_version,
             loss_recent=self.losses.recent_series(),
@@ -231,6 +242,8 @@ class RunRecord:
             lrfind=self.lrfind,
             pending=self.pending(),
             changes=tuple(self.changes),
+            signals=self.signals.view([g.name for g in groups]),
+            signal_every=self.signals.every_shown,
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

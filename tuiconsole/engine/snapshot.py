@@ -199,6 +199,23 @@ class Series:
 
 
 @dataclass(frozen=True)
+class GroupSignals:
+    """One param group's health signals, measured on the device every K optimizer steps
+    (engine/signals.py): over the group's parameters with a dense gradient at that step.
+    None: not measured (yet), or not for this group (no gradients; not an Adam)."""
+
+    name: str  # the param group's name (GroupView.name)
+    step: int = 0  # the step these were measured at
+    grad_norm: float | None = None  # L2 norm of the group's gradients
+    param_norm: float | None = None  # L2 norm of the group's weights
+    update_ratio: float | None = None  # ||last update|| / ||weights||
+    # Adam family: ||effective step|| (lr*m_hat/(sqrt(v_hat)+eps)); else None
+    adam_step: float | None = None
+    grad_norm_history: Series = field(default_factory=Series)  # downsampled, like loss_history
+    update_ratio_history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
 class Telemetry:
     """Throughput, progress and the device, as measured by engine/telemetry.py.
 
@@ -290,6 +307,8 @@ class Snapshot:
     lrfind: LrFindView | None = None  # the latest lr range test (kept after it ends)
     pending: tuple[PendingCommand, ...] = ()  # `at` commands not yet applied, by step
     changes: tuple[Change, ...] = ()  # applied optimizer changes, newest last (at most 500)
+    signals: tuple[GroupSignals, ...] = ()  # one per group, same order as groups
+    signal_every: int = 0  # K: measured every K steps (0: not yet)
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

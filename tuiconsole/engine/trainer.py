@@ -142,6 +142,8 @@ class Trainer:
                 scheduler_interval=spec.scheduler_interval,
                 world_size=self._dist.world_size if self._dist is not None else 1,
                 telemetry=self.config.telemetry,
+                # under torchrun rank 0 alone measures the signals (the snapshot is its)
+                signal_every=self.config.signal_every if self.leads else 0,
             )
         )
         self._control = RunControl(self.config.start_paused)
@@ -900,10 +902,14 @@ class Trainer:
                 return None
         loss.backward()
         where.phase = "optimizer"
+        signals = self._record.signals
+        measured = signals.before(optimizer)  # one step in K (engine/signals.py)
         if self._undo is None:
             optimizer.step()
         else:
             self._guarded_step(self._undo)
+        if measured:
+            signals.after(self.optimizer, self.step + 1)
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
@@ -1307,6 +1313,7 @@ class Trainer:
         self._history.clear()
         self._record.losses.rewind(self.step)  # the losses after it are of a gone future
         self._record.views.rewound()
+        self._record.signals.reset()  # their history is of the gone future too
         self._choose_step()
         self._control.rolled_back(replaying)
         self._record.views.state_version += 1
