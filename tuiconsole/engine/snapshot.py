@@ -227,6 +227,29 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class GroupSignals:
+    name: str  # the param group's name (GroupView.name)
+    step: int = 0  # the step these were measured at
+    grad_norm: float | None = None  # L2 norm of the group's gradients
+    param_norm: float | None = None  # L2 norm of the group's weights
+    update_ratio: float | None = None  # ||last update|| / ||weights||
+    adam_step: float | None = None  # Adam family: ||effective step||; else None
+    grad_norm_history: Series = field(default_factory=Series)  # downsampled, like loss_history
+    update_ratio_history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
+class Change:
+    """Every applied optimizer change, journaled."""
+
+    step: int
+    text: str  # canonical command text (e.g. "lr features 0.001", "undo", "rollback ...")
+    source: str = ""  # "console" | "attach" | "stdin" | "at" | "engine" | ...
+    groups: tuple[str, ...] = ()  # the groups it touched (empty: the whole optimizer)
+    kind: str = ""  # "lr" | "decay" | "set" | "split" | "rebuild" | "clip" | "undo" | ...
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -246,6 +269,9 @@ class Snapshot:
     scheduler: SchedulerView | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
+    signals: tuple[GroupSignals, ...] = ()  # one per group, same order as groups
+    signal_every: int = 0  # K: measured every K steps (0: not yet)
+    changes: tuple[Change, ...] = ()  # newest last, at most the last 500
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

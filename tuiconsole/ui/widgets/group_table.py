@@ -1,4 +1,10 @@
-"""The optimizer's param groups: name, lr, momentum/betas, weight decay, size, lr history."""
+"""The optimizer's param groups: name, lr, momentum/betas, weight decay, size, lr history.
+
+Never a cut number: the columns are fitted to the table's width by :func:`fit_columns`
+(whole columns are dropped, least important first, and only group names are cut, with
+an ellipsis). With more groups than rows, the title says which rows show and that the
+table scrolls.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,33 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from tuiconsole.engine.snapshot import GroupView
-from tuiconsole.ui.fmt import fmt_count, fmt_hparam, fmt_lr, spark_text
+from tuiconsole.ui.fmt import (
+    Column,
+    ColumnFit,
+    ellipsize,
+    fit_columns,
+    fmt_count,
+    fmt_hparam,
+    fmt_lr,
+    spark_text,
+)
 from tuiconsole.ui.theme import group_color
 
 SPARK_WIDTH = 12
 WIDE_SPARK_WIDTH = 24  # tables of at least SPARK_WIDE_MIN cells get the longer history
 SPARK_WIDE_MIN = 90
-# Narrower than these, the lr-history and then the weight-decay columns are dropped so
-# the numbers stay readable at 80x24 (the full table shows from about 64 cells).
-WIDE_MIN = 64
-MEDIUM_MIN = 46
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("name", "group"),
-    ("lr", "lr"),
-    ("mom", "mom/betas"),
-    ("wd", "wd"),
-    ("params", "params"),
-    ("hist", "lr history"),
+SWATCH = "■ "
+# Dropped whole when the table is narrow, highest priority number first: the lr stays
+# longest, then momentum/betas, weight decay, the size, the lr history.
+COLUMNS: tuple[Column, ...] = (
+    Column("name", "group", flexible=True, min_width=len(SWATCH) + 5),
+    Column("lr", "lr", priority=1),
+    Column("mom", "mom/betas", priority=2),
+    Column("wd", "wd", priority=3),
+    Column("params", "params", priority=4),
+    Column("hist", "lr history", priority=5),
 )
+TITLE = "param groups"
 
 
 def group_cells(g: GroupView, spark_width: int = SPARK_WIDTH) -> dict[str, Text]:
@@ -37,13 +52,35 @@ def group_cells(g: GroupView, spark_width: int = SPARK_WIDTH) -> dict[str, Text]
     if mom is None:
         mom = g.get("alpha")  # RMSprop's smoothing constant
     return {
-        "name": Text.assemble(("■ ", f"bold {color}"), (g.name, "bold")),
+        "name": Text.assemble((SWATCH, f"bold {color}"), (g.name, "bold")),
         "lr": Text(fmt_lr(g.lr), style=f"bold {color}", justify="right"),
         "mom": Text(fmt_hparam(mom) if mom is not None else "-", justify="right"),
         "wd": Text(fmt_hparam(g.get("weight_decay", 0.0)), justify="right"),
         "params": Text(f"{fmt_count(g.n_params)}", justify="right"),
         "hist": Text(spark_text(_log10(g.lr_history), spark_width), style=color),
     }
+
+
+def fit_group_columns(
+    groups: tuple[GroupView, ...], width: int, spark_width: int = SPARK_WIDTH, padding: int = 1
+) -> ColumnFit:
+    """The group table's columns for ``width`` cells (see :func:`fit_columns`)."""
+    rows = [group_cells(g, spark_width) for g in groups]
+    cells = {c.key: [r[c.key].plain for r in rows] for c in COLUMNS}
+    return fit_columns(COLUMNS, cells, width, padding)
+
+
+def fitted_row(cells: dict[str, Text], fit: ColumnFit) -> list[Text]:
+    """One row's cells for ``fit``: the name cut with an ellipsis to its column."""
+    out = []
+    for key, width in zip(fit.keys, fit.widths, strict=True):
+        cell = cells[key]
+        if key == "name" and cell.cell_len > width:
+            swatch, name = cell.divide([len(SWATCH)])
+            name = Text(ellipsize(name.plain, width - len(SWATCH), middle=True), style="bold")
+            cell = Text.assemble(swatch, name)
+        out.append(cell)
+    return out
 
 
 def _log10(values: tuple[float, ...]) -> list[float]:
@@ -69,27 +106,42 @@ class GroupTable(DataTable[Text]):
         self._groups: tuple[GroupView, ...] = ()
         self._cells: dict[str, dict[str, Text]] = {}
         self._names: tuple[str, ...] = ()
-        self._columns: tuple[tuple[str, str], ...] = ()
+        self._fit: ColumnFit | None = None
         self._spark_width = SPARK_WIDTH
+        self.base_title = TITLE
 
-    def on_mount(self) -> None:
-        self._set_columns(self.size.width)
+    @property
+    def columns_shown(self) -> tuple[str, ...]:
+        return self._fit.keys if self._fit else ()
+
+    def _available(self) -> int:
+        # One cell is kept for the vertical scrollbar, so its coming does not refit.
+        return max(0, self.size.width - 1)
 
     def on_resize(self) -> None:
-        if self._set_columns(self.size.width):
-            self._rebuild()
+        self._spark_width = WIDE_SPARK_WIDTH if self.size.width >= SPARK_WIDE_MIN else SPARK_WIDTH
+        self._refit(force_rows=True)
+        self._update_hint()
 
-    def _set_columns(self, width: int) -> bool:
-        drop = () if width >= WIDE_MIN else ("hist",) if width >= MEDIUM_MIN else ("hist", "wd")
-        wanted = tuple(c for c in COLUMNS if c[0] not in drop)
-        spark = WIDE_SPARK_WIDTH if width >= SPARK_WIDE_MIN else SPARK_WIDTH
-        if wanted == self._columns and spark == self._spark_width:
+    def _refit(self, force_rows: bool = False) -> bool:
+        """Fit the columns to the width; rebuild the table if the fit changed."""
+        if self.size.width <= 0:
             return False
-        self._columns, self._spark_width = wanted, spark
-        self.clear(columns=True)
-        self._names = ()
-        for key, label in wanted:
-            self.add_column(label, key=key)
+        fit = fit_group_columns(
+            self._groups, self._available(), self._spark_width, self.cell_padding
+        )
+        if fit == self._fit and not force_rows:
+            return False
+        if fit != self._fit:
+            self._fit = fit
+            self.clear(columns=True)
+            self._names = ()
+            for key, width in zip(fit.keys, fit.widths, strict=True):
+                label = next(c.label for c in COLUMNS if c.key == key)
+                self.add_column(label, key=key, width=width)
+        self._rebuild()
+        # height: auto must follow the new rows, also when this ran inside a layout (resize)
+        self.call_after_refresh(self.refresh, layout=True)
         return True
 
     @property
@@ -103,19 +155,22 @@ class GroupTable(DataTable[Text]):
         if groups == self._groups:
             return False
         self._groups = groups
-        if tuple(g.name for g in groups) != self._names:
-            self._rebuild()
+        if tuple(g.name for g in groups) != self._names or self._fit is None:
+            self._refit(force_rows=True)
+            self._update_hint()
             return True
+        if self._refit():  # a value grew past its column (9.92e-5 after 1e-3): refit
+            return True
+        fit = self._fit
         changed = False
         for g in groups:
             cells = group_cells(g, self._spark_width)
             old = self._cells.get(g.name, {})
-            for key, _ in self._columns:
-                new_cell, old_cell = cells[key], old.get(key)
+            new_row = fitted_row(cells, fit)
+            old_row = fitted_row(old, fit) if old else [None] * len(fit.keys)
+            for key, new_cell, old_cell in zip(fit.keys, new_row, old_row, strict=True):
                 if old_cell is None or new_cell.plain != old_cell.plain:
-                    # A longer value widens its column (else 9.92e-5 is cut to "9.92").
-                    wider = old_cell is None or new_cell.cell_len > old_cell.cell_len
-                    self.update_cell(g.name, key, new_cell, update_width=wider)
+                    self.update_cell(g.name, key, new_cell)
                     changed = True
             self._cells[g.name] = cells
         return changed
@@ -124,10 +179,31 @@ class GroupTable(DataTable[Text]):
         selected = self.selected_group
         self.clear()
         self._cells = {}
+        fit = self._fit
+        if fit is None:
+            return
         for g in self._groups:
             cells = group_cells(g, self._spark_width)
             self._cells[g.name] = cells
-            self.add_row(*(cells[key] for key, _ in self._columns), key=g.name)
+            self.add_row(*fitted_row(cells, fit), key=g.name)
         self._names = tuple(g.name for g in self._groups)
         if selected in self._names:
             self.move_cursor(row=self._names.index(selected))
+
+    # -- the scroll hint --------------------------------------------------------------------
+
+    def _update_hint(self) -> None:
+        """``param groups 1–8 of 20 ↓``: the rows shown, when not all of them fit."""
+        n = len(self._names)
+        rows = max(0, self.scrollable_content_region.height - 1)  # less the header row
+        if n == 0 or rows <= 0 or n <= rows:
+            self.border_title = self.base_title
+            return
+        first = min(int(self.scroll_y), max(0, n - rows))
+        last = min(n, first + rows)
+        arrows = ("↑" if first > 0 else "") + ("↓" if last < n else "")
+        self.border_title = f"{self.base_title} {first + 1}–{last} of {n} {arrows}"
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._update_hint()
