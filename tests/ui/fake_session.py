@@ -396,8 +396,13 @@ def long_names_snapshot(state: RunState = RunState.RUNNING) -> Snapshot:
             if i >= 2
         ]
         + [
-            Change(1100, "set features.block3_batchnorm_second_stage momentum=0.9", "stdin",
-                   ("features.block3_batchnorm_second_stage",), "set"),
+            Change(
+                1100,
+                "set features.block3_batchnorm_second_stage momentum=0.9",
+                "stdin",
+                ("features.block3_batchnorm_second_stage",),
+                "set",
+            ),
             Change(1150, "clip 1", "ui", (), "clip"),
         ]
     )

@@ -137,7 +137,7 @@ def badge_piece(badge: AttachBadge) -> Piece:
         full += f" · {badge.role}"
     with_role = f"{base} · {badge.role}" if badge.role else base
     options = [Text("  ") + Text(f" {t} ", style=style) for t in (full, with_role, "ATTACHED")]
-    return Piece(tuple(options), (30, 65))
+    return Piece(tuple(options), (47, 65))
 
 
 def scheduler_text(sched: SchedulerView, full: bool) -> str:
@@ -341,6 +341,5 @@ class StatusBar(Static):
             return False
         self._shown = header
         self.text = Text("\n").join(header.lines)
-        self.text.no_wrap = True
         self.update(self.text, layout=old is None or len(old.lines) != len(header.lines))
         return old is None or old.clock_free != header.clock_free
