@@ -24,7 +24,12 @@ from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.fmt import Piece, ellipsize, fit_pieces, fmt_lr
 from tuiconsole.ui.screens.edit_lr import EditLrScreen
 from tuiconsole.ui.screens.group_detail import GroupDetailScreen, group_changes
-from tuiconsole.ui.widgets.group_table import COLUMNS, fit_group_columns, fitted_row, group_cells
+from tuiconsole.ui.widgets.group_table import (
+    COLUMNS,
+    fit_group_columns,
+    fitted_row,
+    table_rows,
+)
 from tuiconsole.ui.widgets.layer_tree import module_label_pieces, render_module_label
 from tuiconsole.ui.widgets.status import AttachBadge, render_header
 
@@ -108,9 +113,10 @@ def test_group_columns_never_cut_a_number_at_any_width(groups) -> None:
         "many": many_groups(),
         "frozen": frozen_snapshot().groups,
     }[groups]
-    cells = {g.name: group_cells(g) for g in gs}
+    signals = long_names_snapshot().signals if groups == "long" else ()
+    cells = {g.name: r for g, r in zip(gs, table_rows(gs, signals), strict=True)}
     for width in range(10, 220, 5):
-        fit = fit_group_columns(gs, width)
+        fit = fit_group_columns(gs, width, signals=signals)
         used = sum(w + 2 for w in fit.widths)
         assert used <= width or fit.keys == ("name",), (width, fit)
         for g in gs:
@@ -136,6 +142,13 @@ def test_group_columns_drop_least_important_first() -> None:
     for before, after in zip(kept, kept[1:], strict=False):
         order += [k for k in before if k not in after]
     assert order == ["hist", "params", "wd", "mom", "lr"]
+    signals = long_names_snapshot().signals
+    kept = [fit_group_columns(gs, w, signals=signals).keys for w in range(200, 10, -1)]
+    order = []
+    for before, after in zip(kept, kept[1:], strict=False):
+        order += [k for k in before if k not in after]
+    assert order == ["hist", "params", "wd", "gnorm", "ratio", "mom", "lr"]
+    assert kept[0] == ("name", "lr", "mom", "ratio", "gnorm", "wd", "params", "hist")
     assert [c.key for c in COLUMNS][0] == "name"  # the name is never dropped, only cut
 
 
@@ -244,7 +257,7 @@ async def test_numbers_are_whole_on_screen_at_each_size(size) -> None:
         for line in region_text(app, tree)[1:]:  # [0]: the pane's title border
             assert_whole(line, [*labels, "model"], f"tree {size}")
         table = app.group_table
-        cells = [c.plain for g in snap.groups for c in group_cells(g).values()]
+        cells = [c.plain for r in table_rows(snap.groups, snap.signals) for c in r.values()]
         titles = [str(table.border_title), *(c.label for c in COLUMNS)]
         rows = region_text(app, table)
         for line in rows[1:]:

@@ -366,7 +366,7 @@ class ConsoleApp(App[str | None]):
         changed = False
         if due or now < self._active_until:
             changed = self.layer_tree.show(snap)
-            changed = self.group_table.show(snap.groups) or changed
+            changed = self.group_table.show(snap.groups, snap.signals) or changed
         if due:
             self._slow_at = now
             changed = self.charts.show(snap) or changed
