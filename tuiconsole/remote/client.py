@@ -132,6 +132,14 @@ class RemoteSession:
     def run_id(self) -> str:
         return str(self.run.get("id", ""))
 
+    @property
+    def clients(self) -> int | None:
+        """Consoles attached to the run (this one included), as its server last said."""
+        if self._assembler.clients is not None:
+            return self._assembler.clients
+        count = self.run.get("clients")  # the welcome's count, before the first frame
+        return count if isinstance(count, int) else None
+
     # ------------------------------------------------------------------ connection
 
     def _connect(self, timeout: float) -> socket.socket:

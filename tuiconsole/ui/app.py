@@ -36,6 +36,7 @@ from tuiconsole.ui.fmt import fmt_count
 from tuiconsole.ui.palette import ConsoleCommands, PaletteEntry
 from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen, LrEdit, LrTarget
+from tuiconsole.ui.screens.group_detail import GroupDetailScreen
 from tuiconsole.ui.screens.help import HelpScreen, key_rows
 from tuiconsole.ui.screens.split_name import SplitNameScreen
 from tuiconsole.ui.widgets.charts import LossCharts
@@ -43,7 +44,7 @@ from tuiconsole.ui.widgets.command_line import CommandLine
 from tuiconsole.ui.widgets.group_table import GroupTable
 from tuiconsole.ui.widgets.layer_tree import LayerTree
 from tuiconsole.ui.widgets.run_log import RunLog
-from tuiconsole.ui.widgets.status import StatusBar
+from tuiconsole.ui.widgets.status import AttachBadge, StatusBar
 
 # After this many unchanged polls, poll only every SLOW_EVERY-th tick (idle/paused/finished).
 IDLE_POLLS = 20
@@ -109,6 +110,14 @@ class ConsoleApp(App[str | None]):
             show=False,
             tooltip="Decay every group's lr",
             id="decay_all",
+        ),
+        Binding(
+            "i",
+            "group_detail",
+            "Group",
+            show=False,
+            tooltip="Group details: hyper-parameters, state, scheduler, changes (or enter)",
+            id="group_detail",
         ),
         Binding(
             "m", "mark", "Mark", show=False, tooltip="Mark/unmark a module for split", id="mark"
@@ -343,8 +352,13 @@ class ConsoleApp(App[str | None]):
         status = snap.status
         if not status.script and self.script_name:
             status = replace(status, script=self.script_name)
-        changed = self.status_bar.show(status, snap.optimizer, snap.run_dir, self._lost)
+        changed = self.status_bar.show(
+            snap, status=status, lost=self._lost, badge=self.attach_badge()
+        )
         changed = self.run_log.show(snap.log) or changed
+        for screen in self.screen_stack:
+            if isinstance(screen, GroupDetailScreen):
+                screen.show(snap)
         return self._show_slow_parts(snap, time.monotonic()) or changed
 
     def _show_slow_parts(self, snap: Snapshot, now: float) -> bool:
@@ -352,7 +366,7 @@ class ConsoleApp(App[str | None]):
         changed = False
         if due or now < self._active_until:
             changed = self.layer_tree.show(snap)
-            changed = self.group_table.show(snap.groups) or changed
+            changed = self.group_table.show(snap.groups, snap.signals) or changed
         if due:
             self._slow_at = now
             changed = self.charts.show(snap) or changed
@@ -361,6 +375,20 @@ class ConsoleApp(App[str | None]):
 
     def on_key(self) -> None:
         self.wake()
+
+    def attach_badge(self) -> AttachBadge | None:
+        """The header's ``ATTACHED <id> · N clients`` badge, where this console is attached
+        (its session does not own the run). A RemoteSession says its run's id, the clients
+        the server counts (``clients``) and, where it has one, this client's ``role``."""
+        if self.owns_run:
+            return None
+        session = self.session
+        clients = getattr(session, "clients", None)
+        return AttachBadge(
+            run_id=str(getattr(session, "run_id", "") or ""),
+            clients=clients if isinstance(clients, int) else None,
+            role=str(getattr(session, "role", "") or ""),
+        )
 
     # -- sending commands -------------------------------------------------------------------
 
@@ -634,7 +662,41 @@ class ConsoleApp(App[str | None]):
     @on(DataTable.RowSelected, "#groups")
     def _group_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
-            self.edit_group_lr(str(event.row_key.value))
+            self.open_group_detail(str(event.row_key.value))
+
+    def action_group_detail(self) -> None:
+        """``i``: the selected group (table), or the one group of the selected module (tree)."""
+        selected = self._selected()
+        name = None
+        if selected is not None and selected[0] == "group":
+            name = selected[1]
+        elif selected is not None:
+            mod = self.layer_tree.module(selected[1])
+            groups = mod.subtree_groups if mod is not None else ()
+            if len(groups) == 1:
+                name = groups[0]
+            elif groups:
+                self.notify(
+                    f"{selected[1] or 'the model'} is in {len(groups)} groups: pick one in the "
+                    "group table (tab)",
+                    severity="warning",
+                )
+                return
+        if name is None:
+            self.notify("select a group (table) or a module (tree) first", severity="warning")
+            return
+        self.open_group_detail(name)
+
+    def open_group_detail(self, name: str) -> None:
+        if self.snap is None or self.snap.group(name) is None:
+            self.notify(f"no group {name!r}", severity="warning")
+            return
+
+        def closed(result: str | None) -> None:
+            if result == "edit_lr":
+                self.edit_group_lr(name)
+
+        self.push_screen(GroupDetailScreen(self.snap, name), closed)
 
     def palette_entries(self) -> list[PaletteEntry]:
         entries = []
@@ -654,6 +716,13 @@ class ConsoleApp(App[str | None]):
         for g in self.snap.groups if self.snap else ():
             entries.append(
                 PaletteEntry(f"Edit lr of group {g.name}", partial(self.edit_group_lr, g.name))
+            )
+            entries.append(
+                PaletteEntry(
+                    f"Details of group {g.name}",
+                    partial(self.open_group_detail, g.name),
+                    "hyper-parameters, state, scheduler, changes",
+                )
             )
             entries.append(
                 PaletteEntry(
