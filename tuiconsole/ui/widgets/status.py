@@ -3,7 +3,8 @@
 Two lines, or three where the screen is tall enough (HEADER_TALL rows) and the
 optimizer and device parts do not fit whole on one line, each fitted to the width by :func:`fit_pieces`: too narrow, a line
 drops its least important parts whole (tokens/s before samples/s before steps/s ...),
-so a number is never cut. Then the error, the lost connection and the NaN, if any.
+so a number is never cut. Then the error, the lost connection and the NaN, if any,
+and the lr range test running and the ``at`` commands pending.
 
 - run: script, state, the attach badge, epoch, step, progress bar with ETA, steps/s,
   samples/s and tokens/s (only while it trains: a stopped run has no live rate), elapsed
@@ -271,10 +272,47 @@ def render_header(
         line, plain = _line(pieces, width)
         lines.append(line)
         clock_free.append(plain)
-    for text in _alert_lines(status, lost):
+    for text in _alert_lines(status, lost) + tuning_lines(snap, width):
         lines.append(text)
         clock_free.append(text.plain)
     return HeaderLines(tuple(lines), tuple(clock_free))
+
+
+def tuning_lines(snap: Snapshot, width: int) -> list[Text]:
+    """A running lr range test's progress, and the ``at`` commands pending (each whole,
+    soonest first, as many as fit; then how many more)."""
+    out = []
+    find = snap.lrfind
+    if find is not None and find.state == "running":
+        out.append(
+            Text(
+                f" lr range test on {ellipsize(find.target, 24)}: {find.taken}/{find.steps} "
+                f"steps, lr {fmt_lr(find.lrs[-1]) if find.lrs else fmt_lr(find.lr_from)} "
+                "(:lrfind cancel puts the run back now)",
+                style="bold yellow",
+            )
+        )
+    if snap.pending:
+        line = Text(" pending:", style="bold")
+        items = [f" #{p.id} at {p.step}: {p.text}" for p in snap.pending]
+        tail = "  (:at cancel ID)"
+        for i, item in enumerate(items):
+            more = len(items) - i - 1
+            rest = f" +{more} more" if more else ""
+            if line.cell_len + len(item) + len(rest or tail) > width:
+                if not i:  # not even the first whole: how many, and when the first is due
+                    line.append(
+                        f" {len(items)} command(s), the first at step {snap.pending[0].step}"
+                    )
+                else:
+                    line.append(f" +{len(items) - i} more", style="dim")
+                break
+            line.append(item)
+        else:
+            if line.cell_len + len(tail) <= width:
+                line.append(tail, style="dim")
+        out.append(line)
+    return out
 
 
 def _alert_lines(status: RunStatus, lost: str | None) -> list[Text]:
@@ -286,7 +324,13 @@ def _alert_lines(status: RunStatus, lost: str | None) -> list[Text]:
         out.append(Text(f" DISCONNECTED: {lost} (the view is frozen; q leaves)", style="bold red"))
     nan = status.nan
     if nan is not None and status.state == RunState.NAN_PAUSED:
-        out.append(Text(f" {nan} — lower the lr (e/d), then space resumes", style="bold red"))
+        out.append(
+            Text(
+                f" {nan} — lower the lr (e/d), then space resumes; or :rollback to the "
+                "checkpoint before it",
+                style="bold red",
+            )
+        )
     return out
 
 
