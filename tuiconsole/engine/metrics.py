@@ -15,7 +15,7 @@ from collections import deque
 
 import torch
 
-from tuiconsole.engine.snapshot import Series
+from tuiconsole.engine.snapshot import GroupLr, Series
 
 
 class DownsampledSeries:
@@ -145,3 +145,41 @@ class LrHistory:
                 d.append(lr)
             out.append((*d, lr) if d[-1] != lr else tuple(d))
         return out
+
+
+class StepLrHistory:
+    """Each group's lr by training step, for the console's lr chart.
+
+    Sampled as snapshots are built (a point per new step, never per wall-clock
+    second), so a paused run's chart stands still and a constant lr is one flat
+    line. Each group keeps a :class:`DownsampledSeries` of ``capacity`` buckets: a
+    run of any length costs the same per frame. The lr as it is now is always the
+    last point, so an edit shows before its step is taken.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._by_name: dict[str, DownsampledSeries] = {}
+        self._last_step: int | None = None
+        self._cache: tuple[tuple[object, ...], tuple[GroupLr, ...]] | None = None
+
+    def sample(self, step: int, names_lrs: list[tuple[str, float]]) -> tuple[GroupLr, ...]:
+        if self._last_step is None or step > self._last_step:
+            self._last_step = step
+            for name, lr in names_lrs:
+                series = self._by_name.get(name)
+                if series is None:  # a new group (a split): its line starts here
+                    series = self._by_name[name] = DownsampledSeries(self.capacity)
+                series.add(step, lr)
+        key = (step, tuple(names_lrs), tuple(s.count for s in self._by_name.values()))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, tuple(self._view(name, lr, step) for name, lr in names_lrs))
+        return self._cache[1]
+
+    def _view(self, name: str, lr: float, step: int) -> GroupLr:
+        series = self._by_name.get(name)
+        steps, values = (series.steps, series.values) if series is not None else ([], [])
+        if not steps or steps[-1] != step or values[-1] != lr:
+            # The bucket being filled, or an edit not yet stepped: the lr as it is now.
+            return GroupLr(name, Series((*steps, step), (*values, lr)))
+        return GroupLr(name, Series(tuple(steps), tuple(values)))

@@ -209,6 +209,7 @@ class RunRecord:
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
             telemetry=self._telemetry(steps_per_sec, facts),
             step_view=self.step_view(),
+            lr_steps=views.lr_steps(o, facts.step),
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

@@ -227,6 +227,57 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class GroupSignals:
+    """Per-group training signals, measured every ``Snapshot.signal_every`` steps."""
+
+    name: str  # the param group's name (GroupView.name)
+    step: int = 0  # the step these were measured at
+    grad_norm: float | None = None  # L2 norm of the group's gradients
+    param_norm: float | None = None  # L2 norm of the group's weights
+    update_ratio: float | None = None  # ||last update|| / ||weights||
+    adam_step: float | None = None  # Adam family: ||lr*m_hat/(sqrt(v_hat)+eps)||; else None
+    grad_norm_history: Series = field(default_factory=Series)  # downsampled, like loss_history
+    update_ratio_history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
+class LrFindView:
+    """The latest lr range test: its sweep so far and what it suggests."""
+
+    state: str  # "running" | "done" | "cancelled" | "failed"
+    target: str  # the group/module/"all" swept
+    lr_from: float = 0.0
+    lr_to: float = 0.0
+    steps: int = 0  # steps planned
+    taken: int = 0  # steps done so far (progress = taken/steps)
+    lrs: tuple[float, ...] = ()
+    losses: tuple[float, ...] = ()
+    suggestion: float | None = None
+    rule: str = ""  # how the suggestion was chosen, in words
+    at_step: int = 0  # the run's step when it ran (the run is restored to it)
+    message: str = ""  # e.g. why it failed / was cancelled
+
+
+@dataclass(frozen=True)
+class Change:
+    """Every applied optimizer change, journaled (lr, decay, split, rebuild, undo...)."""
+
+    step: int
+    text: str  # canonical command text (e.g. "lr features 0.001", "undo", "rollback ...")
+    source: str = ""  # "console" | "attach" | "stdin" | "at" | "engine" | ...
+    groups: tuple[str, ...] = ()  # the groups it touched (empty: the whole optimizer)
+    kind: str = ""  # "lr" | "decay" | "set" | "split" | "rebuild" | "clip" | "undo" | ...
+
+
+@dataclass(frozen=True)
+class GroupLr:
+    """One param group's lr over training steps (downsampled like ``loss_history``)."""
+
+    name: str
+    history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -246,6 +297,13 @@ class Snapshot:
     scheduler: SchedulerView | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
+    signals: tuple[GroupSignals, ...] = ()  # one per group, same order as groups
+    signal_every: int = 0  # K: measured every K steps (0: not yet)
+    lrfind: LrFindView | None = None  # the latest lr range test (kept after it ends)
+    changes: tuple[Change, ...] = ()  # newest last, at most the last 500
+    # Per group (same order as groups): its lr by training step, sampled as snapshots are
+    # built, a point per new step; still while paused (GroupView.lr_history is wall-clock).
+    lr_steps: tuple[GroupLr, ...] = ()
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:
