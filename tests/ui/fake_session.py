@@ -23,7 +23,9 @@ from torch import nn
 from tests.ui.real_run import make_data, make_model
 from tuiconsole.engine.commands import CommandResult, parse
 from tuiconsole.engine.snapshot import (
+    Change,
     EvalPoint,
+    GroupLr,
     GroupView,
     LogEntry,
     ModuleNode,
@@ -257,6 +259,21 @@ def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
         log=run.error_log if state == RunState.ERROR else run.paused_log,
         run_dir=RUN_DIR,
         optimizer="SGD",
+        # The story's one change (decay 0.1 classifier at 800), as the journal keeps it,
+        # and each group's lr by step (the lr chart).
+        changes=(Change(800, "decay 0.1 classifier", "ui", ("classifier",), "decay"),),
+        lr_steps=(
+            GroupLr(
+                "features", Series((*hsteps, 1200), (run.lrs["features"],) * (len(hsteps) + 1))
+            ),
+            GroupLr(
+                "classifier",
+                Series(
+                    (*hsteps, 1200),
+                    tuple(0.01 if s < 800 else 0.001 for s in (*hsteps, 1200)),
+                ),
+            ),
+        ),
     )
 
 

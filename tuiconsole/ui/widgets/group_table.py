@@ -1,14 +1,15 @@
-"""The optimizer's param groups: name, lr, momentum/betas, weight decay, size, lr history."""
+"""The optimizer's param groups: name, lr, momentum/betas, weight decay, size.
+
+Each group's lr over steps is a chart of its own (the loss pane, the plot view).
+"""
 
 from __future__ import annotations
-
-import math
 
 from rich.text import Text
 from textual.widgets import DataTable
 
 from tuiconsole.engine.snapshot import GroupView
-from tuiconsole.ui.fmt import fmt_count, fmt_hparam, fmt_lr, spark_text
+from tuiconsole.ui.fmt import fmt_count, fmt_hparam, fmt_lr
 from tuiconsole.ui.theme import group_color
 
 SPARK_WIDTH = 12
@@ -24,7 +25,6 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mom", "mom/betas"),
     ("wd", "wd"),
     ("params", "params"),
-    ("hist", "lr history"),
 )
 
 
@@ -42,13 +42,7 @@ def group_cells(g: GroupView, spark_width: int = SPARK_WIDTH) -> dict[str, Text]
         "mom": Text(fmt_hparam(mom) if mom is not None else "-", justify="right"),
         "wd": Text(fmt_hparam(g.get("weight_decay", 0.0)), justify="right"),
         "params": Text(f"{fmt_count(g.n_params)}", justify="right"),
-        "hist": Text(spark_text(_log10(g.lr_history), spark_width), style=color),
     }
-
-
-def _log10(values: tuple[float, ...]) -> list[float]:
-    """lrs move by factors (decay 0.1, warm-up), so their history is drawn on a log scale."""
-    return [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
 
 
 class GroupTable(DataTable[Text]):
@@ -80,7 +74,7 @@ class GroupTable(DataTable[Text]):
             self._rebuild()
 
     def _set_columns(self, width: int) -> bool:
-        drop = () if width >= WIDE_MIN else ("hist",) if width >= MEDIUM_MIN else ("hist", "wd")
+        drop = () if width >= MEDIUM_MIN else ("wd",)
         wanted = tuple(c for c in COLUMNS if c[0] not in drop)
         spark = WIDE_SPARK_WIDTH if width >= SPARK_WIDE_MIN else SPARK_WIDTH
         if wanted == self._columns and spark == self._spark_width:

@@ -1,0 +1,169 @@
+"""What each plot shows, built from a Snapshot: pure functions the panes and the
+full-screen plot view share (tests read them too)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tuiconsole.engine.snapshot import Change, GroupSignals, Series, Snapshot
+from tuiconsole.ui.fmt import fmt_lr
+from tuiconsole.ui.theme import group_color
+from tuiconsole.ui.widgets.line_chart import Chart, Line, Marker, short_label
+
+RAW = "#6c6c8c"  # the raw loss: dim, under its smoothed line
+EMA = "#ffd75f"
+EVAL = "#87d75f"
+ACCURACY = "#d787d7"
+SUGGESTION = "#87d75f"
+CHANGE_COLORS = {
+    "lr": "#d7875f",
+    "decay": "#d7875f",
+    "set": "#d7875f",
+    "split": "#5fd7d7",
+    "rebuild": "#d75fd7",
+    "resume": "#ff5f5f",
+    "rollback": "#ff5f5f",
+    "undo": "#ff5f5f",
+}
+CHANGE_LABEL = 28  # cells at most for a change's label on a chart
+
+
+def ema(values: Sequence[float], span: int) -> list[float]:
+    """Exponential moving average over ``span`` points (the first value seeds it)."""
+    alpha = 2 / (max(1, span) + 1)
+    out: list[float] = []
+    acc: float | None = None
+    for v in values:
+        if v != v or v in (float("inf"), float("-inf")):
+            out.append(acc if acc is not None else v)
+            continue
+        acc = v if acc is None else acc + alpha * (v - acc)
+        out.append(acc)
+    return out
+
+
+def loss_series(snap: Snapshot) -> Series:
+    """The whole run: the downsampled history, then the raw recent steps after it."""
+    hist, recent = snap.loss_history, snap.loss_recent
+    last = hist.steps[-1] if hist.steps else -1
+    tail = [(s, v) for s, v in zip(recent.steps, recent.values, strict=False) if s > last]
+    return Series(
+        hist.steps + tuple(s for s, _ in tail),
+        hist.values + tuple(v for _, v in tail),
+    )
+
+
+def change_markers(changes: Sequence[Change], kinds: Sequence[str] = ()) -> tuple[Marker, ...]:
+    return tuple(
+        Marker(
+            float(c.step),
+            short_label(c.text, CHANGE_LABEL),
+            CHANGE_COLORS.get(c.kind, CHANGE_COLORS["lr"]),
+        )
+        for c in changes
+        if not kinds or c.kind in kinds
+    )
+
+
+def loss_chart(snap: Snapshot, *, log: bool = False) -> Chart:
+    """Raw loss, its EMA, eval loss (dots) and accuracy (right axis, %), and changes."""
+    series = loss_series(snap)
+    smooth = ema(series.values, max(2, len(series) // 20))
+    lines = [
+        Line(series.steps, series.values, RAW, "loss"),
+        Line(series.steps, smooth, EMA, "EMA"),
+    ]
+    evals = snap.evals
+    has_acc = any(e.accuracy is not None for e in evals)
+    if evals:
+        lines.append(Line([e.step for e in evals], [e.loss for e in evals], EVAL, "eval", True))
+    if has_acc:
+        acc = [(e.step, e.accuracy) for e in evals if e.accuracy is not None]
+        lines.append(
+            Line([s for s, _ in acc], [a for _, a in acc], ACCURACY, "eval acc", True, right=True)
+        )
+    return Chart(
+        lines=tuple(lines),
+        markers=change_markers(snap.changes),
+        log_y=log,
+        right_fmt=_percent if has_acc else None,
+        right_range=(0.0, 1.0) if has_acc else None,
+        legend=True,
+    )
+
+
+def lr_chart(snap: Snapshot, *, log: bool = True) -> Chart:
+    """Every group's lr by step on one shared log scale, in the group's colour."""
+    index = {g.name: g.index for g in snap.groups}
+    lines = tuple(
+        Line(g.history.steps, g.history.values, group_color(index.get(g.name, i)), g.name)
+        for i, g in enumerate(snap.lr_steps)
+    )
+    return Chart(
+        lines=lines,
+        markers=change_markers(snap.changes, ("lr", "decay", "split", "rebuild", "undo")),
+        log_y=log,
+        legend=True,
+        empty="no lr history yet",
+    )
+
+
+SIGNALS = {"grad": "grad norm", "update": "update ratio"}
+
+
+def signal_chart(snap: Snapshot, sig: GroupSignals, which: str, *, log: bool = True) -> Chart:
+    """One group's grad norm or update ratio by step (log scale: they span decades)."""
+    series = sig.grad_norm_history if which == "grad" else sig.update_ratio_history
+    index = next((g.index for g in snap.groups if g.name == sig.name), 0)
+    return Chart(
+        lines=(Line(series.steps, series.values, group_color(index), sig.name),),
+        markers=change_markers(snap.changes),
+        log_y=log,
+        legend=True,
+        empty=f"{sig.name}: no {SIGNALS[which]} yet",
+    )
+
+
+def lrfind_chart(snap: Snapshot, *, log: bool = False) -> Chart:
+    """The lr range test's loss against lr (log x), its suggestion marked."""
+    lf = snap.lrfind
+    if lf is None:
+        return Chart(empty="no lr range test yet (:lrfind)")
+    markers: tuple[Marker, ...] = ()
+    if lf.suggestion is not None:
+        markers = (Marker(lf.suggestion, f"suggested {fmt_lr(lf.suggestion)}", SUGGESTION),)
+    return Chart(
+        lines=(Line(lf.lrs, lf.losses, EMA, "loss"),),
+        markers=markers,
+        log_x=True,
+        log_y=log,
+        empty="lr range test: no steps yet",
+    )
+
+
+def lrfind_line(snap: Snapshot) -> str:
+    lf = snap.lrfind
+    if lf is None:
+        return "no lr range test yet: `:lrfind [TARGET] [from=V] [to=V] [steps=N]`"
+    text = (
+        f"lrfind {lf.target} {lf.state} · {lf.taken}/{lf.steps} steps · "
+        f"{fmt_lr(lf.lr_from)}→{fmt_lr(lf.lr_to)} · at step {lf.at_step}"
+    )
+    if lf.suggestion is not None:
+        text += f" · suggested lr {fmt_lr(lf.suggestion)}"
+        if lf.rule:
+            text += f" ({lf.rule})"
+    if lf.message:
+        text += f" · {lf.message}"
+    return text
+
+
+def changes_line(changes: Sequence[Change], n: int = 3) -> str:
+    """The last ``n`` changes, newest last, for the line under a chart."""
+    if not changes:
+        return ""
+    return "changes: " + " · ".join(f"@{c.step} {c.text}" for c in changes[-n:])
+
+
+def _percent(v: float) -> str:
+    return f"{v * 100:.0f}%"
