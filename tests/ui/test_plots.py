@@ -8,11 +8,14 @@ set) and, once, over a real small training run.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.ui.fake_session import FakeSession, frozen_snapshot
 from tests.ui.real_run import screen_text, until_shown, wait_until
@@ -26,6 +29,7 @@ from tuiconsole.engine.snapshot import (
     Series,
     Snapshot,
 )
+from tuiconsole.remote.protocol import snapshot_from_dict, snapshot_to_dict
 from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.screens.plots import PlotScreen
 from tuiconsole.ui.widgets.line_chart import (
@@ -38,7 +42,7 @@ from tuiconsole.ui.widgets.line_chart import (
     reduce_points,
     render,
 )
-from tuiconsole.ui.widgets.plots import ema, loss_chart, lr_chart
+from tuiconsole.ui.widgets.plots import changes_line, ema, fit, loss_chart, lr_chart
 
 # -- the drawing ------------------------------------------------------------------------
 
@@ -74,6 +78,21 @@ def test_a_10m_step_run_reads_in_millions_and_draws_what_is_shown() -> None:
     assert re.findall(r"\d+M", axis_row(rows)) == ["2M", "4M", "6M", "8M"]
 
 
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=300),
+    st.integers(1, 160),
+    st.integers(1, 50),
+    st.booleans(),
+    st.booleans(),
+)
+def test_any_values_draw_exactly_the_size_asked(values, width, height, log, log_x) -> None:
+    xs = [10.0 ** (i / 10 - 5) for i in range(len(values))] if log_x else range(len(values))
+    markers = (Marker(1e-3, "lr 1e-3"),)
+    chart = Chart((Line(list(xs), values, "#fff"),), markers, log_y=log, log_x=log_x)
+    rows = plain(render(chart, width, height))
+    assert len(rows) == height and all(len(r) == width for r in rows)
+
+
 def test_step_labels_are_exact() -> None:
     assert [fmt_step(v) for v in (0, 500, 1200, 25_000, 2_500_000, 10_000_000, 12_345)] == [
         "0",
@@ -105,6 +124,17 @@ def test_a_marker_is_a_rule_with_its_label_and_overlapping_labels_are_dropped_wh
     label_row = next(i for i, r in enumerate(rows) if "▾" in r)
     col = rows[label_row].index("▾")
     assert sum(r[col] == "│" for r in rows[label_row + 1 : -1]) >= 5  # the rule down the plot
+
+
+def test_text_lines_hold_whole_parts_only() -> None:
+    changes = [Change(s, f"lr features {s / 1e6}", "ui", ("features",), "lr") for s in (10, 20, 30)]
+    assert changes_line(changes, 200) == (
+        "changes: @10 lr features 1e-05 · @20 lr features 2e-05 · @30 lr features 3e-05"
+    )
+    assert changes_line(changes, 40) == "changes: @30 lr features 3e-05"
+    assert fit(["a long first part", "b", "a part too long to fit", "c"], 22) == (
+        "a long first part · b"
+    )
 
 
 def test_ema_smooths_and_starts_at_the_first_value() -> None:
@@ -221,7 +251,8 @@ async def test_the_plot_view_opens_chooses_series_and_closes(size) -> None:
         chart = screen.charts[0].text
         assert "▾suggested 0.01" in chart
         assert re.findall(r"1e-\d|0\.\d+|1\b", axis_row(chart.splitlines()))[:2] == ["1e-5", "1e-4"]
-        assert "suggested lr 0.01 (steepest descent)" in screen.text
+        assert "lrfind all done · suggested lr 0.01 · 50/50 steps" in screen.text
+        assert ("suggestion: steepest descent" in screen.text) == (size[0] >= 120)
 
         await pilot.press("escape")
         await pilot.pause()
@@ -320,3 +351,27 @@ async def test_a_real_run_plots_its_loss_and_each_groups_lr(run_factory) -> None
         names = [g.name for g in app.snap.groups]
         assert len(names) == 2 and all(f"■ {n}" in screen.text for n in names)
         assert "0.1┤" in screen.text or "0.01┤" in screen.text  # the real groups' lrs
+
+
+def test_the_plotted_fields_cross_the_socket() -> None:
+    """An attached console plots what a local one does: the fields survive the JSON."""
+    snap = plotted_snapshot()
+    back = snapshot_from_dict(json.loads(json.dumps(snapshot_to_dict(snap))))
+    assert (back.lr_steps, back.changes, back.signals, back.lrfind) == (
+        snap.lr_steps,
+        snap.changes,
+        snap.signals,
+        snap.lrfind,
+    )
+
+
+# -- pictures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keys", [(), ("2",), ("3",)], ids=["loss", "lr", "grad"])
+def test_plot_view_picture_80x24(snap_compare, keys) -> None:
+    async def run_before(pilot) -> None:
+        await pilot.press("g", *keys)
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)

@@ -23,6 +23,7 @@ from tuiconsole.engine.snapshot import Snapshot
 from tuiconsole.ui.widgets.line_chart import Chart, LineChart
 from tuiconsole.ui.widgets.plots import (
     changes_line,
+    fit,
     loss_chart,
     lr_chart,
     lrfind_chart,
@@ -141,15 +142,18 @@ class PlotScreen(Screen[None]):
         return text
 
     def _info(self, snap: Snapshot | None) -> Text:
+        """One line under the tabs, each part whole or left out."""
         if snap is None:
             return Text("")
+        width = max(1, self.size.width - 2)
         if self.series == "lrfind":
-            return Text(lrfind_line(snap), no_wrap=True, overflow="ellipsis")
+            return Text(lrfind_line(snap, width), no_wrap=True)
+        changes = changes_line(snap.changes, width)
         if self.series in ("grad", "update"):
             every = f"measured every {snap.signal_every} steps" if snap.signal_every else ""
-            line = " · ".join(p for p in (every, changes_line(snap.changes)) if p)
+            line = fit([p for p in (every, changes) if p], width)
             return Text(line or "per-group signals: none measured yet", no_wrap=True)
-        return Text(changes_line(snap.changes) or "no changes yet", no_wrap=True)
+        return Text(changes or "no changes yet", no_wrap=True)
 
     def _charts(self, snap: Snapshot) -> list[Chart]:
         log = self.log_scale[self.series]

@@ -95,7 +95,9 @@ class LossCharts(Vertical):
     def on_resize(self) -> None:
         self.lr_plot.set_class(self.size.height < LR_CHART_MIN_HEIGHT, "-hidden")
         if self._snap is not None:
-            self._loss_text.update(loss_line(self._snap, self._text_width), layout=False)
+            width = self._text_width
+            self._loss_text.update(loss_line(self._snap, width), layout=False)
+            self._changes_text.update(changes_line(self._snap.changes, width), layout=False)
 
     def action_toggle_log(self) -> None:
         self.log_scale = not self.log_scale
@@ -118,5 +120,5 @@ class LossCharts(Vertical):
             self.loss_plot.chart = loss_chart(snap, log=self.log_scale)
         if changes_changed or old is None or old.lr_steps != snap.lr_steps:
             self.lr_plot.chart = lr_chart(snap)
-            self._changes_text.update(changes_line(snap.changes), layout=False)
+            self._changes_text.update(changes_line(snap.changes, self._text_width), layout=False)
         return old is None or snap != old

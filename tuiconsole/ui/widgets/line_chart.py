@@ -113,7 +113,7 @@ def log_ticks(lo: float, hi: float, n: int) -> list[float]:
             float(f"{m}e{e}")
             for e in range(a, b + 1)
             for m in mantissas
-            if lo * (1 - 1e-9) <= m * 10.0**e <= hi * (1 + 1e-9)
+            if lo * (1 - 1e-9) <= float(f"{m}e{e}") <= hi * (1 + 1e-9)
         ]
 
     n = max(n, 1)
@@ -307,7 +307,8 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
     rows: list[Row] = []
     if chart.legend and height >= 4:
         rows.append(_legend(chart.lines, width))
-    lines = [ln for ln in chart.lines if min(len(ln.xs), len(ln.ys)) > 0]
+    lines = [_drawable(ln, chart.log_y and not ln.right) for ln in chart.lines]
+    lines = [ln for ln in lines if ln.xs]
     markers = chart.markers
     if chart.log_x:
         lines = [_log_x(ln) for ln in lines]
@@ -413,6 +414,29 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
         xt = [(t, fmt_step(t)) for t in linear_ticks(x0, x1, n_xt) if t == int(t)]
     rows.append(_x_axis(xt, fx, lw, plot_w, width, bool(rlabels)))
     return rows
+
+
+LIMIT = 1e150  # values beyond (a loss of 1e200) are drawn as gaps, like NaN: no overflow
+
+
+def _drawable(ln: Line, log: bool) -> Line:
+    """Only the points that can be placed: finite, within LIMIT (and > 0 on a log scale)."""
+    low = 1 / LIMIT if log else -LIMIT
+    pairs = [
+        (x, y)
+        for x, y in zip(ln.xs, ln.ys, strict=False)
+        if math.isfinite(x) and -LIMIT < x < LIMIT and low < y < LIMIT
+    ]
+    if len(pairs) == min(len(ln.xs), len(ln.ys)):
+        return ln
+    return Line(
+        tuple(x for x, _ in pairs),
+        tuple(y for _, y in pairs),
+        ln.color,
+        ln.label,
+        ln.points,
+        ln.right,
+    )
 
 
 def _log_x(ln: Line) -> Line:

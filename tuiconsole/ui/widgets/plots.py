@@ -141,28 +141,48 @@ def lrfind_chart(snap: Snapshot, *, log: bool = False) -> Chart:
     )
 
 
-def lrfind_line(snap: Snapshot) -> str:
+def fit(parts: Sequence[str], width: int, sep: str = " · ") -> str:
+    """``parts`` joined, each one whole or left out: the first always, then in order
+    while they fit in ``width`` cells."""
+    out = ""
+    for part in parts:
+        cand = f"{out}{sep}{part}" if out else part
+        if out and len(cand) > width:
+            continue
+        out = cand
+    return out
+
+
+def lrfind_line(snap: Snapshot, width: int = 1000) -> str:
     lf = snap.lrfind
     if lf is None:
-        return "no lr range test yet: `:lrfind [TARGET] [from=V] [to=V] [steps=N]`"
-    text = (
-        f"lrfind {lf.target} {lf.state} · {lf.taken}/{lf.steps} steps · "
-        f"{fmt_lr(lf.lr_from)}→{fmt_lr(lf.lr_to)} · at step {lf.at_step}"
-    )
+        return "no lr range test yet: :lrfind [TARGET] [from=V] [to=V] [steps=N]"
+    parts = [
+        f"lrfind {lf.target} {lf.state}",
+        f"{lf.taken}/{lf.steps} steps",
+        f"{fmt_lr(lf.lr_from)}→{fmt_lr(lf.lr_to)}",
+    ]
     if lf.suggestion is not None:
-        text += f" · suggested lr {fmt_lr(lf.suggestion)}"
+        parts.insert(1, f"suggested lr {fmt_lr(lf.suggestion)}")
         if lf.rule:
-            text += f" ({lf.rule})"
+            parts.append(f"suggestion: {lf.rule}")
+    parts.append(f"at step {lf.at_step}")
     if lf.message:
-        text += f" · {lf.message}"
-    return text
+        parts.insert(1, lf.message)
+    return fit(parts, width)
 
 
-def changes_line(changes: Sequence[Change], n: int = 3) -> str:
-    """The last ``n`` changes, newest last, for the line under a chart."""
-    if not changes:
-        return ""
-    return "changes: " + " · ".join(f"@{c.step} {c.text}" for c in changes[-n:])
+def changes_line(changes: Sequence[Change], width: int = 1000, n: int = 3) -> str:
+    """The newest changes (at most ``n``) that fit whole in ``width``, oldest first."""
+    shown: list[str] = []
+    used = len("changes: ")
+    for c in reversed(changes[-n:]):
+        piece = f"@{c.step} {c.text}"
+        if shown and used + len(piece) + 3 > width:
+            break
+        shown.insert(0, piece)
+        used += len(piece) + 3
+    return "changes: " + " · ".join(shown) if shown else ""
 
 
 def _percent(v: float) -> str:
