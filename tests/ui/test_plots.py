@@ -188,13 +188,9 @@ async def test_the_loss_pane_shows_steps_the_change_and_the_log_toggle() -> None
     async with app.run_test(size=(160, 50)) as pilot:
         await pilot.pause()
         text = app.charts.loss_plot.text
+        # to step 1200, the run's step: the loss pane shares the lr chart's range
         assert re.findall(r"\d+", axis_row(text.splitlines())) == [
-            "0",
-            "200",
-            "400",
-            "600",
-            "800",
-            "1000",
+            *("0", "200", "400", "600", "800", "1000", "1200")
         ]
         assert "▾decay 0.1 classifier" in text  # the journaled change, where it happened
         assert "changes: @800 decay 0.1 classifier" in screen_text(app)
@@ -216,6 +212,11 @@ async def test_the_lr_chart_names_each_group_on_one_log_scale() -> None:
         assert "■ features" in rows[0] and "■ classifier" in rows[0]
         assert y_labels(rows)[0] == "0.01" and y_labels(rows)[-1] == "1e-3"
         assert "lr history" not in screen_text(app)  # the old wall-clock column is gone
+        # the pane's two charts share their steps: the change is one column in both
+        loss_rows = app.charts.loss_plot.text.splitlines()
+        marked = [next(r for r in rows_ if "▾" in r).index("▾") for rows_ in (loss_rows, rows)]
+        assert marked[0] == marked[1]
+        assert axis_row(loss_rows).index("1000") == axis_row(rows).index("1000")
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])

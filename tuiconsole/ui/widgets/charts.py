@@ -7,6 +7,7 @@ full-screen plot view (screens/plots.py) with every series.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -17,7 +18,7 @@ from textual.widgets import Static
 
 from tuiconsole.engine.snapshot import Snapshot
 from tuiconsole.ui.fmt import fmt_float
-from tuiconsole.ui.widgets.line_chart import LineChart
+from tuiconsole.ui.widgets.line_chart import Chart, LineChart
 from tuiconsole.ui.widgets.plots import (
     EMA,
     EVAL,
@@ -29,6 +30,8 @@ from tuiconsole.ui.widgets.plots import (
 )
 
 LR_CHART_MIN_HEIGHT = 18  # below this the pane shows the loss only (g: the plot view)
+LABEL_CELLS = 4  # the y labels' column in both charts ("2.5", "0.01", "1e-3")
+ACCURACY_AXIS_CELLS = 5  # "├100%"
 
 
 def loss_line(snap: Snapshot, width: int = 1000) -> Text:
@@ -49,6 +52,18 @@ def loss_line(snap: Snapshot, width: int = 1000) -> Text:
             continue
         text.append(piece, style=style)
     return text
+
+
+def aligned(chart: Chart, snap: Snapshot, above: Chart | None) -> Chart:
+    """The pane's charts share their x range and their label columns, so a step is the
+    same column in both (the right gutter of the loss chart's accuracy axis included)."""
+    series = [loss_series(snap), *(g.history for g in snap.lr_steps)]
+    firsts = [s.steps[0] for s in series if s.steps]
+    lasts = [s.steps[-1] for s in series if s.steps]
+    x_range = (float(min(firsts)), float(max(lasts))) if firsts else None
+    accuracy = chart.right_fmt is not None or (above is not None and above.right_fmt is not None)
+    right = ACCURACY_AXIS_CELLS if accuracy else 0
+    return replace(chart, x_range=x_range, y_width=LABEL_CELLS, right_width=right)
 
 
 class LossCharts(Vertical):
@@ -102,7 +117,10 @@ class LossCharts(Vertical):
     def action_toggle_log(self) -> None:
         self.log_scale = not self.log_scale
         if self._snap is not None:
-            self.loss_plot.chart = loss_chart(self._snap, log=self.log_scale)
+            self.loss_plot.chart = self._loss_chart(self._snap)
+
+    def _loss_chart(self, snap: Snapshot) -> Chart:
+        return aligned(loss_chart(snap, log=self.log_scale), snap, None)
 
     def show(self, snap: Snapshot) -> bool:
         """Update from a snapshot; returns True if anything was redrawn."""
@@ -117,8 +135,8 @@ class LossCharts(Vertical):
         changes_changed = old is None or old.changes != snap.changes
         if loss_changed or changes_changed or old is None or old.evals != snap.evals:
             self._loss_text.update(loss_line(snap, self._text_width), layout=False)
-            self.loss_plot.chart = loss_chart(snap, log=self.log_scale)
+            self.loss_plot.chart = self._loss_chart(snap)
         if changes_changed or old is None or old.lr_steps != snap.lr_steps:
-            self.lr_plot.chart = lr_chart(snap)
+            self.lr_plot.chart = aligned(lr_chart(snap), snap, self.loss_plot.chart)
             self._changes_text.update(changes_line(snap.changes, self._text_width), layout=False)
         return old is None or snap != old

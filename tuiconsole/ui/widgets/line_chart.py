@@ -67,6 +67,10 @@ class Chart:
     right_range: tuple[float, float] | None = None  # fixed (e.g. accuracy 0..1)
     legend: bool = False  # a top row naming each labelled line in its colour
     empty: str = "no data yet"
+    # Charts stacked in one pane share these, so their steps line up column for column:
+    x_range: tuple[float, float] | None = None  # else the data's
+    y_width: int = 0  # the y labels' column, at least
+    right_width: int = 0  # cells kept right of the plot (a right axis's, or blank)
 
 
 Row = list[tuple[str, str]]  # (text, colour) runs
@@ -321,6 +325,8 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
         rows.extend(_blank(width, chart.empty if i == 0 else "") for i in range(height - len(rows)))
         return rows
     x0, x1 = min(xs_all), max(xs_all)
+    if chart.x_range is not None and not chart.log_x:
+        x0, x1 = min(x0, chart.x_range[0]), max(x1, chart.x_range[1])
     if x1 <= x0:
         x1 = x0 + 1
     want_marks = [m for m in markers if x0 <= m.x <= x1]
@@ -336,7 +342,7 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
         yt = _dense_ticks(ylo, yhi, n_yt, plot_h)
         step = yt[1] - yt[0] if len(yt) > 1 else abs(yt[0]) or 1.0
         ylabels = [fmt_tick(v, step) for v in yt]
-    lw = max((len(s) for s in ylabels), default=1)
+    lw = max(max((len(s) for s in ylabels), default=1), chart.y_width)
     right = chart.right_fmt is not None and any(ln.right for ln in lines)
     rr: tuple[float, float] | None = None
     rt: list[float] = []
@@ -348,8 +354,8 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
             rt = _dense_ticks(rr[0], rr[1], max(2, plot_h // 2), plot_h)
             assert chart.right_fmt is not None
             rlabels = [chart.right_fmt(v) for v in rt]
-    rw = max((len(s) for s in rlabels), default=0)
-    plot_w = width - lw - 1 - (rw + 1 if rlabels else 0)
+    rw = max(max((len(s) for s in rlabels), default=0), chart.right_width - 1)
+    plot_w = width - lw - 1 - (rw + 1 if rlabels else max(0, chart.right_width))
     if plot_w < 8 or plot_h < 2:
         rows.extend(_blank(width, chart.empty if i == 0 else "") for i in range(height - len(rows)))
         return rows
@@ -387,7 +393,10 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
             else:
                 canvas.line(*prev, *p, ln.color)
             prev = p
-    rules = {fx(m.x) >> 1: m.color for m in want_marks}
+    # One rule per column (the newest change there): 500 changes cost what 80 do.
+    by_col = {fx(m.x) >> 1: m for m in want_marks}
+    want_marks = sorted(by_col.values(), key=lambda m: m.x)
+    rules = {col: m.color for col, m in by_col.items()}
     if mark_row:
         rows.append(_marker_row(want_marks, fx, lw + 1, width))
     # y labels at their tick rows (each row shows at most one label)
@@ -406,6 +415,8 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
             rl = rtick_rows.get(r)
             row.append(("├" if rl else "│", AXIS))
             row.append(((rl or "").ljust(rw), LABEL))
+        elif chart.right_width > 0:
+            row.append((" " * chart.right_width, ""))
         rows.append(row)
     n_xt = max(1, plot_w // 12)
     if chart.log_x:
@@ -472,12 +483,12 @@ def _legend(lines: tuple[Line, ...], width: int) -> Row:
 
 
 def _marker_row(marks: list[Marker], fx: Callable[[float], int], left: int, width: int) -> Row:
-    """Labels above the plot, each starting (or, at the right edge, ending) at its rule's
+    """Labels above the plot (``marks`` in x order), each starting (or, at the right edge, ending) at its rule's
     column; one that would overlap the label before it is shortened by whole words, or
     left out."""
     cells = [(" ", "")] * width
     free_from = 0
-    for m in sorted(marks, key=lambda m: m.x):
+    for m in marks:
         col = left + (fx(m.x) >> 1)
         text, start = f"▾{m.label}", col
         if start + len(text) > width:  # no room on the right: the label ends at its rule

@@ -53,16 +53,29 @@ def loss_series(snap: Snapshot) -> Series:
     )
 
 
+_markers_cache: dict[tuple[object, ...], tuple[Marker, ...]] = {}
+
+
 def change_markers(changes: Sequence[Change], kinds: Sequence[str] = ()) -> tuple[Marker, ...]:
-    return tuple(
-        Marker(
-            float(c.step),
-            short_label(c.text, CHANGE_LABEL),
-            CHANGE_COLORS.get(c.kind, CHANGE_COLORS["lr"]),
+    """A marker per change (of ``kinds``, or all). Changes are only ever appended (the
+    last 500 kept), so their count and ends name them: cached, not rebuilt each frame."""
+    ends = (changes[0], changes[-1]) if changes else ()
+    key: tuple[object, ...] = (len(changes), *ends, *kinds)
+    found = _markers_cache.get(key)
+    if found is None:
+        found = tuple(
+            Marker(
+                float(c.step),
+                short_label(c.text, CHANGE_LABEL),
+                CHANGE_COLORS.get(c.kind, CHANGE_COLORS["lr"]),
+            )
+            for c in changes
+            if not kinds or c.kind in kinds
         )
-        for c in changes
-        if not kinds or c.kind in kinds
-    )
+        if len(_markers_cache) > 8:
+            _markers_cache.clear()
+        _markers_cache[key] = found
+    return found
 
 
 def loss_chart(snap: Snapshot, *, log: bool = False) -> Chart:
