@@ -31,7 +31,7 @@ from tuiconsole.engine.snapshot import (
 )
 from tuiconsole.remote.protocol import snapshot_from_dict, snapshot_to_dict
 from tuiconsole.ui.app import ConsoleApp
-from tuiconsole.ui.screens.plots import PlotScreen
+from tuiconsole.ui.screens.plots import REFRESH_S, PlotScreen
 from tuiconsole.ui.widgets.line_chart import (
     Chart,
     Line,
@@ -376,3 +376,32 @@ def test_plot_view_picture_80x24(snap_compare, keys) -> None:
         await pilot.pause()
 
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+@pytest.mark.slow
+async def test_a_paused_runs_lr_chart_stands_still_and_shows_an_edit(paused_run) -> None:
+    """The old lr column was a wall-clock trace that kept moving while paused; the lr
+    chart is by step: frames while paused redraw the same picture, until an edit."""
+    session = paused_run
+    app = ConsoleApp(session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until_shown(pilot, app, lambda s: s.status.state == RunState.PAUSED, "paused")
+        for _ in range(5):
+            await pilot.press("n")
+            await session.settle()
+        await until_shown(pilot, app, lambda s: s.status.step == 5, "5 steps")
+        await pilot.press("g", "2")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, PlotScreen)
+        await wait_until(pilot, lambda: "■ classifier" in screen.text, what="the lr chart")
+        before = screen.charts[0].text
+        seq0 = app.snap.seq
+        await until_shown(pilot, app, lambda s: s.seq >= seq0 + 3, "3 newer snapshots")
+        await pilot.pause(REFRESH_S * 2)
+        assert screen.charts[0].text == before
+        assert "0.1┤" in before and "0.01┤" in before  # the real groups' lrs: 0.01 and 0.1
+
+        app.submit_line("lr classifier 1e-3")  # an edit while paused shows at once
+        await session.settle()
+        await wait_until(pilot, lambda: "1e-3┤" in screen.charts[0].text, what="the edit")
