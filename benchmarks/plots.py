@@ -1,6 +1,7 @@
 """The console's charts: one frame's drawing cost at step 1k and at step 10M.
 
     python -m benchmarks.plots [--rounds N]
+    python -m benchmarks.plots --live 10     # + the charts' share of a live console's time
 
 Builds the snapshot a run has at step 1k and at step 10M (the engine's downsampled
 history: 1024 loss buckets, 256 lr buckets per group, 200 evals, 500 changes) and
@@ -8,6 +9,10 @@ times what a redraw of the loss pane and the plot view costs: the chart built fr
 the snapshot, then drawn at 80x24's, 120x40's and 160x50's chart sizes. Frame time
 is flat in the run's length because the history is bounded and each chart reduces a
 series to two points per dot column before drawing.
+
+``--live S`` also trains sample_models/mlp.py for S seconds under the mounted console
+(120x40, headless driver) and reports the time the loss pane's charts took per second
+of training: building the charts from each snapshot and drawing them.
 
 With textual-plotext installed (``pip install textual-plotext``, not a dependency) it
 also times the same loss figure drawn the way its PlotextPlot widget draws it, which
@@ -101,9 +106,58 @@ def plotext_frame(snap: Snapshot, w: int, h: int) -> Callable[[], object] | None
     return frame
 
 
+def live_chart_cost(seconds: float) -> Row:
+    """ms per second of training spent in the loss pane's show() and its charts' draws."""
+    import asyncio
+
+    import torch
+
+    from tuiconsole.engine.trainer import RunConfig, Trainer
+    from tuiconsole.script import load_script
+    from tuiconsole.session import LocalSession
+    from tuiconsole.ui.app import ConsoleApp
+    from tuiconsole.ui.widgets import charts, line_chart
+
+    spent = [0.0]
+
+    def timed(fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t
+
+        return wrapper
+
+    charts.LossCharts.show = timed(charts.LossCharts.show)  # type: ignore[method-assign]
+    line_chart.LineChart.render_line = timed(line_chart.LineChart.render_line)  # type: ignore[method-assign]
+    torch.set_num_threads(1)
+    spec = load_script("sample_models/mlp.py")
+    trainer = Trainer(spec, RunConfig(log_every=0))
+    session = LocalSession(trainer)
+
+    async def run() -> float:
+        app = ConsoleApp(session, refresh_hz=10.0, script_name="mlp.py")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            trainer.start()
+            t0 = time.perf_counter()
+            await asyncio.sleep(seconds)
+            return time.perf_counter() - t0
+
+    elapsed = asyncio.run(run())
+    trainer.close()
+    per_s = spent[0] / elapsed * 1000
+    return Row(
+        f"live: charts per s of training ({trainer.step:,} steps)", per_s, "ms/s", "", "", None
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--live", type=float, default=0.0, help="seconds of a live mlp run")
     args = ap.parse_args()
     rows = []
     for steps in (1000, 10_000_000):
@@ -123,6 +177,8 @@ def main() -> None:
                 rows.append(
                     Row(f"textual-plotext loss {w}x{h}, step {steps:,}", ms, "ms", spread, "", None)
                 )
+    if args.live:
+        rows.append(live_chart_cost(args.live))
     print_table("Chart frames (ms per redraw; meaningless on a loaded box)", rows)
     save("plots", rows)
 

@@ -381,18 +381,16 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
         pts = reduce_points(ln.xs, ln.ys, x0, x1, dots_w)
         if log:
             pts = [(x, y) for x, y in pts if y > 0]
+        if not pts:
+            continue
         if ln.points:
             for x, y in pts:
                 canvas.glyph(fy(y, lo, hi, log) >> 2, fx(x) >> 1, "●", ln.color)
             continue
-        prev: tuple[int, int] | None = None
-        for x, y in pts:
-            p = (fx(x), min(max(fy(y, lo, hi, log), 0), dots_h - 1))
-            if prev is None:
-                canvas.dot(*p, ln.color)
-            else:
-                canvas.line(*prev, *p, ln.color)
-            prev = p
+        path = _dot_path(pts, x0, x1, lo, hi, log, dots_w, dots_h)
+        canvas.dot(*path[0], ln.color)
+        for a, b in zip(path, path[1:], strict=False):
+            canvas.line(*a, *b, ln.color)
     # One rule per column (the newest change there): 500 changes cost what 80 do.
     by_col = {fx(m.x) >> 1: m for m in want_marks}
     want_marks = sorted(by_col.values(), key=lambda m: m.x)
@@ -460,6 +458,40 @@ def _log_x(ln: Line) -> Line:
         ln.points,
         ln.right,
     )
+
+
+def _dot_path(
+    pts: list[tuple[float, float]],
+    x0: float,
+    x1: float,
+    lo: float,
+    hi: float,
+    log: bool,
+    dots_w: int,
+    dots_h: int,
+) -> list[tuple[int, int]]:
+    """The points in dot coordinates (y from the top, clamped), without the ones that
+    change nothing drawn: repeats, and the middle of a horizontal run (a constant lr
+    of 256 points is two)."""
+    sx = (dots_w - 1) / (x1 - x0)
+    if log:
+        lo, hi = math.log10(lo), math.log10(hi)
+    sy = (dots_h - 1) / (hi - lo)
+    top = dots_h - 1
+    path: list[tuple[int, int]] = []
+    for x, y in pts:
+        dx = round((x - x0) * sx)
+        dy = round((hi - (math.log10(y) if log else y)) * sy)
+        dy = 0 if dy < 0 else top if dy > top else dy
+        if path:
+            px, py = path[-1]
+            if (px, py) == (dx, dy):
+                continue
+            if py == dy and len(path) >= 2 and path[-2][1] == dy:
+                path[-1] = (dx, dy)  # the run goes on
+                continue
+        path.append((dx, dy))
+    return path
 
 
 def _blank(width: int, text: str) -> Row:
