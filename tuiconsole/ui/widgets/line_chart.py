@@ -622,20 +622,25 @@ class LineChart(Widget):
         """What the chart shows, as plain text (rows joined by newlines)."""
         return "\n".join(plain(self.rows))
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None  # the background (or the theme) changed
+        self._styles = {}
+
     def _style(self, color: str) -> Style:
+        """The widget's own style with ``color`` on top, parsed once per colour."""
         style = self._styles.get(color)
         if style is None:
-            style = self._styles[color] = Style.parse(color) if color else Style()
+            own = Style.parse(color) if color else Style()
+            style = self._styles[color] = self.rich_style + own
         return style
 
     def render_line(self, y: int) -> Strip:
         rows = self.rows
+        width = self.size.width
         if self._strips is None:
-            base = self.rich_style
-            self._strips = [
-                Strip([Segment(t, base + self._style(c)) for t, c in row], self.size.width)
-                for row in rows
-            ]
+            style = self._style
+            self._strips = [Strip([Segment(t, style(c)) for t, c in row], width) for row in rows]
         if y >= len(self._strips):
-            return Strip.blank(self.size.width, self.rich_style)
+            return Strip.blank(width, self.rich_style)
         return self._strips[y]
