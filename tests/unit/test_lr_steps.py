@@ -35,8 +35,24 @@ def test_a_split_group_starts_at_its_step_and_long_runs_stay_bounded():
     for step in range(1, 1001):
         groups = [("a", 0.1)] + ([("new", 0.5)] if step > 900 else [])
         view = h.sample(step, groups)
-    assert len(view[0].history) <= 17 and view[0].history.steps[-1] == 1000
+    # 16 buckets of 64 steps: a constant lr ends at its last full bucket (< 64 steps ago)
+    assert len(view[0].history) <= 17 and view[0].history.steps[-1] > 1000 - 64
+    assert set(view[0].history.values) == {0.1}  # the lr it had, not a mean with noise
     assert view[1].history.steps[0] > 900 and set(view[1].history.values) == {0.5}
+
+
+def test_many_groups_share_a_bounded_budget_and_unchanged_views_are_reused():
+    h = StepLrHistory(capacity=256, total=2048)
+    groups = [(f"g{i}", 0.01) for i in range(500)]
+    for step in range(1, 301):
+        view = h.sample(step, groups)
+    assert sum(len(g.history) for g in view) <= 2048 + 500
+    again = h.sample(300, groups)  # a paused run's next snapshot: nothing rebuilt
+    assert all(a is b for a, b in zip(view, again, strict=True))
+    two = StepLrHistory(capacity=256, total=2048)
+    for step in range(1, 301):
+        few = two.sample(step, [("a", 0.1), ("b", 0.01)])
+    assert len(few[0].history) > 128  # two groups keep their full resolution
 
 
 def test_a_real_run_publishes_each_groups_lr_by_step(tmp_path):

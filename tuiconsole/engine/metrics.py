@@ -25,10 +25,13 @@ class DownsampledSeries:
     O(capacity) memory for any length, O(1) amortised per value.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, mean: bool = True) -> None:
+        """``mean=False``: each bucket keeps its last value, not the mean (an lr: the
+        value it had, exactly, rather than a blend of two across an edit)."""
         if capacity < 2 or capacity % 2:
             raise ValueError("capacity must be an even number >= 2")
         self.capacity = capacity
+        self.mean = mean
         self.width = 1
         self.values: list[float] = []
         self.steps: list[int] = []  # last step in each bucket
@@ -42,12 +45,15 @@ class DownsampledSeries:
         self._n += 1
         if self._n < self.width:
             return
-        self.values.append(self._acc / self._n)
+        self.values.append(self._acc / self._n if self.mean else value)
         self.steps.append(step)
         self._acc, self._n = 0.0, 0
         if len(self.values) >= self.capacity:
             v = self.values
-            self.values = [(v[i] + v[i + 1]) / 2 for i in range(0, len(v), 2)]
+            if self.mean:
+                self.values = [(v[i] + v[i + 1]) / 2 for i in range(0, len(v), 2)]
+            else:
+                self.values = v[1::2]
             self.steps = self.steps[1::2]
             self.width *= 2
 
@@ -153,15 +159,18 @@ class StepLrHistory:
     Sampled as snapshots are built (a point per new step, never per wall-clock
     second), so a paused run's chart stands still and a constant lr is one flat
     line. Each group keeps a :class:`DownsampledSeries` of ``capacity`` buckets: a
-    run of any length costs the same per frame. The lr as it is now is always the
-    last point, so an edit shows before its step is taken.
+    run of any length costs the same per frame. All groups together send at most
+    ``total`` points (a 500-group optimizer: 4 each), since every snapshot frame
+    carries them; a group's view is rebuilt only when its series or lr changed. An
+    lr not yet in the series (an edit, before its step) is shown as a last point.
     """
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, total: int = 2048) -> None:
         self.capacity = capacity
+        self.total = total
         self._by_name: dict[str, DownsampledSeries] = {}
+        self._views: dict[str, tuple[tuple[object, ...], GroupLr]] = {}
         self._last_step: int | None = None
-        self._cache: tuple[tuple[object, ...], tuple[GroupLr, ...]] | None = None
 
     def sample(self, step: int, names_lrs: list[tuple[str, float]]) -> tuple[GroupLr, ...]:
         if self._last_step is None or step > self._last_step:
@@ -169,17 +178,31 @@ class StepLrHistory:
             for name, lr in names_lrs:
                 series = self._by_name.get(name)
                 if series is None:  # a new group (a split): its line starts here
-                    series = self._by_name[name] = DownsampledSeries(self.capacity)
+                    series = self._by_name[name] = DownsampledSeries(self.capacity, mean=False)
                 series.add(step, lr)
-        key = (step, tuple(names_lrs), tuple(s.count for s in self._by_name.values()))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, tuple(self._view(name, lr, step) for name, lr in names_lrs))
-        return self._cache[1]
+        budget = max(4, min(self.capacity, self.total // max(1, len(names_lrs))))
+        out = []
+        for name, lr in names_lrs:
+            series = self._by_name.get(name)
+            n = len(series.values) if series is not None else 0
+            last = series.steps[-1] if series is not None and n else None
+            tail = series is None or not n or series.values[-1] != lr
+            key = (n, last, lr, budget, step if tail else None)
+            cached = self._views.get(name)
+            if cached is None or cached[0] != key:
+                cached = self._views[name] = (key, self._view(name, series, lr, step, budget))
+            out.append(cached[1])
+        return tuple(out)
 
-    def _view(self, name: str, lr: float, step: int) -> GroupLr:
-        series = self._by_name.get(name)
+    @staticmethod
+    def _view(
+        name: str, series: DownsampledSeries | None, lr: float, step: int, budget: int
+    ) -> GroupLr:
         steps, values = (series.steps, series.values) if series is not None else ([], [])
-        if not steps or steps[-1] != step or values[-1] != lr:
-            # The bucket being filled, or an edit not yet stepped: the lr as it is now.
+        if len(steps) > budget:  # every k-th point, and the last
+            k = -(-len(steps) // budget)
+            keep = [*range(len(steps) - 1, -1, -k)][::-1]
+            steps, values = [steps[i] for i in keep], [values[i] for i in keep]
+        if not values or values[-1] != lr:  # an edit not yet in the series: the lr now
             return GroupLr(name, Series((*steps, step), (*values, lr)))
         return GroupLr(name, Series(tuple(steps), tuple(values)))
