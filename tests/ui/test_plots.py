@@ -300,6 +300,29 @@ async def test_the_plot_view_follows_new_snapshots() -> None:
         assert "▾lr features 0.02" in screen.charts[0].text
 
 
+async def test_many_groups_get_small_charts_that_scroll_at_80x24() -> None:
+    snap = plotted_snapshot()
+    steps = tuple(range(0, 1201, 100))
+    signals = tuple(
+        GroupSignals(f"group{i}", grad_norm_history=Series(steps, tuple(1.0 + i for _ in steps)))
+        for i in range(12)
+    )
+    app = make_app(replace(snap, signals=signals))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("g", "3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, PlotScreen)
+        assert len(screen.charts) == 12 and all(c.size.height == 8 for c in screen.charts)
+        body = screen.query_one("#plots-body")
+        assert body.scroll_y == 0
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert body.scroll_y > 0
+        assert "3 grad norm" in screen.text  # ↑/↓/pgdn scroll; they do not switch series
+
+
 def test_charts_of_a_10m_step_run_are_built_from_its_downsampled_history() -> None:
     """A snapshot as the engine builds it at step 10M: 1024 loss buckets, 256 lr buckets
     per group, 200 evals and 500 changes. The charts draw it at 160x50 like any other."""

@@ -50,14 +50,24 @@ class PlotScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Close", tooltip="Back to the console", id="plots_close"),
         Binding("g", "close", "Close", show=False, id="plots_close_g"),
-        Binding("1", "series('loss')", "Loss", id="plots_loss"),
-        Binding("2", "series('lr')", "lr", id="plots_lr"),
-        Binding("3", "series('grad')", "Grad", id="plots_grad"),
-        Binding("4", "series('update')", "Update", id="plots_update"),
-        Binding("5", "series('lrfind')", "lrfind", id="plots_lrfind"),
-        Binding("right", "cycle(1)", "Next", show=False, id="plots_next"),
-        Binding("left", "cycle(-1)", "Previous", show=False, id="plots_prev"),
+        Binding(
+            "1", "series('loss')", "Loss", tooltip="Loss, EMA, evals, changes", id="plots_loss"
+        ),
+        Binding("2", "series('lr')", "lr", tooltip="Each group's lr by step", id="plots_lr"),
+        Binding("3", "series('grad')", "Grad", tooltip="Grad norm, per group", id="plots_grad"),
+        Binding(
+            "4", "series('update')", "Update", tooltip="Update ratio, per group", id="plots_update"
+        ),
+        Binding("5", "series('lrfind')", "lrfind", tooltip="The lr range test", id="plots_lrfind"),
+        Binding("right", "cycle(1)", "Next", show=False, tooltip="Next series", id="plots_next"),
+        Binding(
+            "left", "cycle(-1)", "Previous", show=False, tooltip="Previous series", id="plots_prev"
+        ),
         Binding("l", "toggle_log", "Log y", tooltip="y on a log scale (toggle)", id="plots_log"),
+        Binding("down", "scroll(1)", "Scroll down", show=False, id="plots_down"),
+        Binding("up", "scroll(-1)", "Scroll up", show=False, id="plots_up"),
+        Binding("pagedown", "scroll(10)", "Page down", show=False, id="plots_page_down"),
+        Binding("pageup", "scroll(-10)", "Page up", show=False, id="plots_page_up"),
     ]
     DEFAULT_CSS = """
     PlotScreen { layout: vertical; }
@@ -78,7 +88,8 @@ class PlotScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="plots-tabs")
         yield Static(id="plots-info")
-        yield VerticalScroll(id="plots-body")
+        # Not focusable: ←/→ choose the series here, ↑/↓ scroll (the screen's bindings).
+        yield VerticalScroll(id="plots-body", can_focus=False)
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -102,6 +113,12 @@ class PlotScreen(Screen[None]):
         keys = [k for k, _ in SERIES]
         self.series = keys[(keys.index(self.series) + by) % len(keys)]
         self.redraw()
+
+    def action_scroll(self, rows: int) -> None:
+        """The per-group charts, when there are more than fit."""
+        self.query_one("#plots-body", VerticalScroll).scroll_relative(
+            y=rows * SMALL_CHART_ROWS // 2, animate=False
+        )
 
     def action_toggle_log(self) -> None:
         self.log_scale[self.series] = not self.log_scale[self.series]

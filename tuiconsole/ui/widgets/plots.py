@@ -114,7 +114,7 @@ def lr_chart(snap: Snapshot, *, log: bool = True) -> Chart:
     )
     return Chart(
         lines=lines,
-        markers=change_markers(snap.changes, ("lr", "decay", "split", "rebuild", "undo")),
+        markers=change_markers(snap.changes),  # as on the loss chart above it
         log_y=log,
         legend=True,
         empty="no lr history yet",
