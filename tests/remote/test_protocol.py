@@ -42,7 +42,7 @@ def _snapshot(seq: int = 1, structure: int = 0, log: tuple[LogEntry, ...] = ()) 
         ),
         groups=(
             GroupView(0, "body", 1e-3, (("betas", (0.9, 0.999)), ("amsgrad", False)), 2, 30),
-            GroupView(1, "head", 0.05, (("momentum", 0.9),), 2, 17, lr_history=(0.1, 0.05)),
+            GroupView(1, "head", 0.05, (("momentum", 0.9),), 2, 17),
         ),
         modules=(
             ModuleNode("", "Sequential", 0, 47, (), ("body", "head"), children=("0", "2")),

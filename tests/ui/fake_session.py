@@ -23,7 +23,9 @@ from torch import nn
 from tests.ui.real_run import make_data, make_model
 from tuiconsole.engine.commands import CommandResult, parse
 from tuiconsole.engine.snapshot import (
+    Change,
     EvalPoint,
+    GroupLr,
     GroupView,
     LogEntry,
     ModuleNode,
@@ -231,7 +233,6 @@ def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
             (("momentum", 0.9), ("dampening", 0.0), ("weight_decay", 0.0005), ("nesterov", False)),
             12,
             23808,
-            tuple([0.001] * 30),
         ),
         GroupView(
             1,
@@ -240,7 +241,6 @@ def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
             (("momentum", 0.9), ("dampening", 0.0), ("weight_decay", 0.0005), ("nesterov", False)),
             4,
             132490,
-            tuple([0.01] * 20 + [0.001] * 10),
         ),
     )
     return Snapshot(
@@ -257,6 +257,21 @@ def frozen_snapshot(state: RunState = RunState.PAUSED) -> Snapshot:
         log=run.error_log if state == RunState.ERROR else run.paused_log,
         run_dir=RUN_DIR,
         optimizer="SGD",
+        # The story's one change (decay 0.1 classifier at 800), as the journal keeps it,
+        # and each group's lr by step (the lr chart).
+        changes=(Change(800, "decay 0.1 classifier", "ui", ("classifier",), "decay"),),
+        lr_steps=(
+            GroupLr(
+                "features", Series((*hsteps, 1200), (run.lrs["features"],) * (len(hsteps) + 1))
+            ),
+            GroupLr(
+                "classifier",
+                Series(
+                    (*hsteps, 1200),
+                    tuple(0.01 if s < 800 else 0.001 for s in (*hsteps, 1200)),
+                ),
+            ),
+        ),
     )
 
 
@@ -354,7 +369,6 @@ def long_names_snapshot(state: RunState = RunState.RUNNING) -> Snapshot:
             hp if i != 10 else (*hp[:2], ("weight_decay", 0.0), hp[3]),
             2 if i >= 2 else 4,
             [23808, 132490, 448, 32, 4640, 64, 18496, 128, 131200, 1290, 1290, 64000][i],
-            tuple([lr] * 30),
             state_reset_step=None if i < 2 else 800 + 10 * i,
             state_tensors=2 if i >= 2 else 4,
             state_bytes=[23808, 132490, 448, 32, 4640, 64, 18496, 128, 131200, 1290, 1290, 64][i]

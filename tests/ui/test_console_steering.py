@@ -554,7 +554,10 @@ async def test_help_is_generated_from_the_bindings(paused_run) -> None:
         assert "model tree" in {r.section for r in app.screen.rows}  # the focused tree's keys
         shown = screen_text(app)
         assert "Rebuild the optimizer (drops its state)" in shown
-        assert "lr TARGET VALUE" in shown  # the command grammar is listed too
+        app.screen.query_one("#help-grammar").scroll_visible(animate=False)  # below the keys
+        await pilot.pause()
+        shown = screen_text(app)
+        assert "lr TARGET VALUE" in shown and "at STEP COMMAND" in shown  # the grammar too
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.screen_stack[0]

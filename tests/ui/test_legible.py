@@ -141,14 +141,14 @@ def test_group_columns_drop_least_important_first() -> None:
     order = []
     for before, after in zip(kept, kept[1:], strict=False):
         order += [k for k in before if k not in after]
-    assert order == ["hist", "params", "wd", "mom", "lr"]
+    assert order == ["params", "wd", "mom", "lr"]
     signals = long_names_snapshot().signals
     kept = [fit_group_columns(gs, w, signals=signals).keys for w in range(200, 10, -1)]
     order = []
     for before, after in zip(kept, kept[1:], strict=False):
         order += [k for k in before if k not in after]
-    assert order == ["hist", "params", "wd", "gnorm", "ratio", "mom", "lr"]
-    assert kept[0] == ("name", "lr", "mom", "ratio", "gnorm", "wd", "params", "hist")
+    assert order == ["params", "wd", "gnorm", "ratio", "mom", "lr"]
+    assert kept[0] == ("name", "lr", "mom", "ratio", "gnorm", "wd", "params")
     assert [c.key for c in COLUMNS][0] == "name"  # the name is never dropped, only cut
 
 

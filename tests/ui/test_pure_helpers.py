@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from tuiconsole.errors import CommandError
 from tuiconsole.ui.app import _common_path
 from tuiconsole.ui.completion import Vocabulary, complete
-from tuiconsole.ui.fmt import fmt_count, fmt_elapsed, fmt_hparam, fmt_lr, spark_text
+from tuiconsole.ui.fmt import fmt_count, fmt_elapsed, fmt_hparam, fmt_lr
 from tuiconsole.ui.screens.confirm import rebuild_command
 from tuiconsole.ui.screens.edit_lr import check_lr_value, preview_lr
 from tuiconsole.ui.screens.split_name import check_group_name
-from tuiconsole.ui.widgets.block_chart import bar_rows, resample
 
 
 @pytest.mark.parametrize(
@@ -32,30 +29,6 @@ def test_other_formats() -> None:
     assert fmt_elapsed(3723) == "1:02:03"
     assert fmt_hparam((0.9, 0.999)) == "0.9,0.999"
     assert fmt_hparam(False) == "no"
-
-
-@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=300), st.integers(1, 40))
-def test_spark_text_never_fails(values, width) -> None:
-    assert len(spark_text(values, width)) <= width
-
-
-def test_spark_text_flat_and_rising() -> None:
-    assert spark_text([1.0] * 5, 5) == "▁▁▁▁▁"
-    assert spark_text([0, 1, 2, 3, 4, 5, 6, 7], 8) == "▁▂▃▄▅▆▇█"
-    assert len(spark_text(list(range(100)), 12)) == 12
-
-
-@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=300), st.integers(1, 120))
-def test_resample_and_bars_never_fail(values, width) -> None:
-    pts = resample(values, width)
-    assert len(pts) in (0, width)
-    rows = bar_rows(values, width, 3)
-    assert len(rows) == 3 and all(len(r) == width for r in rows)
-
-
-def test_bars_scale_min_to_max() -> None:
-    rows = bar_rows([0.0, 1.0], 2, 2)
-    assert rows == [" █", "▁█"]
 
 
 def test_completion_of_names_targets_and_classes() -> None:

@@ -31,7 +31,9 @@ def test_pending_commands_are_listed_whole_and_the_rest_counted(tmp_path):
         (tiny,) = [t for t in header(snap, 30) if t.startswith(" pending:")]
         assert "2 command(s), the first at step 50" in tiny
         assert d.cmd("at cancel 1").ok and d.cmd("at cancel 2").ok
-        assert not [t for t in header(d.trainer.latest_snapshot(), 160) if t.startswith(" pending:")]
+        assert not [
+            t for t in header(d.trainer.latest_snapshot(), 160) if t.startswith(" pending:")
+        ]
     finally:
         d.trainer.close()
 

@@ -173,7 +173,6 @@ def state_sizes(optimizer: torch.optim.Optimizer) -> list[tuple[int, int]]:
 
 def group_views(
     optimizer: torch.optim.Optimizer,
-    lr_history: Sequence[Sequence[float]] = (),
     state_reset: Sequence[int | None] = (),
     sizes: Sequence[tuple[int, int]] = (),
 ) -> tuple[GroupView, ...]:
@@ -188,7 +187,6 @@ def group_views(
                 hparams=group_hparams(g),
                 n_tensors=len(g["params"]),
                 n_params=sum(p.numel() for p in g["params"]),
-                lr_history=tuple(lr_history[i]) if i < len(lr_history) else (),
                 state_reset_step=state_reset[i] if i < len(state_reset) else None,
                 state_tensors=n_state,
                 state_bytes=state_bytes,

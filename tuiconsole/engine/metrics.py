@@ -10,12 +10,11 @@ when full, so memory and per-frame cost stay flat over millions of steps.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 
 import torch
 
-from tuiconsole.engine.snapshot import Series
+from tuiconsole.engine.snapshot import GroupLr, Series
 
 
 class DownsampledSeries:
@@ -25,10 +24,13 @@ class DownsampledSeries:
     O(capacity) memory for any length, O(1) amortised per value.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, mean: bool = True) -> None:
+        """``mean=False``: each bucket keeps its last value, not the mean (an lr: the
+        value it had, exactly, rather than a blend of two across an edit)."""
         if capacity < 2 or capacity % 2:
             raise ValueError("capacity must be an even number >= 2")
         self.capacity = capacity
+        self.mean = mean
         self.width = 1
         self.values: list[float] = []
         self.steps: list[int] = []  # last step in each bucket
@@ -42,12 +44,15 @@ class DownsampledSeries:
         self._n += 1
         if self._n < self.width:
             return
-        self.values.append(self._acc / self._n)
+        self.values.append(self._acc / self._n if self.mean else value)
         self.steps.append(step)
         self._acc, self._n = 0.0, 0
         if len(self.values) >= self.capacity:
             v = self.values
-            self.values = [(v[i] + v[i + 1]) / 2 for i in range(0, len(v), 2)]
+            if self.mean:
+                self.values = [(v[i] + v[i + 1]) / 2 for i in range(0, len(v), 2)]
+            else:
+                self.values = v[1::2]
             self.steps = self.steps[1::2]
             self.width *= 2
 
@@ -135,34 +140,56 @@ class LossTracker:
         return Series(tuple(steps), tuple(values))
 
 
-class LrHistory:
-    """A short lr trace per group name: one point each ``period`` seconds.
+class StepLrHistory:
+    """Each group's lr by training step, for the console's lr chart.
 
-    Points are taken when a snapshot is built, but at most one per ``period``, so
-    the span the sparkline covers (``length`` x ``period``, two minutes) does not
-    depend on how often a console polls. The current lr is always shown as the
-    last point, so an edit is visible at once.
+    Sampled as snapshots are built (a point per new step, never per wall-clock
+    second), so a paused run's chart stands still and a constant lr is one flat
+    line. Each group keeps a :class:`DownsampledSeries` of ``capacity`` buckets: a
+    run of any length costs the same per frame. All groups together send at most
+    ``total`` points (a 500-group optimizer: 4 each), since every snapshot frame
+    carries them; a group's view is rebuilt only when its series or lr changed. An
+    lr not yet in the series (an edit, before its step) is shown as a last point.
     """
 
-    def __init__(self, length: int = 120, period: float = 1.0) -> None:
-        self.length = length
-        self.period = period
-        self._by_name: dict[str, deque[float]] = {}
-        self._sampled_at = -math.inf
+    def __init__(self, capacity: int = 256, total: int = 2048) -> None:
+        self.capacity = capacity
+        self.total = total
+        self._by_name: dict[str, DownsampledSeries] = {}
+        self._views: dict[str, tuple[tuple[object, ...], GroupLr]] = {}
+        self._last_step: int | None = None
 
-    def sample(
-        self, names_lrs: list[tuple[str, float]], now: float | None = None
-    ) -> list[tuple[float, ...]]:
-        now = time.monotonic() if now is None else now
-        due = now - self._sampled_at >= self.period
-        if due:
-            self._sampled_at = now
+    def sample(self, step: int, names_lrs: list[tuple[str, float]]) -> tuple[GroupLr, ...]:
+        if self._last_step is None or step > self._last_step:
+            self._last_step = step
+            for name, lr in names_lrs:
+                series = self._by_name.get(name)
+                if series is None:  # a new group (a split): its line starts here
+                    series = self._by_name[name] = DownsampledSeries(self.capacity, mean=False)
+                series.add(step, lr)
+        budget = max(4, min(self.capacity, self.total // max(1, len(names_lrs))))
         out = []
         for name, lr in names_lrs:
-            d = self._by_name.get(name)
-            if d is None:  # a new group (a split): its trace starts now
-                d = self._by_name[name] = deque(maxlen=self.length)
-            if due or not d:
-                d.append(lr)
-            out.append((*d, lr) if d[-1] != lr else tuple(d))
-        return out
+            series = self._by_name.get(name)
+            n = len(series.values) if series is not None else 0
+            last = series.steps[-1] if series is not None and n else None
+            tail = series is None or not n or series.values[-1] != lr
+            key = (n, last, lr, budget, step if tail else None)
+            cached = self._views.get(name)
+            if cached is None or cached[0] != key:
+                cached = self._views[name] = (key, self._view(name, series, lr, step, budget))
+            out.append(cached[1])
+        return tuple(out)
+
+    @staticmethod
+    def _view(
+        name: str, series: DownsampledSeries | None, lr: float, step: int, budget: int
+    ) -> GroupLr:
+        steps, values = (series.steps, series.values) if series is not None else ([], [])
+        if len(steps) > budget:  # every k-th point, and the last
+            k = -(-len(steps) // budget)
+            keep = [*range(len(steps) - 1, -1, -k)][::-1]
+            steps, values = [steps[i] for i in keep], [values[i] for i in keep]
+        if not values or values[-1] != lr:  # an edit not yet in the series: the lr now
+            return GroupLr(name, Series((*steps, step), (*values, lr)))
+        return GroupLr(name, Series(tuple(steps), tuple(values)))

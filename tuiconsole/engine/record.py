@@ -244,6 +244,7 @@ class RunRecord:
             changes=tuple(self.changes),
             signals=self.signals.view([g.name for g in groups]),
             signal_every=self.signals.every_shown,
+            lr_steps=views.lr_steps(o, facts.step),
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

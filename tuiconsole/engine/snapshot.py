@@ -122,7 +122,6 @@ class GroupView:
     hparams: tuple[tuple[str, Any], ...]
     n_tensors: int
     n_params: int
-    lr_history: tuple[float, ...] = ()
     # The step at which this group's optimizer state was last dropped (rebuild);
     # None: never, the state is the script's optimizer's own.
     state_reset_step: int | None = None
@@ -285,6 +284,14 @@ class Change:
 
 
 @dataclass(frozen=True)
+class GroupLr:
+    """One param group's lr over training steps (downsampled like ``loss_history``)."""
+
+    name: str
+    history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -309,6 +316,9 @@ class Snapshot:
     changes: tuple[Change, ...] = ()  # applied optimizer changes, newest last (at most 500)
     signals: tuple[GroupSignals, ...] = ()  # one per group, same order as groups
     signal_every: int = 0  # K: measured every K steps (0: not yet)
+    # Per group (same order as groups): its lr by training step, sampled as snapshots are
+    # built, a point per new step; still while paused.
+    lr_steps: tuple[GroupLr, ...] = ()
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

@@ -14,9 +14,9 @@ from collections import deque
 from typing import Any
 
 from tuiconsole.engine import groups as G
-from tuiconsole.engine.metrics import LrHistory
+from tuiconsole.engine.metrics import StepLrHistory
 from tuiconsole.engine.ops import Optimization
-from tuiconsole.engine.snapshot import GroupView, LogEntry, ModuleNode, SchedulerView
+from tuiconsole.engine.snapshot import GroupLr, GroupView, LogEntry, ModuleNode, SchedulerView
 
 LOG_KEEP = 500
 # A log entry's text is cut to this: every new client gets the whole log, and a few
@@ -57,7 +57,7 @@ class Views:
         self.structure_version = 0
         self.state_version = 0
         self.seq = 0
-        self._lr_history = LrHistory()
+        self._lr_steps = StepLrHistory()
         self._modules: tuple[int, tuple[ModuleNode, ...]] | None = None
         self._sizes: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
         self._sched: tuple[tuple[Any, ...], SchedulerView | None] | None = None
@@ -80,11 +80,12 @@ class Views:
         return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 
     def groups(self, o: Optimization) -> tuple[GroupView, ...]:
-        opt = o.optimizer
-        lr_hist = self._lr_history.sample(
-            [(str(g.get("name")), float(g["lr"])) for g in opt.param_groups]
-        )
-        return G.group_views(opt, lr_hist, o.state_reset, self._state_sizes(o))
+        return G.group_views(o.optimizer, o.state_reset, self._state_sizes(o))
+
+    def lr_steps(self, o: Optimization, step: int) -> tuple[GroupLr, ...]:
+        """Each group's lr by step (a point per new step: still while paused)."""
+        names_lrs = [(str(g.get("name")), float(g["lr"])) for g in o.optimizer.param_groups]
+        return self._lr_steps.sample(step, names_lrs)
 
     def modules(self, o: Optimization) -> tuple[ModuleNode, ...]:
         if self._modules is None or self._modules[0] != self.structure_version:

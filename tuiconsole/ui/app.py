@@ -38,6 +38,7 @@ from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen, LrEdit, LrTarget
 from tuiconsole.ui.screens.group_detail import GroupDetailScreen
 from tuiconsole.ui.screens.help import HelpScreen, key_rows
+from tuiconsole.ui.screens.plots import PlotScreen
 from tuiconsole.ui.screens.split_name import SplitNameScreen
 from tuiconsole.ui.widgets.charts import LossCharts
 from tuiconsole.ui.widgets.command_line import CommandLine
@@ -156,6 +157,14 @@ class ConsoleApp(App[str | None]):
             id="palette",
             priority=True,
         ),
+        Binding(
+            "g",
+            "plots",
+            "Plots",
+            show=False,
+            tooltip="Full-screen plots: loss, lr, grad norm, update ratio, lr range test",
+            id="plots",
+        ),
         Binding("question_mark", "help", "Help", tooltip="This help", id="help"),
         Binding(
             "q", "request_quit", "Quit", tooltip="Quit (asks first; stops training)", id="quit"
@@ -240,7 +249,7 @@ class ConsoleApp(App[str | None]):
         self.group_table = GroupTable(id="groups")
         self.group_table.border_title = "param groups"
         self.charts = LossCharts(id="charts")
-        self.charts.border_title = "loss"
+        self.charts.border_title = "loss · g plots"
         self.run_log = RunLog(id="log")
         self.run_log.border_title = "log"
         self.command_line = CommandLine(self._vocabulary, id="cmdline")
@@ -655,6 +664,9 @@ class ConsoleApp(App[str | None]):
         self.command_line.close()
         widget: Widget = self.group_table if self._last_pane == "groups" else self.layer_tree
         widget.focus()
+
+    def action_plots(self) -> None:
+        self.push_screen(PlotScreen(lambda: self.snap))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(key_rows(self, self.screen.active_bindings)))

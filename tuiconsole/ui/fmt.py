@@ -10,8 +10,6 @@ from typing import Any
 from rich.cells import cell_len
 from rich.text import Text
 
-SPARK_CHARS = "▁▂▃▄▅▆▇█"
-
 
 def fmt_lr(value: float | None) -> str:
     """A learning rate (or any small hyper-parameter) short: 0.1, 0.05, 1e-3, 3.16e-4, 5e-4."""
@@ -86,33 +84,6 @@ def fmt_elapsed(seconds: float) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def spark_text(values: Sequence[float], width: int) -> str:
-    """A one-line text sparkline of ``values`` squeezed (bucket means) into ``width`` cells.
-
-    Used inside table cells, where a Sparkline widget cannot go. A constant series
-    is drawn as a flat low line so "nothing changed" reads at a glance.
-    """
-    vals = [v for v in values if math.isfinite(v)]
-    if not vals or width <= 0:
-        return ""
-    if len(vals) > width:
-        step = len(vals) / width
-        vals = [
-            sum(v / len(chunk) for v in chunk)
-            for i in range(width)
-            if (chunk := vals[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)])
-        ]
-    lo, hi = min(vals), max(vals)
-    span = hi / 2 - lo / 2  # halves: no overflow across the float range
-    if span <= 1e-12 * max(abs(hi), 1e-30):
-        return SPARK_CHARS[0] * len(vals)
-    top = len(SPARK_CHARS) - 1
-    return "".join(SPARK_CHARS[round((v / 2 - lo / 2) / span * top)] for v in vals)
-
-
-# -- fitting text to a width: a number is shown whole or not at all ---------------------------
 
 
 def ellipsize(text: str, width: int, middle: bool = False) -> str:

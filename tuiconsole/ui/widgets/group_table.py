@@ -1,4 +1,6 @@
-"""The optimizer's param groups: name, lr, momentum/betas, weight decay, size, lr history.
+"""The optimizer's param groups: name, lr, momentum/betas, the signals, weight decay, size.
+
+Each group's lr over steps is a chart of its own (the loss pane, the plot view).
 
 Never a cut number: the columns are fitted to the table's width by :func:`fit_columns`
 (whole columns are dropped, least important first, and only group names are cut, with
@@ -7,8 +9,6 @@ table scrolls.
 """
 
 from __future__ import annotations
-
-import math
 
 from rich.text import Text
 from textual.widgets import DataTable
@@ -23,17 +23,13 @@ from tuiconsole.ui.fmt import (
     fmt_float,
     fmt_hparam,
     fmt_lr,
-    spark_text,
 )
 from tuiconsole.ui.theme import group_color
 
-SPARK_WIDTH = 12
-WIDE_SPARK_WIDTH = 24  # tables of at least SPARK_WIDE_MIN cells get the longer history
-SPARK_WIDE_MIN = 90
 SWATCH = "■ "
 # Dropped whole when the table is narrow, highest priority number first: the lr stays
 # longest, then momentum/betas, the update ratio and grad norm (where measured), weight
-# decay, the size, the lr history.
+# decay, the size.
 COLUMNS: tuple[Column, ...] = (
     Column("name", "group", flexible=True, min_width=len(SWATCH) + 14),
     Column("lr", "lr", priority=1),
@@ -42,15 +38,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("gnorm", "grad norm", priority=4),
     Column("wd", "wd", priority=5),
     Column("params", "params", priority=6),
-    Column("hist", "lr history", priority=7),
 )
 SIGNAL_COLUMNS = frozenset({"ratio", "gnorm"})  # shown only once signals were measured
 TITLE = "param groups"
 
 
-def group_cells(
-    g: GroupView, spark_width: int = SPARK_WIDTH, signals: GroupSignals | None = None
-) -> dict[str, Text]:
+def group_cells(g: GroupView, signals: GroupSignals | None = None) -> dict[str, Text]:
     """The cells of one row by column key, in the group's colour where it helps."""
     color = group_color(g.index)
     mom = g.get("momentum")
@@ -68,24 +61,21 @@ def group_cells(
         "gnorm": Text(fmt_float(gnorm, 3), justify="right"),
         "wd": Text(fmt_hparam(g.get("weight_decay", 0.0)), justify="right"),
         "params": Text(f"{fmt_count(g.n_params)}", justify="right"),
-        "hist": Text(spark_text(_log10(g.lr_history), spark_width), style=color),
     }
 
 
 def table_rows(
     groups: tuple[GroupView, ...],
     signals: tuple[GroupSignals, ...] = (),
-    spark_width: int = SPARK_WIDTH,
 ) -> list[dict[str, Text]]:
     """Every group's cells (its signals matched by name)."""
     by_name = {s.name: s for s in signals}
-    return [group_cells(g, spark_width, by_name.get(g.name)) for g in groups]
+    return [group_cells(g, by_name.get(g.name)) for g in groups]
 
 
 def fit_group_columns(
     groups: tuple[GroupView, ...],
     width: int,
-    spark_width: int = SPARK_WIDTH,
     padding: int = 1,
     signals: tuple[GroupSignals, ...] = (),
     rows: list[dict[str, Text]] | None = None,
@@ -93,7 +83,7 @@ def fit_group_columns(
     """The group table's columns for ``width`` cells (see :func:`fit_columns`); the
     signal columns only where ``signals`` holds some."""
     if rows is None:
-        rows = table_rows(groups, signals, spark_width)
+        rows = table_rows(groups, signals)
     columns = [c for c in COLUMNS if signals or c.key not in SIGNAL_COLUMNS]
     cells = {c.key: [r[c.key].plain for r in rows] for c in columns}
     return fit_columns(columns, cells, width, padding)
@@ -110,11 +100,6 @@ def fitted_row(cells: dict[str, Text], fit: ColumnFit) -> list[Text]:
             cell = Text.assemble(swatch, name)
         out.append(cell)
     return out
-
-
-def _log10(values: tuple[float, ...]) -> list[float]:
-    """lrs move by factors (decay 0.1, warm-up), so their history is drawn on a log scale."""
-    return [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
 
 
 class GroupTable(DataTable[Text]):
@@ -137,7 +122,6 @@ class GroupTable(DataTable[Text]):
         self._cells: dict[str, dict[str, Text]] = {}
         self._names: tuple[str, ...] = ()
         self._fit: ColumnFit | None = None
-        self._spark_width = SPARK_WIDTH
         self.base_title = TITLE
 
     @property
@@ -149,7 +133,6 @@ class GroupTable(DataTable[Text]):
         return max(0, self.size.width - 1)
 
     def on_resize(self) -> None:
-        self._spark_width = WIDE_SPARK_WIDTH if self.size.width >= SPARK_WIDE_MIN else SPARK_WIDTH
         self._refit(force_rows=True)
         self._update_hint()
 
@@ -158,11 +141,10 @@ class GroupTable(DataTable[Text]):
         if self.size.width <= 0:
             return False
         if rows is None:
-            rows = table_rows(self._groups, self._signals, self._spark_width)
+            rows = table_rows(self._groups, self._signals)
         fit = fit_group_columns(
             self._groups,
             self._available(),
-            self._spark_width,
             self.cell_padding,
             self._signals,
             rows,
@@ -192,7 +174,7 @@ class GroupTable(DataTable[Text]):
         if groups == self._groups and signals == self._signals:
             return False
         self._groups, self._signals = groups, signals
-        rows = table_rows(groups, signals, self._spark_width)
+        rows = table_rows(groups, signals)
         if tuple(g.name for g in groups) != self._names or self._fit is None:
             self._refit(force_rows=True, rows=rows)
             self._update_hint()
@@ -220,7 +202,7 @@ class GroupTable(DataTable[Text]):
         if fit is None:
             return
         if rows is None:
-            rows = table_rows(self._groups, self._signals, self._spark_width)
+            rows = table_rows(self._groups, self._signals)
         for g, cells in zip(self._groups, rows, strict=True):
             self._cells[g.name] = cells
             self.add_row(*fitted_row(cells, fit), key=g.name)
