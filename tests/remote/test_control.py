@@ -1,0 +1,100 @@
+"""One console steers, the others watch: read-only attach and control handover.
+
+Real sockets, a real trainer thread, the real server (as in test_server.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from remote_helpers import TINY, wait_until
+
+from tuiconsole.remote.client import RemoteSession
+from tuiconsole.remote.detach import make_info
+from tuiconsole.remote.registry import new_run_id
+from tuiconsole.remote.server import RemoteServer
+from tuiconsole.session import LocalSession
+
+RESULT_TIMEOUT = 20.0
+
+
+class Served:
+    def __init__(self, tmp_path: Path) -> None:
+        run_dir = tmp_path / "run"
+        self.local = LocalSession.from_script(TINY, run_dir=run_dir).start()
+        self.info = make_info(new_run_id(), TINY, run_dir, detached=False, decay_factor=0.1)
+        self.server = RemoteServer(self.local, self.info, owner_token="sekrit").start()
+        self.clients: list[RemoteSession] = []
+
+    def attach(self, **kw) -> RemoteSession:
+        client = RemoteSession(self.info, **kw)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.server.close()
+        self.local.close()
+
+
+@pytest.fixture
+def served(runtime_env, tmp_path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    yield s
+    s.close()
+
+
+def head_lr(session: RemoteSession) -> float:
+    return session.snapshot().group("head").lr
+
+
+def test_read_only_client_is_refused_with_a_clear_message(served) -> None:
+    watcher = served.attach(read_only=True)
+    assert watcher.role == "watch" and watcher.read_only
+    result = watcher.submit("lr head 0.5").result(RESULT_TIMEOUT)
+    assert not result.ok
+    assert "read-only attach: commands are refused" in result.message
+    watcher.take_control()  # asking changes nothing either
+    wait_until(lambda: "cannot take control" in watcher.role_message, 10, "the refusal")
+    assert watcher.role == "watch"
+    steerer = served.attach()  # the run's only steering client: it has control
+    assert steerer.role == "control"
+    assert steerer.submit("lr head 0.25").result(RESULT_TIMEOUT).ok
+    wait_until(lambda: head_lr(watcher) == 0.25, 10, "the watcher to see the change")
+    assert not any(e.text.startswith("lr head 0.5") for e in watcher.snapshot().log)
+
+
+def test_one_controller_others_watch_until_they_take_control(served) -> None:
+    a = served.attach()
+    b = served.attach()
+    wait_until(lambda: a.clients == 2 and b.clients == 2, 10, "both to hear of 2 clients")
+    assert (a.role, b.role) == ("control", "watch")
+    assert b.controller == a.source and b.client_id == b.source
+
+    refused = b.submit("lr head 0.5").result(RESULT_TIMEOUT)
+    assert not refused.ok and f"watching: {a.source} has control" in refused.message
+    assert ":control" in refused.message
+
+    b.take_control()
+    wait_until(lambda: a.role == "watch" and b.role == "control", 10, "the handover")
+    assert f"{b.source} took control from {a.source}" in a.role_message
+    assert b.submit("lr head 0.5").result(RESULT_TIMEOUT).ok
+    assert not a.submit("lr head 0.1").result(RESULT_TIMEOUT).ok
+    wait_until(lambda: head_lr(a) == 0.5, 10, "the change")
+
+    b.close()  # the controller leaves: control is free, a's next command takes it
+    wait_until(lambda: a.clients == 1, 10, "a to hear b left")
+    assert a.submit("lr head 0.2").result(RESULT_TIMEOUT).ok
+    wait_until(lambda: a.role == "control", 10, "a to hold control")
+
+
+def test_the_runs_own_console_takes_control_on_hello(served) -> None:
+    other = served.attach()
+    assert other.role == "control"
+    owner = served.attach(owner_token="sekrit")
+    assert owner.role == "control"
+    wait_until(lambda: other.role == "watch", 10, "the attached console to watch")
+    assert not other.submit("pause").result(RESULT_TIMEOUT).ok
