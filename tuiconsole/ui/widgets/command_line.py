@@ -1,8 +1,13 @@
-"""The ':' command line: the full command grammar, tab completion and history."""
+"""The ':' command line: the full command grammar, tab completion and history.
+
+The same bar is the tree's ``/`` filter: opened with :meth:`CommandLine.open_filter`,
+each keystroke posts :class:`CommandLine.FilterChanged` (enter keeps the filter,
+escape clears it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -18,6 +23,16 @@ from tuiconsole.errors import CommandError
 from tuiconsole.ui.completion import Vocabulary, complete
 
 MAX_MATCHES_SHOWN = 12
+HINT = "tab completes · ↑/↓ history · enter runs · esc closes"
+FILTER_HINT = "filter the model tree by module name · enter keeps it · esc clears it"
+# Words the console itself answers (not run commands: never journaled).
+CONSOLE_WORDS = ("control",)
+
+
+def placeholder_for(groups: Sequence[str]) -> str:
+    """The input's example line, with a group this run really has."""
+    group = groups[0] if groups else "all"
+    return f"lr {group} 1e-3 · decay 0.1 · split NAME MODULE… · rebuild Adam lr=1e-3"
 
 
 class CommandInput(Input):
@@ -112,9 +127,18 @@ class CommandLine(Vertical):
             super().__init__()
             self.matches = matches
 
+    class FilterChanged(Message):
+        """The ``/`` filter's text (``done``: enter or escape closed the bar)."""
+
+        def __init__(self, text: str, done: bool = False) -> None:
+            super().__init__()
+            self.text = text
+            self.done = done
+
     def __init__(self, vocabulary: Callable[[], Vocabulary], *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._vocabulary = vocabulary
+        self.mode = "command"  # or "filter" (the tree's / filter)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="cmd-hint")
@@ -122,7 +146,7 @@ class CommandLine(Vertical):
             yield Label(":", id="cmd-prompt")
             yield CommandInput(
                 self._vocabulary,
-                placeholder="lr features 1e-3 · decay 0.1 · split NAME MODULE… · rebuild Adam lr=1e-3",
+                placeholder=placeholder_for([]),
                 id="cmd-input",
                 select_on_focus=False,
                 compact=True,
@@ -137,8 +161,22 @@ class CommandLine(Vertical):
         return self.has_class("-active")
 
     def open(self, text: str = "") -> None:
+        self.mode = "command"
+        self.query_one("#cmd-prompt", Label).update(":")
+        self.input.placeholder = placeholder_for(self._vocabulary().groups)
         self.add_class("-active")
-        self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+        self.hint(HINT)
+        self.input.value = text
+        self.input.cursor_position = len(text)
+        self.input.focus()
+
+    def open_filter(self, text: str = "") -> None:
+        """The bar as the tree's ``/`` filter (prompt ``/``)."""
+        self.mode = "filter"
+        self.query_one("#cmd-prompt", Label).update("/")
+        self.input.placeholder = "module name (part of its path)"
+        self.add_class("-active")
+        self.hint(FILTER_HINT)
         self.input.value = text
         self.input.cursor_position = len(text)
         self.input.focus()
@@ -155,8 +193,16 @@ class CommandLine(Vertical):
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
         line = event.value.strip()
+        if self.mode == "filter":
+            self.post_message(CommandLine.FilterChanged(line, done=True))
+            return
         if not line:
             self.post_message(CommandLine.Closed())
+            return
+        if line.lstrip(":").lower() in CONSOLE_WORDS:
+            self.input.remember(line)
+            self.input.value = ""
+            self.post_message(CommandLine.Submitted(line))
             return
         try:
             parse(line)
@@ -171,9 +217,12 @@ class CommandLine(Vertical):
     @on(Input.Changed, "#cmd-input")
     def _changed(self, event: Input.Changed) -> None:
         event.stop()
+        if self.mode == "filter":
+            self.post_message(CommandLine.FilterChanged(event.value.strip()))
+            return
         hint = self.query_one("#cmd-hint", Static)
         if hint.has_class("-error"):
-            self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+            self.hint(HINT)
 
     @on(Matches)
     def _show_matches(self, event: Matches) -> None:
