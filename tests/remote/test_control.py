@@ -98,3 +98,49 @@ def test_the_runs_own_console_takes_control_on_hello(served) -> None:
     assert owner.role == "control"
     wait_until(lambda: other.role == "watch", 10, "the attached console to watch")
     assert not other.submit("pause").result(RESULT_TIMEOUT).ok
+
+
+async def test_console_watching_takes_control_with_ctrl_t(served) -> None:
+    """The console over a real socket: a watcher's footer offers ^t, which takes control."""
+    from tests.ui.real_run import screen_text
+    from tests.ui.real_run import wait_until as ui_wait
+    from tuiconsole.ui.app import ConsoleApp
+
+    other = served.attach()  # steers first
+    session = served.attach()
+    app = ConsoleApp(session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ui_wait(pilot, lambda: app.attach_role == "watch", what="the watch role")
+        assert app.attach_clients == 2 and app.attach_id == session.source
+        assert app.attach_controller == other.source
+        await ui_wait(pilot, lambda: "^t Control" in screen_text(app), what="^t in the footer")
+        app.send("lr head 0.5")
+        await ui_wait(
+            pilot,
+            lambda: any("watching:" in str(n.message) for n in app._notifications),
+            what="the refusal shown",
+        )
+        await pilot.press("ctrl+t")
+        await ui_wait(pilot, lambda: app.attach_role == "control", what="control")
+        await ui_wait(
+            pilot, lambda: "took control" in "\n".join(app.run_log.lines_text), what="the note"
+        )
+        assert "^t Control" not in screen_text(app).splitlines()[-1]
+        wait_until(lambda: other.role == "watch", 10, "the other console to watch")
+        assert app.send("lr head 0.5").result(RESULT_TIMEOUT).ok
+
+
+async def test_read_only_console_offers_no_steering(served) -> None:
+    from tests.ui.real_run import screen_text
+    from tests.ui.real_run import wait_until as ui_wait
+    from tuiconsole.ui.app import ConsoleApp
+
+    session = served.attach(read_only=True)
+    app = ConsoleApp(session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ui_wait(pilot, lambda: "^d Detach" in screen_text(app), what="the footer")
+        footer = screen_text(app).splitlines()[-1]
+        for gone in ("Pause", "Decay", "Split", "Undo", "Control", "Quit"):
+            assert gone not in footer, (gone, footer)
+        result = app.send("lr head 0.5").result(RESULT_TIMEOUT)
+        assert not result.ok and "read-only" in result.message
