@@ -127,7 +127,7 @@ class RunLog(RichLog):
         self.lines_text.append(line.plain)
         if self.max_lines and len(self.lines_text) > self.max_lines:
             del self.lines_text[: len(self.lines_text) - self.max_lines]
-        self.write(_grid(line))
+        self.write(_grid(line), expand=True)
         return True
 
     def set_filter(self, mode: str) -> None:
@@ -147,7 +147,7 @@ class RunLog(RichLog):
         for line in self._entries:
             if line.shown_under(self.filter):
                 self.lines_text.append(line.plain)
-                self.write(_grid(line), scroll_end=False)
+                self.write(_grid(line), expand=True, scroll_end=False)
         self.scroll_end(animate=False, immediate=False, x_axis=False)
 
     def on_resize(self, event: events.Resize) -> None:
