@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from textual import on
+from textual.actions import parse as parse_action
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -799,6 +800,9 @@ class ConsoleApp(App[str | None]):
             assert isinstance(binding, Binding)
             if binding.action in seen or binding.action in ("command_palette",):
                 continue
+            _, name, params = parse_action(binding.action)
+            if self.check_action(name, params) is False:
+                continue  # the palette offers what the footer would: what applies now
             seen.add(binding.action)
             entries.append(
                 PaletteEntry(

@@ -101,10 +101,15 @@ class CommandLine(Vertical):
     parses; a line that does not parse stays in the input with the error shown inline."""
 
     DEFAULT_CSS = """
+    /* Its own layer, docked above the footer: opening it resizes no pane (a layout of
+       every pane cost ~100 ms a key on a loaded box), it overlays the log's last rows. */
     CommandLine {
         display: none;
         height: auto;
         background: $panel;
+        layer: cmdline;
+        dock: bottom;
+        margin-bottom: 1;
     }
     CommandLine.-active { display: block; }
     CommandLine #cmd-hint { height: auto; max-height: 3; color: $text-muted; padding: 0 1; }
