@@ -144,3 +144,10 @@ async def test_read_only_console_offers_no_steering(served) -> None:
             assert gone not in footer, (gone, footer)
         result = app.send("lr head 0.5").result(RESULT_TIMEOUT)
         assert not result.ok and "read-only" in result.message
+        await pilot.press("colon", *"control", "enter")  # a console word, not a command
+        await ui_wait(
+            pilot,
+            lambda: any("attach without --read-only" in str(n.message) for n in app._notifications),
+            what="the read-only answer",
+        )
+        assert session.role == "watch"
