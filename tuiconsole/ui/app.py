@@ -340,7 +340,7 @@ class ConsoleApp(App[str | None]):
             return max(tick, 1 / RUNNING_HZ)
         return tick
 
-    def poll(self, force: bool = False) -> None:
+    def poll(self, force: bool = False, *, slow_later: bool = False) -> None:
         """Pull the newest snapshot; redraw only what changed. Cheap when nothing did.
 
         After IDLE_POLLS polls with nothing new on screen (paused, finished, a stalled
@@ -366,7 +366,7 @@ class ConsoleApp(App[str | None]):
             or snap.seq != self.snap.seq
             or snap.status.state != self.snap.status.state  # LOADING -> the run
         ):
-            changed = self.apply_snapshot(snap)
+            changed = self.apply_snapshot(snap, slow_later=slow_later)
         elif self._slow_pending and self.snap is not None:
             changed = self._show_slow_parts(self.snap, time.monotonic())
         else:
@@ -391,7 +391,7 @@ class ConsoleApp(App[str | None]):
         if self._poll_timer is not None and self._poll_due > now + tick:
             self._schedule(tick)
 
-    def apply_snapshot(self, snap: Snapshot) -> bool:
+    def apply_snapshot(self, snap: Snapshot, *, slow_later: bool = False) -> bool:
         """Show ``snap``; returns True if any widget redrew.
 
         The status line and the log follow every snapshot; the slow parts (charts, group
@@ -410,7 +410,17 @@ class ConsoleApp(App[str | None]):
         changed = self.run_log.show(snap.log) or changed
         self._follow_roles()
         self._refresh_footer()
+        if slow_later:
+            # A command's answer: the status line and the log go out in this frame; the
+            # tree, table and charts (the costly redraws) just after it, not before it.
+            self._slow_pending = True
+            self.call_after_refresh(self._show_deferred)
+            return changed
         return self._show_slow_parts(snap, time.monotonic()) or changed
+
+    def _show_deferred(self) -> None:
+        if self._slow_pending and self.snap is not None:
+            self._show_slow_parts(self.snap, time.monotonic())
 
     def _show_slow_parts(self, snap: Snapshot, now: float) -> bool:
         due = snap.status.state != RunState.RUNNING or now - self._slow_at >= SLOW_PARTS_S
@@ -474,7 +484,7 @@ class ConsoleApp(App[str | None]):
         # The command's effect is already in the session's snapshot: the trainer
         # publishes before it answers, and a server sends that frame ahead of the
         # result. Show it now, not at the next tick.
-        self.poll()
+        self.poll(slow_later=True)
         if self._poll_timer is not None:
             self._schedule(1 / self.refresh_hz)
         if not message.result.ok:
