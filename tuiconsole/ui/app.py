@@ -93,6 +93,7 @@ class ConsoleApp(App[str | None]):
     TITLE = "tuiconsole"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     # The footer shows these (show=True) and the `?` screen lists them all: the one table.
+    # In this order: where the footer is too narrow for all, what is cut is the tail.
     BINDINGS: ClassVar[list[BindingType]] = [
         # Two bindings on space: the footer says what it does now (check_action picks).
         # The footer is one line for all that applies: short words, ␣ for space.
@@ -114,9 +115,6 @@ class ConsoleApp(App[str | None]):
         ),
         Binding("n", "step", "Step", tooltip="Run exactly one step (while paused)", id="step"),
         Binding(
-            "v", "evaluate", "Eval", show=False, tooltip="Evaluate now on eval_loader", id="eval"
-        ),
-        Binding(
             "e",
             "edit_lr",
             "lr",
@@ -135,65 +133,7 @@ class ConsoleApp(App[str | None]):
             "d", "decay", "Decay", tooltip="Decay the selected group's lr (state kept)", id="decay"
         ),
         Binding(
-            "D",
-            "decay_all",
-            "All",
-            tooltip="Decay every group's lr (asks first)",
-            id="decay_all",
-        ),
-        Binding("u", "undo", "Undo", tooltip="Undo the last optimizer change", id="undo"),
-        Binding("m", "mark", "Mark", tooltip="Mark/unmark a module for split", id="mark"),
-        Binding(
-            "s",
-            "split",
-            "Split",
-            tooltip="Split marked (or selected) modules into a new group",
-            id="split",
-        ),
-        Binding(
-            "slash", "filter_tree", "Find", tooltip="Filter the model tree by name", id="filter"
-        ),
-        Binding(
-            "R",
-            "rebuild",
-            "Rebuild",
-            show=False,  # rare and drops state: in ? and the palette, not the footer
-            tooltip="Rebuild the optimizer (drops its state)",
-            id="rebuild",
-        ),
-        Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint", id="checkpoint"),
-        Binding(
-            "z",
-            "zoom",
-            "Zoom",
-            show=False,
-            tooltip="Zoom the focused pane (z again: back)",
-            id="zoom",
-        ),
-        Binding(
-            "f",
-            "log_filter",
-            "Filter log",
-            tooltip="Log: all / commands / errors (log focused)",
-            id="log_filter",
-        ),
-        Binding(
-            "ctrl+t",
-            "take_control",
-            "Control",
-            tooltip="Take control of an attached run (another console then watches)",
-            id="take_control",
-        ),
-        Binding(
             "colon", "command_line", "Cmd", tooltip="Command line (full grammar)", id="command_line"
-        ),
-        Binding(
-            "ctrl+p",
-            "command_palette",
-            "Palette",
-            tooltip="Command palette",
-            id="palette",
-            priority=True,
         ),
         Binding("question_mark", "help", "Help", tooltip="This help", id="help"),
         Binding(
@@ -206,6 +146,74 @@ class ConsoleApp(App[str | None]):
             show=False,
             tooltip="Detach (attached: the run goes on)",
             id="quit_detach",
+        ),
+        Binding(
+            "ctrl+d",
+            "detach",
+            "Detach",
+            tooltip="Detach: the run keeps training in the background (tuiconsole attach)",
+            id="detach",
+        ),
+        Binding("m", "mark", "Mark", tooltip="Mark/unmark a module for split", id="mark"),
+        Binding(
+            "s",
+            "split",
+            "Split",
+            tooltip="Split marked (or selected) modules into a new group",
+            id="split",
+        ),
+        Binding(
+            "slash", "filter_tree", "Find", tooltip="Filter the model tree by name", id="filter"
+        ),
+        Binding(
+            "D",
+            "decay_all",
+            "All",
+            tooltip="Decay every group's lr (asks first)",
+            id="decay_all",
+        ),
+        Binding("u", "undo", "Undo", tooltip="Undo the last optimizer change", id="undo"),
+        Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint", id="checkpoint"),
+        Binding(
+            "ctrl+t",
+            "take_control",
+            "Control",
+            tooltip="Take control of an attached run (another console then watches)",
+            id="take_control",
+        ),
+        Binding(
+            "f",
+            "log_filter",
+            "Filter log",
+            tooltip="Log: all / commands / errors (log focused)",
+            id="log_filter",
+        ),
+        Binding(
+            "ctrl+p",
+            "command_palette",
+            "Palette",
+            tooltip="Command palette",
+            id="palette",
+            priority=True,
+        ),
+        Binding(
+            "v", "evaluate", "Eval", show=False, tooltip="Evaluate now on eval_loader", id="eval"
+        ),
+        Binding(
+            "R",
+            "rebuild",
+            "Rebuild",
+            show=False,  # rare and drops state: in ? and the palette, not the footer
+            tooltip="Rebuild the optimizer (drops its state)",
+            id="rebuild",
+        ),
+        Binding(
+            "z",
+            "zoom",
+            "Zoom",
+            show=False,
+            tooltip="Zoom the focused pane (z again: back)",
+            id="zoom",
         ),
         Binding(
             "ctrl+q",
@@ -224,13 +232,6 @@ class ConsoleApp(App[str | None]):
             priority=True,
             tooltip="Quit",
             id="quit_ctrl_c",
-        ),
-        Binding(
-            "ctrl+d",
-            "detach",
-            "Detach",
-            tooltip="Detach: the run keeps training in the background (tuiconsole attach)",
-            id="detach",
         ),
     ]
 
