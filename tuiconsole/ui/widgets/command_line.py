@@ -52,8 +52,11 @@ class CommandInput(Input):
         self._hist_pos = 0
         self._draft = ""
         self._cycle: tuple[str, tuple[str, ...], int] | None = None
+        self.filtering = False  # the / filter: no command completion or history
 
     def action_complete(self) -> None:
+        if self.filtering:
+            return
         line = self.value[: self.cursor_position]
         matches: tuple[str, ...]
         if self._cycle is not None and self._cycle[0] == self.value:
@@ -77,7 +80,7 @@ class CommandInput(Input):
         self.post_message(CommandLine.Matches(matches))
 
     def action_history(self, delta: int) -> None:
-        if not self.history:
+        if not self.history or self.filtering:
             return
         if self._hist_pos == len(self.history):
             self._draft = self.value
@@ -167,6 +170,7 @@ class CommandLine(Vertical):
 
     def open(self, text: str = "") -> None:
         self.mode = "command"
+        self.input.filtering = False
         self.query_one("#cmd-prompt", Label).update(":")
         self.input.placeholder = placeholder_for(self._vocabulary().groups)
         self.add_class("-active")
@@ -178,6 +182,7 @@ class CommandLine(Vertical):
     def open_filter(self, text: str = "") -> None:
         """The bar as the tree's ``/`` filter (prompt ``/``)."""
         self.mode = "filter"
+        self.input.filtering = True
         self.query_one("#cmd-prompt", Label).update("/")
         self.input.placeholder = "module name (part of its path)"
         self.add_class("-active")
