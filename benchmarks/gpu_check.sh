@@ -17,6 +17,9 @@ timeout 100 $PY benchmarks/gpu_sync.py $DEV 2>&1 | tail -12
 echo "== 1b amp bf16 + clip + accumulate 4 on $DEV: host syncs, then the engine vs a hand-written loop"
 timeout 150 $PY benchmarks/gpu_sync.py $DEV vgg+step none 2>&1 | grep -v "^steer" | tail -6
 timeout 200 $PY -m benchmarks.step_features --device $DEV --amp bf16 --rounds ${ROUNDS:-5} 2>&1 | tail -3
+echo "== 1c the per-group signals at every step on $DEV: host syncs; then their cost, K from the budget"
+timeout 120 $PY benchmarks/gpu_sync.py $DEV vgg+signals resnet_adam+signals none 2>&1 | grep -v "^steer" | tail -8
+timeout 200 $PY -m benchmarks.signals --device $DEV --threads default --rounds ${ROUNDS:-3} --pairs 10 2>&1 | tail -9
 echo "== 2 vgg headless on $DEV"
 timeout 60 $PY -m tuiconsole run sample_models/vgg.py --headless --max-steps 400 --device $DEV --log-every 200 --run-dir "$RUNS/r1" < /dev/null 2>&1 | tail -5
 echo "== 3 nan on $DEV (batch 38 is NaN; stdin not a tty -> stop)"

@@ -7,7 +7,9 @@ lines, no snapshot reader): torch warns on each synchronizing call it detects.
 ``vgg+step`` (named) is vgg with the training step GPU users run (engine/step.py): amp bf16,
 clipping to 1.0 and 4 micro-batches a step (75 optimizer steps: 300 micro-batches);
 the grad norm and the clipped count stay on the device. After the steps, one snapshot
-is built (it reads them) and the loop checks that it did.
+is built (it reads them) and the loop checks that it did. ``+signals`` (e.g.
+``vgg+signals``, ``resnet_adam+step+signals``) measures the per-group signals
+(engine/signals.py) at every step instead of one in K, and checks the snapshot read them.
 """
 
 import sys
@@ -27,9 +29,12 @@ STEP_FEATURES = {"amp": "bf16", "grad_clip": 1.0, "accumulate": 4}
 for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered loop below
     if name == "none":
         continue
-    script, _, featured = name.partition("+")
+    script, *extras = name.split("+")
+    featured = "step" in extras
     spec = load_script(f"sample_models/{script}.py")
-    features = STEP_FEATURES if featured else {}
+    features: dict = dict(STEP_FEATURES) if featured else {}
+    if "signals" in extras:
+        features["signal_every"] = 1  # every optimizer step measured
     steps = 300 // (4 if featured else 1)
     t = Trainer(
         spec,
@@ -74,6 +79,16 @@ for name in sys.argv[2:] or ("vgg", "resnet_adam"):  # "none": only the steered 
         print(
             f"   {v.amp}, accumulate {v.accumulate}: grad norm {v.grad_norm:.3g}, clipped "
             f"{v.clipped} of {v.clip_steps} steps"
+        )
+    if "signals" in extras:  # what was kept on the device, read once now
+        signals = t._build_snapshot().signals
+        assert signals and all(g.step == t.step and g.grad_norm is not None for g in signals)
+        print(
+            "   signals: "
+            + ", ".join(
+                f"{g.name} grad {g.grad_norm:.3g} ratio {g.update_ratio:.2g} adam {g.adam_step}"
+                for g in signals
+            )
         )
     t.close()
 

@@ -150,6 +150,15 @@ def run(
             help="torch.compile the model (default: the script's `compile`, else no).",
         ),
     ] = None,
+    signal_every: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Measure the per-group signals (grad norm, update ratio, Adam step) every N "
+            "optimizer steps; 0: off (default: K from a time budget, <= 0.5% of the steps).",
+        ),
+    ] = None,
     nproc_per_node: Annotated[
         int | None,
         typer.Option(
@@ -202,6 +211,7 @@ def run(
         "grad_clip": _grad_clip(grad_clip),
         "accumulate": accumulate,
         "compile": compile_model,
+        "signal_every": signal_every,
     }
     rank = _torchrun_rank()
     if nproc_per_node is not None and rank is not None:
@@ -274,6 +284,7 @@ def run(
         grad_clip=_grad_clip(grad_clip),
         accumulate=accumulate,
         compile=compile_model,
+        signal_every=signal_every,
     )
     from tuiconsole.hosting import ChildFront, Front, HeadlessFront, RankFront, leave_script_threads
 
@@ -542,6 +553,7 @@ def ls(
             row = {**e.info.to_dict(), "state": e.state, "step": e.step, "loss": e.loss}
             row |= {"attached": e.clients, "error": e.error, "optimizer": e.optimizer}
             row |= {"telemetry": e.telemetry, "step_view": e.step_view}
+            row |= {"signals": e.signals, "signal_every": e.signal_every}
             print(json.dumps(row))
     else:
         print(format_table(entries))

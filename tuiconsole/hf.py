@@ -96,7 +96,17 @@ from tuiconsole.library import Steer, steer
 
 # The options of tuiconsole.steer() a callback passes through.
 STEER_OPTIONS = frozenset(
-    ("run_dir", "max_steps", "nan", "paused", "replay", "log_every", "listen", "evaluate")
+    (
+        "run_dir",
+        "max_steps",
+        "nan",
+        "paused",
+        "replay",
+        "log_every",
+        "listen",
+        "evaluate",
+        "signal_every",
+    )
 )
 
 
@@ -105,7 +115,7 @@ class TuiconsoleCallback(TrainerCallback):
 
     Keyword options are those of :func:`tuiconsole.steer`: ``run_dir``,
     ``max_steps``, ``nan``, ``paused``, ``replay``, ``log_every``, ``listen``,
-    and ``evaluate`` (a callable replacing the Trainer's ``evaluate()``).
+    ``signal_every``, and ``evaluate`` (a callable replacing the Trainer's ``evaluate()``).
     Under ``tuiconsole run`` its command line decides them instead.
     """
 

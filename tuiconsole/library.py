@@ -289,6 +289,7 @@ def steer(
     listen: bool = True,
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
+    signal_every: int | None = None,
 ) -> Steer:
     """Steer ``optimizer`` (over ``model``'s parameters) from the console, at ``step()``.
 
@@ -304,6 +305,8 @@ def steer(
     checkpoint and comes back on ``--resume``, its scale is in the snapshot.
     ``grad_clip``: the max norm :meth:`Steer.clip_gradients` clips to (None: off until a
     ``clip`` command; ``--grad-clip`` under ``tuiconsole run`` wins).
+    ``signal_every``: measure the per-group signals (grad norm, update ratio...) every N
+    optimizer steps; None: K from a time budget; 0: off (engine/signals.py).
     """
     check_model(model)
     check_optimizer(optimizer, model, "tuiconsole.steer(model, optimizer)")
@@ -356,6 +359,7 @@ def steer(
             start_paused=paused,
             resume=Path(resume) if resume is not None else None,
             replay=Path(replay) if replay is not None else None,
+            signal_every=signal_every,
         )
     run = OwnLoop(
         model,

@@ -107,7 +107,7 @@ class TuiconsoleCallback(pl.Callback):
     the name of each (its groups are named after it); by default the module
     path its parameters share (``generator``), else ``opt0``, ``opt1``...
     The rest are :func:`tuiconsole.steer`'s: ``run_dir``, ``max_steps``, ``nan``,
-    ``paused``, ``replay``, ``log_every``, ``listen`` (under ``tuiconsole run``
+    ``paused``, ``replay``, ``log_every``, ``listen``, ``signal_every`` (under ``tuiconsole run``
     its command line decides them).
     """
 
@@ -124,6 +124,7 @@ class TuiconsoleCallback(pl.Callback):
         replay: str | Path | None = None,
         log_every: int | None = None,
         listen: bool = True,
+        signal_every: int | None = None,
     ) -> None:
         super().__init__()
         if evaluate is not None and not callable(evaluate):
@@ -154,6 +155,7 @@ class TuiconsoleCallback(pl.Callback):
             replay=replay,
             log_every=log_every,
             listen=listen,
+            signal_every=signal_every,
         )
         self.steer: library.Steer | None = None  # the run, from on_train_start on
         self._module: pl.LightningModule | None = None

@@ -25,6 +25,11 @@ def test_amp_clip_and_accumulation_on_every_rank(jobs):
     view = session.snapshot().step_view
     assert view is not None and (view.amp, view.grad_clip, view.accumulate) == ("bf16", 0.1, 3)
     assert view.clip_steps == 9 and view.grad_norm is not None
+    # rank 0's per-group signals (the all-reduced, clipped gradients; the other rank
+    # measures none): within the max norm of the step measured
+    signals = session.snapshot().signals
+    assert signals and all(s.step >= 1 and s.grad_norm is not None for s in signals)
+    assert sum(s.grad_norm**2 for s in signals if s.grad_norm) ** 0.5 <= 0.5 * (1 + 1e-5)
     job.do("stop")
     end = same_run(job.wait_ranks())  # the same weights and optimizer state on both ranks
     assert end["step"] == 9

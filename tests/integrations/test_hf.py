@@ -299,8 +299,9 @@ def test_fp16_grad_scaler_skipped_steps_and_a_rebuild(tmp_path: Path) -> None:
 
 def test_the_loss_is_the_trainers_own_with_gradient_accumulation(tmp_path: Path) -> None:
     """One boundary per optimizer step, its loss summed over the micro-batches: the
-    number the Trainer logs for that step."""
-    tc = steering(tmp_path, log_every=1)
+    number the Trainer logs for that step. The per-group signals are measured once per
+    optimizer step too (accelerate steps the torch optimizer once in 3 micro-batches)."""
+    tc = steering(tmp_path, log_every=1, signal_every=1)
     trainer = make_trainer(
         tmp_path,
         [tc],
@@ -316,6 +317,11 @@ def test_the_loss_is_the_trainers_own_with_gradient_accumulation(tmp_path: Path)
     assert sorted(theirs) == list(range(1, 7))
     assert {s: ours[s] for s in theirs} == pytest.approx(theirs, rel=1e-5)
     assert end_record(tmp_path / "run")["step"] == trainer.state.global_step == 6
+    assert tc.steer is not None and tc.steer._run._record.signals.measured == 6
+    signals = tc.steer.snapshot().signals
+    assert signals and all(s.step == 6 and s.adam_step is not None for s in signals)  # AdamW
+    lines = [r for r in records(tmp_path / "run", "metrics.jsonl") if r["type"] == "train"]
+    assert all(v is not None for r in lines for v in r["grad_norm"].values())
 
 
 # --------------------------------------------------------------------------- stop, max-steps

@@ -406,6 +406,35 @@ def test_gradient_accumulation_boundary_is_the_optimizer_step(tmp_path: Path) ->
     assert [s["lrs"][0] for s in script.seen] == [0.05] * 4 + [0.01] * 4
 
 
+def test_signals_are_measured_at_each_optimizer_step_from_the_real_gradients(
+    tmp_path: Path,
+) -> None:
+    """Lightning steps through a closure (the backward runs inside optimizer.step()):
+    the per-group signals read the gradients after it, once per optimizer step."""
+    grads: dict[str, float] = {}
+
+    def keep(trainer: Any) -> None:  # the last step's gradients, as its optimizer used them
+        for g in trainer.optimizers[0].param_groups:
+            grads.setdefault(g["name"], sum(float(p.grad.pow(2).sum()) for p in g["params"]))
+
+    _, _, console = fit(
+        tmp_path,
+        Tiny(),
+        epochs=1,
+        hooks={BATCHES // 2: keep},
+        trainer_kw={"accumulate_grad_batches": 2},
+        signal_every=1,
+    )
+    assert console.steer is not None
+    snap = console.steer.snapshot()
+    assert snap.signal_every == 1 and console.steer._run._record.signals.measured == BATCHES // 2
+    assert [s.name for s in snap.signals] == [g.name for g in snap.groups] == list(grads)
+    for s in snap.signals:
+        assert s.step == BATCHES // 2
+        assert s.grad_norm == pytest.approx(grads[s.name] ** 0.5, rel=1e-5)
+        assert s.update_ratio is not None and s.update_ratio > 0
+
+
 class Manual(Tiny):
     def __init__(self) -> None:
         super().__init__()

@@ -114,6 +114,7 @@ async def test_console_watching_takes_control_with_ctrl_t(served) -> None:
         assert app.attach_clients == 2 and app.attach_id == session.source
         assert app.attach_controller == other.source
         await ui_wait(pilot, lambda: "^t Control" in screen_text(app), what="^t in the footer")
+        await ui_wait(pilot, lambda: "2 clients · watching" in screen_text(app), what="the badge")
         app.send("lr head 0.5")
         await ui_wait(
             pilot,
@@ -126,6 +127,7 @@ async def test_console_watching_takes_control_with_ctrl_t(served) -> None:
             pilot, lambda: "took control" in "\n".join(app.run_log.lines_text), what="the note"
         )
         assert "^t Control" not in screen_text(app).splitlines()[-1]
+        await ui_wait(pilot, lambda: "· controlling" in screen_text(app), what="the badge")
         wait_until(lambda: other.role == "watch", 10, "the other console to watch")
         assert app.send("lr head 0.5").result(RESULT_TIMEOUT).ok
 
@@ -139,6 +141,7 @@ async def test_read_only_console_offers_no_steering(served) -> None:
     app = ConsoleApp(session)
     async with app.run_test(size=(120, 40)) as pilot:
         await ui_wait(pilot, lambda: "^d Detach" in screen_text(app), what="the footer")
+        assert "· read-only" in screen_text(app)  # the header's ATTACHED badge
         footer = screen_text(app).splitlines()[-1]
         for gone in ("Pause", "Decay", "Split", "Undo", "Control", "Quit"):
             assert gone not in footer, (gone, footer)

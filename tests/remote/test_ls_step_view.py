@@ -35,6 +35,19 @@ def test_ls_json_carries_the_step_view(runtime_env, tmp_path) -> None:
         assert set(view) == {f.name for f in dataclasses.fields(StepView)}
         assert (view["amp"], view["grad_clip"], view["accumulate"]) == ("bf16", 0.5, 2)
         assert view["clip_steps"] > 0 and view["grad_norm"] is not None
+        # the per-group signals (engine/signals.py), their histories left out
+        assert row["signal_every"] >= 1
+        groups = [g["name"] for g in row["optimizer"]["groups"]]
+        assert [s["name"] for s in row["signals"]] == groups
+        assert set(row["signals"][0]) == {
+            "name",
+            "step",
+            "grad_norm",
+            "param_norm",
+            "update_ratio",
+            "adam_step",
+        }
+        assert all(s["step"] >= 1 and s["grad_norm"] is not None for s in row["signals"])
     finally:
         server.close()
         local.close()

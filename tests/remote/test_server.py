@@ -284,3 +284,38 @@ def test_attach_streams_over_a_socket_path_and_sends_stdin(served) -> None:
     assert text.startswith(f"attached to run {served.info.id}")
     assert f"[remote:{os.getpid()}:stdin] stop: stopped at step" in text
     assert served.local.snapshot().status.state.value == "STOPPED"
+
+
+def test_frames_carry_the_attached_client_count(served) -> None:
+    """The count behind the console's ATTACHED badge follows clients coming and going
+    (ls probes are not counted), even with nothing else new to send."""
+    a = served.attach()
+    wait_until(lambda: a.clients == 1, 10, "one client")
+    b = served.attach()
+    assert b.clients == 2  # the welcome's count, then its frames'
+    wait_until(lambda: a.clients == 2, 10, "a hears of b")
+    probe = served.attach(lite=True)
+    b.close()
+    wait_until(lambda: a.clients == 1, 10, "a hears b left")
+    assert probe.clients is not None and probe.clients >= 1
+
+
+async def test_an_attached_console_shows_its_badge(served) -> None:
+    from tests.ui.real_run import screen_text
+    from tuiconsole.ui.app import ConsoleApp
+
+    client, other = served.attach(), served.attach()
+    app = ConsoleApp(client)
+    async with app.run_test(size=(120, 40)) as pilot:
+        badge = f"ATTACHED {served.info.id} · 2 clients"
+        for _ in range(200):
+            if badge in screen_text(app):
+                break
+            await pilot.pause(0.05)
+        assert badge in screen_text(app).splitlines()[0]
+        other.close()
+        for _ in range(200):
+            if f"ATTACHED {served.info.id} · 1 client " in screen_text(app):
+                break
+            await pilot.pause(0.05)
+        assert f"ATTACHED {served.info.id} · 1 client " in screen_text(app)

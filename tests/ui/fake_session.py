@@ -301,3 +301,147 @@ class FakeSession:
         self.snap = replace(
             self.snap, seq=self.snap.seq + 1, status=replace(self.snap.status, state=state)
         )
+
+
+# -- a long-named, many-group run (issue 17: "never cut a number") ---------------------------
+
+LONG_GROUPS = (
+    ("features", 0.001),
+    ("classifier", 0.01),
+    ("features.block0_convolution_with_a_long_name", 9.63e-4),
+    ("features.block1_batchnorm_statistics", 3.162e-4),
+    ("features.block2_convolution_second_stage", 1.25e-5),
+    ("features.block3_batchnorm_second_stage", 0.1),
+    ("features.block4_convolution_third_stage", 2e-3),
+    ("features.block5_batchnorm_third_stage", 0.05),
+    ("classifier.hidden_projection_layer", 9.92e-5),
+    ("classifier.output_head_with_a_very_long_name_indeed", 1e-6),
+    ("classifier.bias_terms_without_weight_decay", 0.0316),
+    ("embedding_table_for_auxiliary_tokens", 7.5e-7),
+)
+# features.0/1/4/5/8/9 and classifier.0/3 each hold one split group; the rest stay put.
+_OWNER = {
+    "features.0": 2,
+    "features.1": 3,
+    "features.4": 4,
+    "features.5": 5,
+    "features.8": 6,
+    "features.9": 7,
+    "classifier.0": 8,
+    "classifier.3": 9,
+}
+
+
+def long_names_snapshot(state: RunState = RunState.RUNNING) -> Snapshot:
+    """The frozen VGG run after many splits into long-named groups, training on two CUDA
+    ranks under a scheduler with amp, clipping, accumulation and compile: every header
+    field and a crowded group table, at fixed numbers."""
+    from tuiconsole.engine.snapshot import (
+        Change,
+        GroupSignals,
+        SchedulerView,
+        StepView,
+        Telemetry,
+    )
+
+    base = frozen_snapshot(state)
+    hp = (("momentum", 0.9), ("dampening", 0.0), ("weight_decay", 0.0005), ("nesterov", False))
+    groups = tuple(
+        GroupView(
+            i,
+            name,
+            lr,
+            hp if i != 10 else (*hp[:2], ("weight_decay", 0.0), hp[3]),
+            2 if i >= 2 else 4,
+            [23808, 132490, 448, 32, 4640, 64, 18496, 128, 131200, 1290, 1290, 64000][i],
+            tuple([lr] * 30),
+            state_reset_step=None if i < 2 else 800 + 10 * i,
+            state_tensors=2 if i >= 2 else 4,
+            state_bytes=[23808, 132490, 448, 32, 4640, 64, 18496, 128, 131200, 1290, 1290, 64][i]
+            * 4,
+        )
+        for i, (name, lr) in enumerate(LONG_GROUPS)
+    )
+    names = [g.name for g in groups]
+    modules = []
+    for m in base.modules:
+        own = (names[_OWNER[m.path]],) if m.path in _OWNER else m.groups
+        modules.append(replace(m, groups=own if m.n_params else ()))
+    by_path = {m.path: m for m in modules}
+
+    def subtree(path: str) -> tuple[str, ...]:
+        node = by_path[path]
+        found = list(node.groups)
+        for child in node.children:
+            found += [g for g in subtree(child) if g not in found]
+        return tuple(found)
+
+    modules = [replace(m, subtree_groups=subtree(m.path)) for m in modules]
+    status = replace(
+        base.status,
+        script="vgg_with_a_long_script_name.py",
+        device="cuda:0",
+        world_size=2,
+        steps_per_sec=41.5 if state == RunState.RUNNING else 0.0,
+        max_steps=2000,
+    )
+    changes = tuple(
+        [
+            Change(500, "lr features 0.001", "ui", ("features",), "lr"),
+            Change(800, "decay 0.1 classifier", "ui", ("classifier",), "decay"),
+        ]
+        + [
+            Change(800 + 10 * i, f"split {n} m{i}", "remote:4242", (n, "features"), "split")
+            for i, n in enumerate(names)
+            if i >= 2
+        ]
+        + [
+            Change(
+                1100,
+                "set features.block3_batchnorm_second_stage momentum=0.9",
+                "stdin",
+                ("features.block3_batchnorm_second_stage",),
+                "set",
+            ),
+            Change(1150, "clip 1", "ui", (), "clip"),
+        ]
+    )
+    signals = tuple(
+        GroupSignals(g.name, 1190, 0.125 * (i + 1), 3.5 + i, 1.5e-3 / (i + 1), None)
+        for i, g in enumerate(groups)
+    )
+    return replace(
+        base,
+        status=status,
+        groups=groups,
+        modules=tuple(modules),
+        structure_version=2,
+        scheduler=SchedulerView(
+            "CosineAnnealingLR", 19, tuple(g.lr * 0.9 for g in groups), "epoch"
+        ),
+        telemetry=Telemetry(
+            samples_per_sec=1328.0,
+            batch_size=32.0,
+            eta=754.0,
+            sample_every=10,
+            memory_allocated=1_288_490_189,
+            memory_peak=2_147_483_648,
+            gpu_utilization=87.0,
+            gpu_memory_used=3_328_599_654,
+            gpu_memory_total=85_899_345_920,
+            gpu_power=312.0,
+            gpu_temperature=64.0,
+        ),
+        step_view=StepView(
+            amp="bf16",
+            grad_clip=1.0,
+            grad_norm=0.8312,
+            clipped=37,
+            clip_steps=1200,
+            accumulate=4,
+            compile="compiled",
+        ),
+        changes=changes,
+        signals=signals,
+        signal_every=10,
+    )

@@ -60,7 +60,11 @@ def test_bars_scale_min_to_max() -> None:
 
 def test_completion_of_names_targets_and_classes() -> None:
     vocab = Vocabulary(groups=["features", "classifier"], modules=["features", "features.0"])
-    assert complete("l", vocab).line == "lr "
+    assert complete("l", vocab).matches == ("lr", "lrfind")
+    assert complete("lrf", vocab).line == "lrfind "
+    assert complete("lrfind fe", vocab).matches == ("features", "features.0")
+    assert complete("lrfind all st", vocab).line == "lrfind all steps="
+    assert complete("lr ", vocab).matches[0] == "all"
     assert complete("lr cl", vocab).line == "lr classifier "
     assert complete("lr fe", vocab).matches == ("features", "features.0")
     assert complete("rebuild AdamW", vocab).line == "rebuild AdamW "

@@ -7,7 +7,7 @@ import torch
 
 from tests.unit.models import Net, make_data, seed_optimizer
 from tuiconsole.engine import commands as C
-from tuiconsole.engine import control, ops, step
+from tuiconsole.engine import control, lrfind, ops, step
 from tuiconsole.engine import groups as G
 from tuiconsole.errors import CommandError
 
@@ -31,10 +31,18 @@ def train_step(o: ops.Optimization) -> None:
 
 def test_every_command_has_exactly_one_handler():
     """No ladder to forget a command in: each type is an op, a control command or one
-    of how steps are taken (engine/step.py: clip, accumulate)."""
+    of how steps are taken (engine/step.py: clip, accumulate), or one of the tuning
+    commands the trainer applies itself (undo, at, rollback)."""
+    from tuiconsole.engine.trainer import TUNING_COMMANDS
+
     kinds = set(C.Command.__subclasses__())
     steps = set(step.COMMANDS)
-    assert set(ops.OPS) | set(control.CONTROLS) | steps == kinds
+    sweeps = set(lrfind.COMMANDS)  # the lr range test (engine/lrfind.py): a control command
+    tuning = set(TUNING_COMMANDS)
+    assert set(ops.OPS) | set(control.CONTROLS) | steps | sweeps | tuning == kinds
+    assert not (set(ops.OPS) | set(control.CONTROLS) | steps) & (sweeps | tuning)
+    assert not sweeps & tuning
+    assert all(k.control for k in sweeps)  # not replayed: it puts the run back
     assert not set(ops.OPS) & set(control.CONTROLS)
     assert not (set(ops.OPS) | set(control.CONTROLS)) & steps
     assert all(not k.control for k in set(ops.OPS) | steps)  # replayed: they change the maths

@@ -126,7 +126,7 @@ def command_lines(draw) -> str:
     return " ".join([name, *map(quote, tokens)])
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(command_lines())
 def test_every_accepted_command_journals_a_text_that_parses_back_to_it(line):
     """The journal stores ``cmd.text``; replay parses it. Whatever the grammar

@@ -138,6 +138,29 @@ def test_cli_options_reach_the_run_and_its_journal(tmp_path, monkeypatch, capsys
     assert metrics[-1]["step"] == 3  # 3 optimizer steps of 2 micro-batches (4 per epoch)
 
 
+@pytest.mark.parametrize("every", [1, 0])
+def test_signal_every_reaches_the_run_and_its_metrics(tmp_path, monkeypatch, capsys, every):
+    """`--signal-every 1`: the per-group signals in every metrics line; `0`: none."""
+    script = write_script(tmp_path, GOOD)
+    run_dir = tmp_path / "run"
+    code, _ = run_main(
+        monkeypatch, capsys, "run", str(script), "--headless", "--no-listen",
+        "--run-dir", str(run_dir), "--max-steps", "4", "--log-every", "2",
+        "--signal-every", str(every),
+    )  # fmt: skip
+    assert code == 0
+    metrics = [r for r in jsonl(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["step"] for r in metrics][:2] == [2, 4]
+    if every:
+        assert all(set(r["grad_norm"]) == set(r["lr"]) for r in metrics)
+        assert all(v is not None for r in metrics for v in r["update_ratio"].values())
+    else:
+        assert all("grad_norm" not in r and "update_ratio" not in r for r in metrics)
+    from tuiconsole.cli import _child_args
+
+    assert _child_args(signal_every=every) == ["--signal-every", str(every)]
+
+
 @pytest.mark.parametrize(
     "line, cmd",
     [

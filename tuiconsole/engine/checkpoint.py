@@ -38,6 +38,7 @@ from torch import nn
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import optclass, rundir
 from tuiconsole.engine.data import loader_generators, rng_state, set_rng_state
+from tuiconsole.engine.schedule import check_saved
 from tuiconsole.errors import CommandError, TuiconsoleError
 
 __all__ = [  # the RNG helpers moved to engine/data.py; still importable from here
@@ -79,6 +80,8 @@ class CheckpointContent:
     # How steps are taken (engine/step.py Stepping.state): live clip and accumulate, the
     # GradScaler's state, the counts. None: a checkpoint of an older tuiconsole.
     step_features: dict[str, Any] | None = None
+    # The `at` commands pending (engine/schedule.py Schedule.state); None: none kept.
+    pending: dict[str, Any] | None = None
 
 
 def group_members(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
@@ -121,6 +124,7 @@ def checkpoint_payload(c: CheckpointContent) -> dict[str, Any]:
         "world_size": c.world_size,
         "ranks": c.ranks,
         "step_features": c.step_features,
+        "pending": c.pending,
     }
 
 
@@ -238,6 +242,27 @@ def verify_digest(path: Path) -> bool:
     return True
 
 
+def checkpoint_digest(path: Path) -> str:
+    """The checkpoint's sha256 as the journal names it: the digest in its trailer (which
+    :func:`load_checkpoint` verifies), or for a file without one the sha256 of it all."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            if size >= TRAILER_LEN:
+                f.seek(size - TRAILER_LEN)
+                tail = f.read()
+                if tail.startswith(DIGEST_MARK) and tail.endswith(b"\n"):
+                    return tail[len(DIGEST_MARK) : -1].decode("ascii")
+                f.seek(0)
+            sha = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    except OSError as exc:
+        raise TuiconsoleError(f"cannot read checkpoint {path}: {rundir.why(exc)}") from None
+    return sha.hexdigest()
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (safely: weights_only),
     verifying its digest and the type of every field :func:`restore` uses.
@@ -335,6 +360,8 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("data", "the data position (epoch_rng: RNG states)")
     if not _step_features_ok(ckpt.get("step_features")):
         raise bad("step_features", "amp, grad_clip, accumulate, counts and the GradScaler's state")
+    if not check_saved(ckpt.get("pending")):
+        raise bad("pending", "the `at` commands pending (id, step, cmd, source)")
 
 
 def _step_features_ok(saved: object) -> bool:
@@ -436,6 +463,7 @@ class Restored:
     has_digest: bool  # False: written by an older tuiconsole, damage undetectable
     note: str | None = None  # a warning for the log (resumed on another world size)
     step_features: dict[str, Any] | None = None  # engine/step.py: Stepping.load
+    pending: dict[str, Any] | None = None  # engine/schedule.py: Schedule.load
 
 
 def restore(
@@ -549,6 +577,7 @@ def _restore(
         rng=ckpt["rng"],
         has_digest=ckpt.get("digest") is not None,
         step_features=ckpt.get("step_features"),
+        pending=ckpt.get("pending"),
     )
 
 

@@ -12,6 +12,14 @@ and remote clients.
     clip MAX_NORM | clip off   gradient clipping by norm (engine/step.py)
     accumulate N               micro-batches per optimizer step, from the next step
     pause | resume | step [N] | eval | stop | checkpoint [PATH]
+    lrfind [TARGET] [from=V] [to=V] [steps=N] | lrfind cancel
+                               lr range test while paused; the run is put back
+                               exactly as it was (engine/lrfind.py)
+    undo                       revert the last optimizer change still revertible
+    rollback [CHECKPOINT]      load a checkpoint into the paused run (default: the
+                               last one before the NaN, else the last one)
+    at STEP COMMAND | at cancel ID
+                               apply COMMAND when the run's step reaches STEP
 
 TARGET is a group name, a module path (the group(s) holding its parameters) or
 ``all``. Parsing is pure text -> frozen Command; applying happens in the trainer
@@ -48,6 +56,10 @@ COMMAND_NAMES = (
     "eval",
     "stop",
     "checkpoint",
+    "lrfind",
+    "undo",
+    "rollback",
+    "at",
 )
 
 
@@ -245,6 +257,92 @@ class Checkpoint(Command):
         return _join("checkpoint", _q(self.path) if self.path is not None else "")
 
 
+@dataclass(frozen=True)
+class LrFind(Command):
+    """The lr range test (engine/lrfind.py), or ``lrfind cancel`` of the one running.
+
+    A control command: it leaves the run as it found it, so a replay skips it.
+    The text is always written whole (defaults included), so the journal says
+    what was swept."""
+
+    name: ClassVar[str] = "lrfind"
+    control: ClassVar[bool] = True
+    target: str = "all"
+    lr_from: float = 1e-7
+    lr_to: float = 10.0
+    steps: int = 100
+    cancel: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.cancel:
+            return "lrfind cancel"
+        return (
+            f"lrfind {_q(self.target)} from={_fmt(self.lr_from)} to={_fmt(self.lr_to)} "
+            f"steps={self.steps}"
+        )
+
+
+LRFIND_MAX_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class UndoLast(Command):
+    """Revert the last optimizer change that can still be reverted (engine/history.py).
+    Not ops.Undo: that one takes back commands whose next optimizer.step() failed."""
+
+    name: ClassVar[str] = "undo"
+
+    @property
+    def text(self) -> str:
+        return "undo"
+
+
+@dataclass(frozen=True)
+class Rollback(Command):
+    """Load a checkpoint into the paused run. ``digest``: the checkpoint's sha256 as the
+    journal records it (the run resolves ``path`` and ``digest`` before applying it, so a
+    replay loads the very same file, or refuses one that changed)."""
+
+    name: ClassVar[str] = "rollback"
+    path: str | None = None
+    digest: str | None = None
+
+    @property
+    def text(self) -> str:
+        return _join(
+            "rollback",
+            _q(self.path) if self.path is not None else "",
+            f"digest={self.digest}" if self.digest else "",
+        )
+
+
+@dataclass(frozen=True)
+class At(Command):
+    """Apply ``command`` at the boundary where the run's step reaches ``step``."""
+
+    name: ClassVar[str] = "at"
+    step: int
+    command: Command
+
+    @property
+    def text(self) -> str:
+        return f"at {self.step} {self.command.text}"
+
+
+@dataclass(frozen=True)
+class AtCancel(Command):
+    name: ClassVar[str] = "at"
+    id: int
+
+    @property
+    def text(self) -> str:
+        return f"at cancel {self.id}"
+
+
+# Commands `at` cannot schedule: what they act on is only known when they are typed.
+NOT_SCHEDULABLE = ("at", "undo", "rollback", "lrfind")
+
 USAGE = {
     "lr": "lr TARGET VALUE   (VALUE: 1e-3, *0.5 or /10)",
     "decay": "decay FACTOR [TARGET]",
@@ -259,6 +357,10 @@ USAGE = {
     "eval": "eval",
     "stop": "stop",
     "checkpoint": "checkpoint [PATH]",
+    "lrfind": "lrfind [TARGET] [from=1e-7] [to=10] [steps=100] | lrfind cancel",
+    "undo": "undo   (revert the last optimizer change)",
+    "rollback": "rollback [CHECKPOINT]   (while paused)",
+    "at": "at STEP COMMAND | at cancel ID",
 }
 
 
@@ -418,9 +520,18 @@ def _parse_args(name: str, args: list[str]) -> Command:
         if args:
             n = parse_count(args[0], "step count")
         return Step(n)
+    if name == "rollback":
+        return _parse_rollback(args)
+    if name == "at":
+        return _parse_at(args)
+    if name == "undo":
+        _need(not args)
+        return UndoLast()
     if name == "checkpoint":
         _need(len(args) <= 1)
         return Checkpoint(_name(args[0], "checkpoint path") if args else None)
+    if name == "lrfind":
+        return _lrfind(args)
     _need(not args)
     simple: dict[str, type[Command]] = {
         "pause": Pause,
@@ -429,6 +540,65 @@ def _parse_args(name: str, args: list[str]) -> Command:
         "stop": Stop,
     }
     return simple[name]()
+
+
+def _lrfind(args: list[str]) -> LrFind:
+    """``lrfind [TARGET] [from=V] [to=V] [steps=N]`` or ``lrfind cancel``: every value
+    checked here (0 < from < to, both finite; 2 <= steps <= 10000)."""
+    if [a.lower() for a in args] == ["cancel"]:
+        return LrFind(cancel=True)
+    target = "all"
+    values: dict[str, str] = {}
+    for i, tok in enumerate(args):
+        if "=" not in tok:
+            _need(i == 0)  # TARGET first, then KEY=VALUE items
+            target = _name(tok, "target")
+            continue
+        key, _, val = tok.partition("=")
+        key = key.lower()
+        if key not in ("from", "to", "steps"):
+            raise CommandError(f"lrfind takes from=, to= and steps=, got {tok!r}")
+        if key in values:
+            raise CommandError(f"{key!r} given twice")
+        values[key] = val
+    lr_from = parse_positive(values.get("from", "1e-7"), "from")
+    lr_to = parse_positive(values.get("to", "10"), "to")
+    if lr_from >= lr_to:
+        raise CommandError(f"lrfind: from ({lr_from:g}) must be below to ({lr_to:g})")
+    steps = parse_count(values.get("steps", "100"), "steps")
+    if not 2 <= steps <= LRFIND_MAX_STEPS:
+        raise CommandError(f"lrfind: steps must be 2..{LRFIND_MAX_STEPS:,}, got {steps}")
+    return LrFind(target, lr_from, lr_to, steps)
+
+
+def _parse_rollback(args: list[str]) -> Rollback:
+    digest = None
+    if args and args[-1].startswith("digest="):
+        digest = args.pop()[len("digest=") :].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise CommandError("digest must be 64 hex digits (a sha256)")
+    _need(len(args) <= 1)
+    return Rollback(_name(args[0], "checkpoint path") if args else None, digest)
+
+
+def _parse_at(args: list[str]) -> Command:
+    _need(len(args) >= 2)
+    if args[0].lower() == "cancel":
+        _need(len(args) == 2)
+        return AtCancel(parse_count(args[1], "at cancel ID"))
+    try:
+        step = int(args[0])
+    except ValueError:
+        raise CommandError(f"at: STEP must be a whole number, got {args[0]!r}") from None
+    if step < 1:
+        raise CommandError(f"at: STEP must be >= 1, got {step}")
+    if args[1].lower() in NOT_SCHEDULABLE:
+        raise CommandError(f"at: {args[1].lower()!r} cannot be scheduled")
+    try:
+        inner = parse(shlex.join(args[1:]))
+    except CommandError as exc:
+        raise CommandError(f"at {step}: {exc}") from None
+    return At(step, inner)
 
 
 def coerce(command: str | Command) -> Command:

@@ -67,6 +67,9 @@ class RunConfig:
     # Throughput, data wait vs compute, ETA, GPU state in the snapshot (engine/telemetry.py);
     # off only to measure what it costs (benchmarks/telemetry.py).
     telemetry: bool = True
+    # Per-group signals (grad norm, update ratio, Adam step: engine/signals.py), measured
+    # one optimizer step in K: None picks K from a time budget; N fixes it; 0: off.
+    signal_every: int | None = None
     # The training step (engine/step.py); None: the script's value (script.py). Given
     # here (`run --amp/--grad-clip/--accumulate/--compile`), they win over the script's.
     amp: str | None = None  # "bf16" | "fp16" | "off"
@@ -96,6 +99,7 @@ class RunConfig:
         if self.grad_clip is not None and self.grad_clip != "off":
             self.grad_clip = max_norm("--grad-clip", self.grad_clip, ConfigError, text=True)
         self.accumulate = _int("accumulate", self.accumulate, 1, optional=True)
+        self.signal_every = _int("signal_every", self.signal_every, 0, optional=True)
         if self.compile is not None and not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         if self.nan not in NAN_MODES:

@@ -177,6 +177,10 @@ class EpochData:
             return {"epoch_batches": None, "epoch_rng": None}
         return {"epoch_batches": self.batches, "epoch_rng": self._rng}
 
+    def rewind(self) -> None:
+        """Forget the epoch in progress (a rollback restores another position next)."""
+        self._iter, self._rng, self.batches = None, None, 0
+
     def restore(self, data: dict[str, Any], path: Path, epoch: int) -> int | None:
         """Resume a checkpoint's ``data`` position: the same shuffle for the epoch it was
         in, its taken batches skipped. Returns how many were taken (None: between epochs)."""

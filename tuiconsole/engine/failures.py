@@ -96,7 +96,10 @@ class Failures:
             self.failed(NonFiniteLoss(str(event)), None, phase, step, good, epoch)
             return "failed"
         self._control.nan_paused()
-        text = f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, or `stop`."
+        text = (
+            f"NAN-PAUSED: {event}. Lower the lr (e.g. `decay 0.1`) and `resume`, "
+            "`rollback` to the last checkpoint before it first, or `stop`."
+        )
         self._record.note(step if skipped else good, "nan", text, ok=False)
         return "paused"
 

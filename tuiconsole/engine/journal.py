@@ -11,7 +11,8 @@ Each record is a flat JSON object whose ``type`` says which kind it is.
 
 journal.jsonl, in order: one ``header`` per process that wrote to it (a resumed
 run appends a new one), then ``command``, ``undo`` and ``nan`` records as they
-happen, at most one ``error``, and one ``end``. metrics.jsonl: ``train``,
+happen, ``lrfind`` records (an lr range test's result: not a change, never
+replayed), at most one ``error``, and one ``end``. metrics.jsonl: ``train``,
 ``eval`` and ``nan`` records.
 """
 
@@ -38,6 +39,7 @@ Record = dict[str, Any]
 
 # The record types (each record's "type").
 HEADER, COMMAND, UNDO, NAN, ERROR, END = "header", "command", "undo", "nan", "error", "end"
+LRFIND = "lrfind"  # an lr range test's result (engine/lrfind.py); replay skips it
 TRAIN, EVAL = "train", "eval"  # metrics.jsonl (and NAN)
 
 
@@ -135,6 +137,39 @@ def nan_record(event: NanEvent, action: str) -> Record:
     return record
 
 
+def lrfind_record(
+    *,
+    step: int,
+    state: str,
+    target: str,
+    lr_from: float,
+    lr_to: float,
+    steps: int,
+    points: Sequence[tuple[float, float]],
+    suggestion: float | None,
+    rule: str,
+    message: str,
+) -> Record:
+    """An lr range test at ``step`` (state: done, cancelled, failed): every (lr, loss)
+    point, the suggested lr and its rule. The run was put back as it was, so this is
+    not a change and a replay skips it."""
+    return {
+        "type": LRFIND,
+        "step": step,
+        "time": time.time(),
+        "state": state,
+        "target": target,
+        "from": lr_from,
+        "to": lr_to,
+        "steps": steps,
+        "lrs": [lr for lr, _ in points],
+        "losses": [loss for _, loss in points],
+        "suggestion": suggestion,
+        "rule": rule,
+        "message": message,
+    }
+
+
 def error_record(
     *, step: int, error: str, message: str, phase: str | None, checkpoint: str | None
 ) -> Record:
@@ -180,10 +215,14 @@ def train_metrics(
     loss_mean: float,
     lr: Mapping[str, float],
     time: float,
+    grad_norm: Mapping[str, float | None] | None = None,
+    update_ratio: Mapping[str, float | None] | None = None,
 ) -> Record:
     """metrics.jsonl: the loss at ``step``, the mean since the last record, each group's
-    lr, and the wall-clock time (s since the epoch) the record was made: rates per step."""
-    return {
+    lr, and the wall-clock time (s since the epoch) the record was made: rates per step.
+    With the signals on (engine/signals.py), each group's latest ``grad_norm`` and
+    ``update_ratio`` too, shaped as ``lr`` (null: not measured yet)."""
+    record: Record = {
         "type": TRAIN,
         "step": step,
         "epoch": epoch,
@@ -192,6 +231,11 @@ def train_metrics(
         "lr": dict(lr),
         "time": time,
     }
+    if grad_norm is not None:
+        record["grad_norm"] = dict(grad_norm)
+    if update_ratio is not None:
+        record["update_ratio"] = dict(update_ratio)
+    return record
 
 
 def eval_metrics(*, step: int, loss: float, accuracy: float | None) -> Record:
@@ -413,9 +457,17 @@ def read_sessions(path: Path) -> list[JournalSession]:
         raise TuiconsoleError(f"{path}: no journal header line (is it a tuiconsole journal?)")
     for session in sessions:
         entries = session.entries
-        if any(b.step < a.step for a, b in zip(entries, entries[1:], strict=False)):
+        if any(
+            b.step < a.step and not _rolled_back(a)
+            for a, b in zip(entries, entries[1:], strict=False)
+        ):
             raise TuiconsoleError(f"{path}: command steps go backwards; the journal was edited?")
     return sessions
+
+
+def _rolled_back(entry: JournalEntry) -> bool:
+    """An applied rollback: the steps after it go back to its checkpoint's."""
+    return entry.ok and entry.cmd.split(maxsplit=1)[:1] == ["rollback"]
 
 
 def read_journal(path: Path) -> tuple[dict[str, Any], list[JournalEntry]]:

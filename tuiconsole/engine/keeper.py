@@ -33,6 +33,7 @@ class Keeper:
         ranks: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
         writes: bool = True,
         step_features: Callable[[], dict[str, Any]] | None = None,
+        pending: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._ops, self._data, self._sha256, self._record = o, data, script_sha256, record
         self._step_features = step_features  # engine/step.py: Stepping.state
@@ -40,6 +41,8 @@ class Keeper:
         # rank calls write() together); only rank 0 ``writes``.
         self._ranks, self.writes = ranks, writes
         self.last = ""  # the path of the last checkpoint written ("" before the first)
+        self._pending = pending  # engine/schedule.py: Schedule.state
+        self.written: list[tuple[int, str]] = []  # (step, path) of each one written: rollback
 
     def write(
         self, path: Path | None, reason: str, step: int, epoch: int, together: bool = True
@@ -70,9 +73,12 @@ class Keeper:
             ranks=ranks,
             world_size=self._record.shape.world_size,
             step_features=self._step_features() if self._step_features is not None else None,
+            pending=self._pending() if self._pending is not None else None,
         )
         save_checkpoint(path, content)
         self.last = str(path)
+        self.written.append((step, str(path)))
+        del self.written[:-1000]
         return path
 
     def after_error(

@@ -54,6 +54,12 @@ class DownsampledSeries:
     def series(self) -> Series:
         return Series(tuple(self.steps), tuple(self.values))
 
+    def rewind(self, step: int) -> None:
+        """Drop the buckets after ``step`` (and the one being filled)."""
+        n = sum(1 for s in self.steps if s <= step)
+        del self.steps[n:], self.values[n:]
+        self._acc, self._n = 0.0, 0
+
 
 class LossTracker:
     """Per-step losses: pending on the device, then recent window + history."""
@@ -108,6 +114,21 @@ class LossTracker:
         self.last = out[-1][1]
         self.last_step = out[-1][0]
         return out
+
+    def rewind(self, step: int) -> None:
+        """A rollback to ``step`` (losses flushed first): the losses after it are of a
+        future that is gone; the plots show the run's present one (the minimum stays)."""
+        self._pending = []
+        kept = [(s, v) for s, v in self.recent if s <= step]
+        self.recent.clear()
+        self.recent.extend(kept)
+        self.history.rewind(step)
+        if kept:
+            self.last_step, self.last = kept[-1]
+        elif self.history.values:
+            self.last_step, self.last = self.history.steps[-1], self.history.values[-1]
+        else:
+            self.last_step, self.last = 0, None
 
     def recent_series(self) -> Series:
         steps, values = zip(*self.recent, strict=True) if self.recent else ((), ())

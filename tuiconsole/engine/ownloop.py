@@ -183,11 +183,15 @@ class OwnLoop(Trainer):
         """0: the loop counts its epochs itself (front-ends then show none)."""
         return 0
 
-    def _began_hook(self, *_: Any) -> None:
+    def _began_hook(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         self._optimizer_began += 1
+        # one step in K is measured (engine/signals.py); after a closure's step too: the
+        # gradients are read after it
+        self._record.signals.before(optimizer)
 
-    def _stepped_hook(self, *_: Any) -> None:
+    def _stepped_hook(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         self._optimizer_steps += 1
+        self._record.signals.after(optimizer, self.step + 1)
 
     # ------------------------------------------------------------------ the user's thread
 

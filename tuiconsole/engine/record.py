@@ -22,10 +22,14 @@ from pathlib import Path
 from tuiconsole.engine import journal as J
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.ops import Optimization
+from tuiconsole.engine.signals import Signals
 from tuiconsole.engine.snapshot import (
+    Change,
     EvalPoint,
     LogEntry,
+    LrFindView,
     NanEvent,
+    PendingCommand,
     RunError,
     RunState,
     RunStatus,
@@ -41,6 +45,13 @@ def _no_step_view() -> StepView | None:
     return None
 
 
+def _no_pending() -> tuple[PendingCommand, ...]:
+    return ()
+
+
+MAX_CHANGES = 500  # Snapshot.changes keeps the newest
+
+
 @dataclass(frozen=True)
 class RunShape:
     """What a snapshot shows that does not change while the run goes on."""
@@ -53,6 +64,7 @@ class RunShape:
     scheduler_interval: str
     world_size: int = 1
     telemetry: bool = True  # RunConfig.telemetry
+    signal_every: int | None = None  # RunConfig.signal_every (0: off; rank 0 alone measures)
 
 
 @dataclass(frozen=True)
@@ -82,10 +94,15 @@ class RunRecord:
         self.evals: deque[EvalPoint] = deque(maxlen=200)
         self.views = Views()
         self.meter = Meter(shape.device, enabled=shape.telemetry)  # the loop times its steps
+        self.signals = Signals(shape.signal_every)  # per-group signals, measured by the steps
         self.wanted = True  # a reader asked since the last publish, or a log line came
         self.snapshot: Snapshot | None = None  # the trainer publishes one as it is made
         # How steps are taken (engine/step.py: Stepping.view), read as a snapshot is built
         self.step_view: Callable[[], StepView | None] = _no_step_view
+        self.lrfind: LrFindView | None = None  # the latest lr range test (engine/lrfind.py)
+        # The `at` commands pending (engine/schedule.py), read as a snapshot is built
+        self.pending: Callable[[], tuple[PendingCommand, ...]] = _no_pending
+        self.changes: deque[Change] = deque(maxlen=MAX_CHANGES)  # applied optimizer changes
         self._log = RunLog()
         self._last_publish = 0.0
         self._metrics_logged_at = -math.inf
@@ -127,6 +144,11 @@ class RunRecord:
         self._log.append(step, kind, text, ok, source)
         self.wanted = True
 
+    def changed(self, change: Change) -> None:
+        """An optimizer change was applied (or a rollback, a resume): the plots mark it."""
+        self.changes.append(change)
+        self.wanted = True
+
     def tail(self) -> tuple[LogEntry, ...]:
         return self._log.tail()
 
@@ -149,9 +171,16 @@ class RunRecord:
             return
         mean = sum(v for _, v in values) / len(values) if values else loss
         step, epoch = facts.step, facts.epoch_shown
+        signals = self.signals.latest(list(lr))
         self.metric(
             J.train_metrics(
-                step=step, epoch=epoch, loss=loss, loss_mean=mean, lr=lr, time=time.time()
+                step=step,
+                epoch=epoch,
+                loss=loss,
+                loss_mean=mean,
+                lr=lr,
+                time=time.time(),
+                **(signals or {}),
             )
         )
         now = time.monotonic()
@@ -192,10 +221,11 @@ class RunRecord:
             checkpoint=facts.checkpoint,
             world_size=shape.world_size,
         )
+        groups = views.groups(o)
         return Snapshot(
             seq=views.next_seq(),
             status=status,
-            groups=views.groups(o),
+            groups=groups,
             modules=views.modules(o),
             structure_version=views.structure_version,
             loss_recent=self.losses.recent_series(),
@@ -209,6 +239,11 @@ class RunRecord:
             scheduler=views.scheduler(o, facts.step, facts.epoch, shape.scheduler_interval),
             telemetry=self._telemetry(steps_per_sec, facts),
             step_view=self.step_view(),
+            lrfind=self.lrfind,
+            pending=self.pending(),
+            changes=tuple(self.changes),
+            signals=self.signals.view([g.name for g in groups]),
+            signal_every=self.signals.every_shown,
         )
 
     def _telemetry(self, steps_per_sec: float, facts: RunFacts) -> Telemetry:

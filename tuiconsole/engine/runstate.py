@@ -89,6 +89,15 @@ class RunControl:
         if self.state == RunState.NAN_PAUSED:
             self._set(RunState.RUNNING)
 
+    def rolled_back(self, replaying: bool) -> None:
+        """A rollback was applied (only while paused): NAN-PAUSED becomes PAUSED. A
+        replay goes on running where the original run was paused (pauses are not
+        replayed) and leaves NAN-PAUSED as the original run did."""
+        if replaying:
+            self.nan_resumed()
+        elif self.state == RunState.NAN_PAUSED:
+            self._set(RunState.PAUSED)
+
     def finish(self) -> None:
         self._set(RunState.FINISHED)
 

@@ -199,6 +199,23 @@ class Series:
 
 
 @dataclass(frozen=True)
+class GroupSignals:
+    """One param group's health signals, measured on the device every K optimizer steps
+    (engine/signals.py): over the group's parameters with a dense gradient at that step.
+    None: not measured (yet), or not for this group (no gradients; not an Adam)."""
+
+    name: str  # the param group's name (GroupView.name)
+    step: int = 0  # the step these were measured at
+    grad_norm: float | None = None  # L2 norm of the group's gradients
+    param_norm: float | None = None  # L2 norm of the group's weights
+    update_ratio: float | None = None  # ||last update|| / ||weights||
+    # Adam family: ||effective step|| (lr*m_hat/(sqrt(v_hat)+eps)); else None
+    adam_step: float | None = None
+    grad_norm_history: Series = field(default_factory=Series)  # downsampled, like loss_history
+    update_ratio_history: Series = field(default_factory=Series)
+
+
+@dataclass(frozen=True)
 class Telemetry:
     """Throughput, progress and the device, as measured by engine/telemetry.py.
 
@@ -227,6 +244,47 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class LrFindView:
+    """The latest lr range test (``lrfind``, engine/lrfind.py): its points so far (at
+    most lrfind.VIEW_POINTS, evenly downsampled; the journal's ``lrfind`` record has
+    all), the suggested lr and the rule that chose it."""
+
+    state: str  # "running" | "done" | "cancelled" | "failed"
+    target: str  # the group/module/"all" swept
+    lr_from: float = 0.0
+    lr_to: float = 0.0
+    steps: int = 0  # steps planned
+    taken: int = 0  # steps done so far (progress = taken/steps)
+    lrs: tuple[float, ...] = ()
+    losses: tuple[float, ...] = ()
+    suggestion: float | None = None
+    rule: str = ""  # how the suggestion was chosen, in words
+    at_step: int = 0  # the run's step when it ran (the run is restored to it)
+    message: str = ""  # e.g. why it failed / was cancelled
+
+
+@dataclass(frozen=True)
+class PendingCommand:
+    """A command scheduled with ``at STEP COMMAND`` (engine/schedule.py), not yet applied."""
+
+    id: int
+    step: int  # applied at the boundary where the run's step reaches this (after STEP steps)
+    text: str  # canonical command text
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """An applied optimizer change (engine/history.py), as the console marks it on the plots."""
+
+    step: int
+    text: str  # canonical command text (e.g. "lr features 0.001", "undo", "rollback ...")
+    source: str = ""  # "console" | "attach" | "stdin" | "at" | "engine" | ...
+    groups: tuple[str, ...] = ()  # the groups it touched (empty: the whole optimizer)
+    kind: str = ""  # "lr" | "decay" | "set" | "split" | "rebuild" | "clip" | "undo" | ...
+
+
+@dataclass(frozen=True)
 class Snapshot:
     seq: int
     status: RunStatus
@@ -246,6 +304,11 @@ class Snapshot:
     scheduler: SchedulerView | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     step_view: StepView | None = None  # None: a plain step (no amp, clip, accumulation)
+    lrfind: LrFindView | None = None  # the latest lr range test (kept after it ends)
+    pending: tuple[PendingCommand, ...] = ()  # `at` commands not yet applied, by step
+    changes: tuple[Change, ...] = ()  # applied optimizer changes, newest last (at most 500)
+    signals: tuple[GroupSignals, ...] = ()  # one per group, same order as groups
+    signal_every: int = 0  # K: measured every K steps (0: not yet)
 
     def group(self, name: str) -> GroupView | None:
         for g in self.groups:

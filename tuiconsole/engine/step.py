@@ -406,10 +406,14 @@ def take_step(host: StepHost, where: Where) -> torch.Tensor | float | None:
         if st.scaler is not None:
             st.scaler.unscale_(optimizer)
         st.clip_now()
+    signals = host._record.signals
+    measured = signals.before(optimizer)  # one step in K (engine/signals.py)
     if host._undo is None:
         st.take(optimizer)
     else:
         host._guarded_step(host._undo, _retaking(st))
+    if measured:
+        signals.after(host.optimizer, host.step + 1)
     if st.scaler is not None:
         st.updated()
     where.phase = "scheduler"

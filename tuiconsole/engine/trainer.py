@@ -44,7 +44,14 @@ from tuiconsole.engine import control, faults, ops
 from tuiconsole.engine import distributed as D
 from tuiconsole.engine import groups as G
 from tuiconsole.engine import journal as J
-from tuiconsole.engine.checkpoint import Restored, load_checkpoint, restore
+from tuiconsole.engine import rollback as RB
+from tuiconsole.engine.checkpoint import (
+    Restored,
+    check_rng,
+    checkpoint_digest,
+    load_checkpoint,
+    restore,
+)
 from tuiconsole.engine.config import (
     DEFAULT_LOG_EVERY,
     DEFAULT_LOG_MIN_INTERVAL,
@@ -57,12 +64,16 @@ from tuiconsole.engine.data import END_OF_EPOCH, EpochData, set_rng_state, to_de
 from tuiconsole.engine.evaluate import evaluate
 from tuiconsole.engine.failures import Failures
 from tuiconsole.engine.faults import NonFiniteLoss, ReplayError
+from tuiconsole.engine.history import History
 from tuiconsole.engine.keeper import Keeper
+from tuiconsole.engine.lrfind import LrFinder
 from tuiconsole.engine.metrics import LossTracker
 from tuiconsole.engine.record import RunFacts, RunRecord, RunShape
 from tuiconsole.engine.rundir import StorageError
 from tuiconsole.engine.runstate import RunControl
+from tuiconsole.engine.schedule import Schedule, dry_check
 from tuiconsole.engine.snapshot import (
+    Change,
     EvalPoint,
     LogEntry,
     NanEvent,
@@ -83,7 +94,8 @@ from tuiconsole.script import TrainingSpec
 # ends once its commands took longer than the step before it: training keeps about
 # half the time however fast commands come in.
 COMMANDS_PER_STEP = 8
-EXPENSIVE_COMMANDS = (C.Eval, C.Checkpoint)
+EXPENSIVE_COMMANDS = (C.Eval, C.Checkpoint, C.Rollback)
+TUNING_COMMANDS = (C.UndoLast, C.At, C.AtCancel, C.Rollback)  # engine/history, schedule
 Item = tuple[C.Command, str, Future[C.CommandResult]]  # a queued command: its source, its answer
 
 
@@ -130,6 +142,8 @@ class Trainer:
                 scheduler_interval=spec.scheduler_interval,
                 world_size=self._dist.world_size if self._dist is not None else 1,
                 telemetry=self.config.telemetry,
+                # under torchrun rank 0 alone measures the signals (the snapshot is its)
+                signal_every=self.config.signal_every if self.leads else 0,
             )
         )
         self._control = RunControl(self.config.start_paused)
@@ -137,6 +151,19 @@ class Trainer:
             spec.model, spec.optimizer, spec.scheduler, in_place=self.OWN_LOOP
         )
         self._undo: ops.Undo | None = None
+        self._history = History()  # `undo` (engine/history.py)
+        self._schedule = Schedule()  # `at` (engine/schedule.py)
+        self._record.pending = self._schedule.views
+        self._source = ""  # of the command being applied
+        self._resumed_from: tuple[int, str] | None = None  # (step, checkpoint): rollback
+        # The scheduler's per-group lists as the script made them (lr_lambdas...): a
+        # checkpoint's groups are mapped from these (group_origin), also at a rollback.
+        self._script_lists = [
+            (s, attr, list(v))
+            for s in G.scheduler_chain(spec.scheduler)
+            for attr in G.SCHED_GROUP_LISTS
+            if isinstance(v := getattr(s, attr, None), list)
+        ]
         self._data = EpochData(spec.train_loader)
         self._stepping = self._make_stepping(spec)  # amp, clip, accumulation, compile
         self._record.step_view = self._stepping.view
@@ -149,6 +176,7 @@ class Trainer:
             ranks=None if d is None else lambda mine: D.rank_states(d, mine),
             writes=d is None or d.leader,
             step_features=self._stepping.state,
+            pending=self._schedule.state,
         )
         self._controls = control.Controls(
             self._control, self._record, self._keeper, self._ops, spec, self.device, self._evaluate
@@ -162,6 +190,7 @@ class Trainer:
             self.device,
         )
         self._where = faults.Where()
+        self._lrfind = LrFinder(self)  # `lrfind`: the lr range test (engine/lrfind.py)
         self._nan_each_step = self.config.nan_policy.every_step(self.device)
         self._queue: queue.SimpleQueue[tuple[C.Command, str, Future[C.CommandResult]]] = (
             queue.SimpleQueue()
@@ -181,6 +210,8 @@ class Trainer:
         resume = self.config.resume
         if resume is not None:
             self._adopt(resume, load_checkpoint(resume))
+            self._resumed_from = (self.step, str(resume))
+            self._record.changed(Change(self.step, f"resume {resume}", "engine", (), "resume"))
         for note in self._stepping.notes:
             self._append_log("info", note)
         self._step_fn = self._one_step  # or step.take_step, once the step needs more
@@ -267,6 +298,7 @@ class Trainer:
         self._record.views.structure_version += 1
         G.ensure_names(self.optimizer, self.model)
         self._resumed = r
+        self._schedule.load(r.pending)
         for note in self._stepping.load(r.step_features):
             self._append_log("info", f"resumed: {note}", ok=False)
         if r.note is not None:
@@ -520,6 +552,8 @@ class Trainer:
             self._apply_pending()
             if train and self._control.can_step:
                 self._train_step()
+            elif self._lrfind.running:  # a slice of the lr range test, then commands
+                self._lrfind.slice()
             else:
                 self._idle()
 
@@ -633,8 +667,14 @@ class Trainer:
     def _apply_replay(self) -> None:
         """Journaled commands due at this step. Control commands are not replayed,
         except a resume/step that took the original run out of NAN-PAUSED."""
-        while self.state != RunState.ERROR and (due := self._replay.due(self.step)):
+        while self.state != RunState.ERROR:
+            self._fire_scheduled()  # due `at` commands come first, as in the original run
+            due = self._replay.due(self.step) if self._control.state != RunState.ERROR else None
+            if due is None:
+                break
             entry, cmd = due
+            if entry.source == "at":  # applied again by the replayed `at`'s own queue
+                continue
             if cmd.control:
                 if isinstance(cmd, C.Resume | C.Step) and self.state == RunState.NAN_PAUSED:
                     self._control.nan_resumed()
@@ -738,7 +778,7 @@ class Trainer:
 
     def _apply_pending(self) -> None:
         # Runs every step: the common case (nothing queued) must cost ~nothing.
-        if self._replay:
+        if self._replay or self._schedule.items:
             self._apply_replay()
         d = self._dist
         if d is not None and d.broken is None:
@@ -862,10 +902,14 @@ class Trainer:
                 return None
         loss.backward()
         where.phase = "optimizer"
+        signals = self._record.signals
+        measured = signals.before(optimizer)  # one step in K (engine/signals.py)
         if self._undo is None:
             optimizer.step()
         else:
             self._guarded_step(self._undo)
+        if measured:
+            signals.after(self.optimizer, self.step + 1)
         where.phase = "scheduler"
         if self.scheduler is not None and self.spec.scheduler_interval == "step":
             self._scheduler_step()
@@ -906,6 +950,10 @@ class Trainer:
                 self._record.views.structure_version += 1
         if error is None:
             return
+        self._history.taken_back()
+        self._record.changed(
+            Change(self.step + 1, f"undone {'; '.join(undo.commands)}", "engine", (), "undone")
+        )
         self._append_log("command", ops.undone_text(undo, error), ok=False, source="engine")
         self._record.write(
             J.undo_record(
@@ -1026,7 +1074,9 @@ class Trainer:
     def _handle(
         self, cmd: C.Command, source: str, fut: Future[C.CommandResult] | None
     ) -> C.CommandResult:
+        self._source, at = source, self.step  # a rollback moves the step: journaled at this one
         try:
+            cmd = self._concrete(cmd)
             message = self._dispatch(cmd)
             result = C.CommandResult(True, message, cmd.text)
         except StorageError as exc:  # e.g. eval's metrics line: the run ends
@@ -1044,7 +1094,7 @@ class Trainer:
         except Exception as exc:  # nothing a front-end sends may raise inside the loop
             result = C.CommandResult(False, f"{type(exc).__name__}: {exc}", cmd.text)
         try:
-            self._journal_command(cmd, source, result)
+            self._journal_command(cmd, source, result, at)
         except StorageError as exc:  # not journaled: the run ends (see _run)
             result = C.CommandResult(False, f"{result.message}; but {exc}", cmd.text)
             raise
@@ -1053,10 +1103,12 @@ class Trainer:
                 fut.set_result(result)
         return result
 
-    def _journal_command(self, cmd: C.Command, source: str, result: C.CommandResult) -> None:
+    def _journal_command(
+        self, cmd: C.Command, source: str, result: C.CommandResult, step: int | None = None
+    ) -> None:
         self._record.write(
             J.command_record(
-                step=self.step,
+                step=self.step if step is None else step,
                 source=source,
                 cmd=cmd.text,
                 ok=result.ok,
@@ -1072,16 +1124,205 @@ class Trainer:
 
     def _dispatch(self, cmd: C.Command) -> str:
         """Apply one command; its result line, or a CommandError having changed nothing."""
+        if isinstance(cmd, C.LrFind):
+            return self._lrfind.apply(cmd)
+        if self._lrfind.running:  # stop puts the run back first; most others wait
+            self._lrfind.before(cmd)
+        if isinstance(cmd, TUNING_COMMANDS):
+            return self._tuning(cmd)
         if ops.is_op(cmd):
+            before = self._history.before(cmd, self._ops, self.step, self._stepping)
+            if self._undo is None:
+                self._history.arm()
             result, self._undo = ops.apply(cmd, self._ops, self.step, self._undo)
+            self._changed(self._history.applied(cmd, self._ops, self.step, before))
             if result.structure_changed:
                 self._record.views.structure_version += 1
             return result.message
         if isinstance(cmd, STEP_COMMANDS):  # clip, accumulate: how the next step is taken
+            before = self._history.before(cmd, self._ops, self.step, self._stepping)
             message = self._stepping.apply(cmd, own_loop=self.OWN_LOOP)
             self._choose_step()
+            self._changed(self._history.applied(cmd, self._ops, self.step, before))
             return message
         return control.apply(cmd, self._controls, self._facts())
+
+    # ------------------------------------------------------------------ undo, rollback, at
+
+    def _changed(self, entry: Any, kind: str | None = None, text: str | None = None) -> None:
+        """An applied change for Snapshot.changes (``entry``: a history.Entry)."""
+        if entry is not None:
+            self._record.changed(
+                Change(
+                    self.step,
+                    entry.text if text is None else text,
+                    self._source,
+                    entry.groups,
+                    entry.kind if kind is None else kind,
+                )
+            )
+
+    def _tuning(self, cmd: C.Command) -> str:
+        if isinstance(cmd, C.UndoLast):
+            return self._undo_last()
+        if isinstance(cmd, C.At):
+            return self._schedule_at(cmd)
+        if isinstance(cmd, C.AtCancel):
+            item = self._schedule.cancel(cmd.id)
+            return f"cancelled #{item.id}: `{item.cmd.text}` at step {item.step}"
+        assert isinstance(cmd, C.Rollback)
+        return self._rollback(cmd)
+
+    def _undo_last(self) -> str:
+        """``undo``: the newest change on the stack taken back (engine/history.py), its lr
+        edits applied through ops (checked and guarded as any), the rest put back."""
+        fresh = self._undo is None
+        armed = self._undo if self._undo is not None else ops.Undo.capture(self._ops)
+        stack = list(self._history.entries)
+        reverted = self._history.undo(self._ops)  # CommandError: nothing changed
+        for c in reverted.commands:
+            if ops.is_op(c):
+                ops.apply(c, self._ops, self.step, armed)
+            else:
+                self._stepping.apply(c, own_loop=self.OWN_LOOP)
+                self._choose_step()
+        reverted.commit()
+        self._history.done(reverted)
+        if reverted.structure_changed or any(ops.is_op(c) for c in reverted.commands):
+            armed.commands.append("undo")
+            if fresh:
+                self._history.entries, kept = stack, self._history.entries
+                self._history.arm()  # the guard's picture: the stack before this undo
+                self._history.entries = kept
+            self._undo = armed
+        if reverted.structure_changed:
+            self._record.views.structure_version += 1
+        self._changed(reverted.entry, kind="undo", text="undo")
+        left = len(self._history.entries)
+        return f"{reverted.message}; {left} change(s) left to undo"
+
+    def _schedule_at(self, cmd: C.At) -> str:
+        """``at STEP COMMAND``: checked now, queued for the boundary at STEP."""
+        if cmd.step <= self.step:
+            raise CommandError(
+                f"at {cmd.step}: the run is at step {self.step}; schedule a later step "
+                "(or give the command now)"
+            )
+        if self.max_steps is not None and cmd.step > self.max_steps:
+            raise CommandError(f"at {cmd.step}: the run ends at --max-steps {self.max_steps}")
+        inner = cmd.command
+        if ops.is_op(inner):
+            dry_check(inner, self._ops)
+        elif isinstance(inner, C.Accumulate) and self.OWN_LOOP:
+            self._stepping.apply(inner, own_loop=True)  # refused there: says why
+        item = self._schedule.add(cmd.step, inner, self._source)
+        return (
+            f"#{item.id}: `{inner.text}` at step {cmd.step} ({cmd.step - self.step} "
+            f"step(s) from now; `at cancel {item.id}` cancels it)"
+        )
+
+    def _fire_scheduled(self) -> None:
+        """The `at` commands due at this step, applied and journaled with source "at"."""
+        while (item := self._schedule.due(self.step)) is not None:
+            self._handle(item.cmd, "at", None)
+
+    def _concrete(self, cmd: C.Command) -> C.Command:
+        """The command as it is journaled: a rollback names its file and digest (so a
+        replay loads that very file, or refuses one that changed since)."""
+        if not isinstance(cmd, C.Rollback):
+            return cmd
+        self._rollback_allowed()
+        path = self._rollback_path(cmd.path)
+        try:
+            digest = checkpoint_digest(path)
+        except TuiconsoleError as exc:
+            raise CommandError(str(exc)) from None
+        if cmd.digest is not None and cmd.digest != digest:
+            raise CommandError(
+                f"{path} changed since it was journaled (its sha256 is {digest[:12]}…, "
+                f"the command names {cmd.digest[:12]}…); nothing changed"
+            )
+        return C.Rollback(str(path), digest)
+
+    def _rollback_path(self, given: str | None) -> Path:
+        run_dir = self.run_dir
+        if given is None:
+            known = RB.candidates(self._keeper.written, self._resumed_from, run_dir)
+            nan = self.nan_event
+            nan_step = nan.step if nan is not None and self.state == RunState.NAN_PAUSED else None
+            return RB.default(known, self.step, nan_step)
+        path = Path(given).expanduser()
+        if not path.is_absolute() and run_dir is not None and (run_dir / path).is_file():
+            path = run_dir / path
+        if not path.is_file():
+            raise CommandError(f"{given}: no such checkpoint file")
+        return path.resolve()
+
+    def _rollback(self, cmd: C.Rollback) -> str:
+        """Load a checkpoint into this run, live: validated whole before anything changes."""
+        replaying = self._rollback_allowed()
+        assert cmd.path is not None
+        return self._load_rollback(replaying, Path(cmd.path))
+
+    def _rollback_allowed(self) -> bool:
+        """Refuse a rollback where it can't be done (CommandError); True when replaying."""
+        if self.OWN_LOOP:
+            raise CommandError(
+                "rollback: this loop is the script's own (its data and its step counter are "
+                "its code's), so it cannot be moved back; stop, then start it with --resume"
+            )
+        if self._dist is not None:
+            raise CommandError("rollback is not offered under torchrun; stop, then --resume")
+        replaying = self._source.startswith("replay:")
+        if not replaying and self.state in (RunState.RUNNING, RunState.STEPPING):
+            raise CommandError(
+                f"rollback: pause the run first (it is {self.state.value}); nothing changed"
+            )
+        if not replaying and self.state not in (RunState.PAUSED, RunState.NAN_PAUSED):
+            raise CommandError(
+                f"rollback is only for a PAUSED or NAN-PAUSED run (it is {self.state.value})"
+            )
+        return replaying
+
+    def _load_rollback(self, replaying: bool, path: Path) -> str:
+        """Check the checkpoint fits, then take it over: model, optimizer, scheduler,
+        step, epoch, RNG, data position, clip/accumulate and the pending `at` commands."""
+        try:
+            ckpt = load_checkpoint(path)
+            RB.check_fits(ckpt, path, self.model, self.optimizer, self.scheduler, self._data.length)
+            check_rng(self._data.generators, ckpt, path)
+        except TuiconsoleError as exc:
+            raise CommandError(str(exc)) from None
+        before = self.step
+        self._flush_losses()
+        for sched, attr, values in self._script_lists:  # restore() maps them from the script's
+            setattr(sched, attr, list(values))
+        try:
+            self._adopt(path, ckpt)
+            r = self._resumed
+            assert r is not None
+            self._data.rewind()
+            taken = self._data.restore(r.data, path, self.epoch)
+            set_rng_state(r.rng, self._data.generators)
+        except TuiconsoleError as exc:
+            raise CommandError(
+                f"rollback failed part-way ({exc}): the run's state is mixed now; roll back "
+                "to another checkpoint, or stop"
+            ) from None
+        self._undo, self._nan_found = None, None
+        self._history.clear()
+        self._record.losses.rewind(self.step)  # the losses after it are of a gone future
+        self._record.views.rewound()
+        self._record.signals.reset()  # their history is of the gone future too
+        self._choose_step()
+        self._control.rolled_back(replaying)
+        self._record.views.state_version += 1
+        self._record.changed(Change(before, f"rollback {path}", self._source, (), "rollback"))
+        where = f", {taken} batch(es) into epoch {self.epoch_shown}" if taken else ""
+        return (
+            f"rolled back from step {before} to step {self.step} ({path}){where}; model, "
+            "optimizer, scheduler, RNG and data position as they were there"
+        )
 
     # ------------------------------------------------------------------ snapshots
 

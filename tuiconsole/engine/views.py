@@ -67,6 +67,10 @@ class Views:
         self.seq += 1
         return self.seq
 
+    def rewound(self) -> None:
+        """The step went back (a rollback): the rate starts over."""
+        self._rate.clear()
+
     def steps_per_sec(self, now: float, step: int) -> float:
         """Over about the last 3 seconds of snapshots."""
         self._rate.append((now, step))

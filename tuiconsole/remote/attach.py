@@ -139,6 +139,11 @@ def probe(info: RunInfo, timeout: float = 2.0) -> RunEntry:
             optimizer=snap.optimizer_state(),
             telemetry=dataclasses.asdict(snap.telemetry),
             step_view=dataclasses.asdict(snap.step_view) if snap.step_view else None,
+            signals=[
+                {k: v for k, v in dataclasses.asdict(s).items() if not k.endswith("_history")}
+                for s in snap.signals
+            ],
+            signal_every=snap.signal_every,
         )
     finally:
         session.close()

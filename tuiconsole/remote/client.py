@@ -62,13 +62,12 @@ class RemoteSession:
         self.socket_path = str(target.socket if isinstance(target, RunInfo) else target)
         self.run: dict[str, Any] = {}
         self.source = ""  # how the run's log names this client: "remote:<pid>"
-        # Control (see server.py): "control" | "watch"; who has it; how many consoles
-        # are attached. Updated by the server's role frames; ``role_seq`` counts them
-        # and ``role_message`` is the last one's news ("remote:12 took control").
+        # Control (see server.py): "control" | "watch", and who has it. Updated by the
+        # server's role frames; ``role_seq`` counts them and ``role_message`` is the
+        # last one's news ("remote:12 took control"). The client count: ``clients``.
         self.read_only = read_only
         self.role = ""
         self.controller = ""
-        self.clients = 0
         self.role_seq = 0
         self.role_message = ""
         self._lock = threading.Lock()
@@ -142,6 +141,14 @@ class RemoteSession:
     @property
     def run_id(self) -> str:
         return str(self.run.get("id", ""))
+
+    @property
+    def clients(self) -> int | None:
+        """Consoles attached to the run (this one included), as its server last said."""
+        if self._assembler.clients is not None:
+            return self._assembler.clients
+        count = self.run.get("clients")  # the welcome's count, before the first frame
+        return count if isinstance(count, int) else None
 
     # ------------------------------------------------------------------ connection
 
@@ -233,8 +240,6 @@ class RemoteSession:
             return  # a lite probe's welcome, or an older server: no roles
         self.role = str(role)
         self.controller = str(msg.get("controller") or "")
-        clients = msg.get("clients")
-        self.clients = clients if isinstance(clients, int) else self.clients
         self.read_only = bool(msg.get("read_only", self.read_only))
         self.role_message = str(msg.get("message") or "")
         self.role_seq += 1

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from tuiconsole.engine.journal import world_size_now
 from tuiconsole.errors import TuiconsoleError
 from tuiconsole.remote.launch import TrainingProcess
 from tuiconsole.remote.registry import RunInfo, runtime_dir, socket_path, write_info
@@ -91,17 +92,9 @@ def make_info(
         detached=detached,
         decay_factor=decay_factor,
         log=str(log) if log else "",
-        world_size=world_size(),
+        world_size=world_size_now(),
         launcher=os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else 0,
     )
-
-
-def world_size() -> int:
-    """The ranks of the torchrun job this process is rank 0 of (1 on its own)."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 def serve_foreground(

@@ -410,8 +410,8 @@ class LaunchSession:
         return self._remote.role if self._remote is not None else ""
 
     @property
-    def clients(self) -> int:
-        return self._remote.clients if self._remote is not None else 0
+    def clients(self) -> int | None:
+        return self._remote.clients if self._remote is not None else None
 
     @property
     def controller(self) -> str:

@@ -14,7 +14,7 @@ version, :data:`VERSION`) and ``"type"``::
                                                  answer to hello: run metadata, our log tag
                        role {role, clients, id, controller, read_only, message}
                                                  role ("control" | "watch") or count changed
-                       snapshot {snapshot, modules, log}
+                       snapshot {snapshot, modules, log, clients}
                        result {id, result: {ok, message, cmd}}
                        pong
                        error {message}           sent once before the server drops a client
@@ -328,9 +328,11 @@ class SnapshotEncoder:
         with_modules: bool,
         log: Iterable[S.LogEntry],
         sent_groups: list[str] | None = None,
+        clients: int | None = None,
     ) -> bytes:
         """The frame for one client. ``sent_groups``: the groups as this client last
-        got them (updated in place); None sends every group."""
+        got them (updated in place); None sends every group. ``clients``: the consoles
+        attached to the run now (the attach badge), sent as the frame's ``clients``."""
         log_json = json.dumps([to_jsonable(e) for e in log], separators=(",", ":"))
         modules_json = self.modules_json(snap) if with_modules else "null"
         groups = self.groups_json(snap)
@@ -343,7 +345,9 @@ class SnapshotEncoder:
             sent_groups[:] = groups
         text = (
             f'{{"v":{VERSION},"type":"snapshot","snapshot":{self.base_json(snap)},'
-            f'"modules":{modules_json},"log":{log_json},{groups_part}}}'
+            f'"modules":{modules_json},"log":{log_json},{groups_part}'
+            + (f',"clients":{int(clients)}' if clients is not None else "")
+            + "}"
         )
         return frame(text.encode())
 
@@ -355,6 +359,7 @@ class SnapshotAssembler:
         self._modules: tuple[S.ModuleNode, ...] = ()
         self._log: deque[S.LogEntry] = deque(maxlen=log_keep)
         self._groups: list[S.GroupView] = []
+        self.clients: int | None = None  # the last frame's client count, if it said one
 
     def apply(self, msg: dict[str, Any]) -> S.Snapshot:
         body = msg.get("snapshot")
@@ -374,6 +379,8 @@ class SnapshotAssembler:
             if not 0 <= index < len(self._groups):
                 raise ProtocolError(f"groups_changed index {index} is out of range")
             self._groups[index] = from_jsonable(S.GroupView, group)
+        if isinstance(msg.get("clients"), int):
+            self.clients = msg["clients"]
         new_log = from_jsonable(tuple[S.LogEntry, ...], msg.get("log") or [])
         last = self._log[-1].seq if self._log else 0
         self._log.extend(e for e in new_log if e.seq > last)

@@ -233,6 +233,10 @@ class RunEntry:
     # Snapshot.step_view as a dict (amp, scale, max norm, grad norm, clipped, accumulate,
     # compile), None for a plain step
     step_view: dict[str, Any] | None = None
+    # Snapshot.signals without their histories (name, step, grad_norm, param_norm,
+    # update_ratio, adam_step per group) and Snapshot.signal_every
+    signals: list[dict[str, Any]] | None = None
+    signal_every: int = 0
 
 
 def live_runs(clean: bool = True) -> list[RunInfo]:

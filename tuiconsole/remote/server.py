@@ -127,6 +127,7 @@ class _Client:
     last_seq: int = -1
     last_structure: int | None = None
     last_log_seq: int = 0
+    last_clients: int = -1  # the client count its last frame said
     in_flight: int = 0
     owner: bool = False  # the console that started this run (it holds the owner token)
     read_only: bool = False  # `attach --read-only`: its commands are always refused
@@ -574,7 +575,8 @@ class RemoteServer:
     def _offer(self, client: _Client, snap: Any) -> None:
         """Queue ``snap`` for ``client`` unless it has it, or its last is still on its way
         (a slow client skips frames)."""
-        if snap.seq != client.last_seq and not client.has_snapshot_queued:
+        fresh = snap.seq != client.last_seq or client.last_clients != self._attached
+        if fresh and not client.has_snapshot_queued:
             self._queue(client, self._snapshot_frame(client, snap), is_snapshot=True)
 
     # ------------------------------------------------------------------ writing
@@ -607,9 +609,14 @@ class RemoteServer:
         with_modules = not client.lite and snap.structure_version != client.last_structure
         log_delta = () if client.lite else [e for e in snap.log if e.seq > client.last_log_seq]
         data = self._encoder.frame(
-            snap, with_modules=with_modules, log=log_delta, sent_groups=client.sent_groups
+            snap,
+            with_modules=with_modules,
+            log=log_delta,
+            sent_groups=client.sent_groups,
+            clients=self._attached,
         )
         client.last_seq = snap.seq
+        client.last_clients = self._attached
         if with_modules:
             client.last_structure = snap.structure_version
         if log_delta:

@@ -41,6 +41,7 @@ from tuiconsole.ui.keymap import binding_ids, default_path, load_keymap
 from tuiconsole.ui.palette import ConsoleCommands, PaletteEntry
 from tuiconsole.ui.screens.confirm import ConfirmScreen, GuardScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen, LrEdit, LrTarget
+from tuiconsole.ui.screens.group_detail import GroupDetailScreen
 from tuiconsole.ui.screens.help import HelpScreen, key_rows
 from tuiconsole.ui.screens.split_name import SplitNameScreen
 from tuiconsole.ui.widgets.charts import LossCharts
@@ -48,7 +49,7 @@ from tuiconsole.ui.widgets.command_line import CommandInput, CommandLine
 from tuiconsole.ui.widgets.group_table import GroupTable
 from tuiconsole.ui.widgets.layer_tree import LayerTree
 from tuiconsole.ui.widgets.run_log import RunLog
-from tuiconsole.ui.widgets.status import StatusBar
+from tuiconsole.ui.widgets.status import AttachBadge, StatusBar
 
 # After this many unchanged polls, poll only every SLOW_EVERY-th tick (idle/paused/finished).
 IDLE_POLLS = 20
@@ -73,6 +74,7 @@ STEER_ACTIONS = frozenset(
 )
 TREE_ACTIONS = frozenset({"mark", "split", "filter_tree"})  # the tree has focus
 SELECTION_ACTIONS = frozenset({"edit_lr", "decay"})  # the tree or the group table has focus
+ROLE_WORDS = {"control": "controlling", "watch": "watching"}  # the badge's word for a role
 
 
 class CommandDone(Message):
@@ -174,6 +176,14 @@ class ConsoleApp(App[str | None]):
         ),
         Binding("u", "undo", "Undo", tooltip="Undo the last optimizer change", id="undo"),
         Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint", id="checkpoint"),
+        Binding(
+            "i",
+            "group_detail",
+            "Group",
+            show=False,
+            tooltip="Group details: hyper-parameters, state, scheduler, changes (or enter)",
+            id="group_detail",
+        ),
         Binding(
             "ctrl+t",
             "take_control",
@@ -407,8 +417,13 @@ class ConsoleApp(App[str | None]):
         status = snap.status
         if not status.script and self.script_name:
             status = replace(status, script=self.script_name)
-        changed = self.status_bar.show(status, snap.optimizer, snap.run_dir, self._lost)
+        changed = self.status_bar.show(
+            snap, status=status, lost=self._lost, badge=self.attach_badge()
+        )
         changed = self.run_log.show(snap.log) or changed
+        for screen in self.screen_stack:
+            if isinstance(screen, GroupDetailScreen):
+                screen.show(snap)
         self._follow_roles()
         self._refresh_footer()
         if slow_later:
@@ -428,7 +443,7 @@ class ConsoleApp(App[str | None]):
         changed = False
         if due or now < self._active_until:
             changed = self.layer_tree.show(snap)
-            changed = self.group_table.show(snap.groups) or changed
+            changed = self.group_table.show(snap.groups, snap.signals) or changed
         if due:
             self._slow_at = now
             changed = self.charts.show(snap) or changed
@@ -437,6 +452,22 @@ class ConsoleApp(App[str | None]):
 
     def on_key(self) -> None:
         self.wake()
+
+    def attach_badge(self) -> AttachBadge | None:
+        """The header's ``ATTACHED <id> · N clients`` badge, where this console is attached
+        (its session does not own the run). A RemoteSession says its run's id, the clients
+        the server counts (``clients``) and, where it has one, this client's ``role``."""
+        if self.owns_run:
+            return None
+        session = self.session
+        clients = getattr(session, "clients", None)
+        return AttachBadge(
+            run_id=str(getattr(session, "run_id", "") or ""),
+            clients=clients if isinstance(clients, int) else None,
+            role=ROLE_WORDS.get(self.attach_role or "", "")
+            if not self.attach_read_only
+            else "read-only",
+        )
 
     # -- sending commands -------------------------------------------------------------------
 
@@ -802,7 +833,41 @@ class ConsoleApp(App[str | None]):
     @on(DataTable.RowSelected, "#groups")
     def _group_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value is not None:
-            self.edit_group_lr(str(event.row_key.value))
+            self.open_group_detail(str(event.row_key.value))
+
+    def action_group_detail(self) -> None:
+        """``i``: the selected group (table), or the one group of the selected module (tree)."""
+        selected = self._selected()
+        name = None
+        if selected is not None and selected[0] == "group":
+            name = selected[1]
+        elif selected is not None:
+            mod = self.layer_tree.module(selected[1])
+            groups = mod.subtree_groups if mod is not None else ()
+            if len(groups) == 1:
+                name = groups[0]
+            elif groups:
+                self.notify(
+                    f"{selected[1] or 'the model'} is in {len(groups)} groups: pick one in the "
+                    "group table (tab)",
+                    severity="warning",
+                )
+                return
+        if name is None:
+            self.notify("select a group (table) or a module (tree) first", severity="warning")
+            return
+        self.open_group_detail(name)
+
+    def open_group_detail(self, name: str) -> None:
+        if self.snap is None or self.snap.group(name) is None:
+            self.notify(f"no group {name!r}", severity="warning")
+            return
+
+        def closed(result: str | None) -> None:
+            if result == "edit_lr":
+                self.edit_group_lr(name)
+
+        self.push_screen(GroupDetailScreen(self.snap, name), closed)
 
     def palette_entries(self) -> list[PaletteEntry]:
         entries = []
@@ -825,6 +890,13 @@ class ConsoleApp(App[str | None]):
         for g in self.snap.groups if self.snap else ():
             entries.append(
                 PaletteEntry(f"Edit lr of group {g.name}", partial(self.edit_group_lr, g.name))
+            )
+            entries.append(
+                PaletteEntry(
+                    f"Details of group {g.name}",
+                    partial(self.open_group_detail, g.name),
+                    "hyper-parameters, state, scheduler, changes",
+                )
             )
             entries.append(
                 PaletteEntry(

@@ -35,6 +35,8 @@ HPARAM_KEYS: tuple[str, ...] = (
     "alpha=",
 )
 
+LRFIND_KEYS: tuple[str, ...] = ("from=", "to=", "steps=")
+
 
 @dataclass(frozen=True)
 class Vocabulary:
@@ -62,6 +64,8 @@ def candidates(tokens: list[str], index: int, vocab: Vocabulary) -> list[str]:
         return [] if index == 1 else [*vocab.modules, *HPARAM_KEYS]
     if cmd == "rebuild":
         return [*OPTIMIZER_CLASSES, *HPARAM_KEYS] if index == 1 else list(HPARAM_KEYS)
+    if cmd == "lrfind":
+        return ["cancel", *vocab.targets(), *LRFIND_KEYS] if index == 1 else list(LRFIND_KEYS)
     return []
 
 

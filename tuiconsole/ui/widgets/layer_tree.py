@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from tuiconsole.engine.snapshot import GroupView, ModuleNode, Snapshot
-from tuiconsole.ui.fmt import fmt_count, fmt_lr
+from tuiconsole.ui.fmt import Piece, ellipsize, fmt_count, fmt_lr, join_fitted
 from tuiconsole.ui.theme import group_color
 
 MAX_GROUP_TAGS = 3
 # Expand the first level on open when the whole model is this small.
 AUTO_EXPAND_MODULES = 80
 MAX_FILTER_MATCHES = 500  # the / filter shows at most this many matches (and their parents)
+
+TOGGLE_STYLE = Style.from_meta({"toggle": True})  # as Tree marks its expand icon
 
 _LabelKey = tuple[ModuleNode, bool, tuple[tuple[str, int, str], ...]]
 
@@ -254,6 +257,23 @@ class LayerTree(Tree[str], inherit_bindings=False):
             changed = self._relabel(path) or changed
         return changed
 
+    def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        """The label fitted to the cells left of the guides (see render_module_label)."""
+        key = self._label_keys.get(node.data or "") if node.data is not None else None
+        width = self.size.width - 1  # one cell kept for the vertical scrollbar
+        if key is None or width <= 0:
+            return super().render_label(node, base_style, style)
+        depth, parent = 0, node.parent
+        while parent is not None:
+            depth, parent = depth + 1, parent.parent
+        prefix = self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE
+        room = width - depth * self.guide_depth - (len(prefix) if node.allow_expand else 0)
+        label = render_module_label(*key, width=max(0, room))
+        label.stylize(style)
+        if node.allow_expand:
+            return Text.assemble((prefix, base_style + TOGGLE_STYLE), label)
+        return label
+
     # -- actions ----------------------------------------------------------------------------
 
     def action_expand_or_down(self) -> None:
@@ -275,27 +295,85 @@ class LayerTree(Tree[str], inherit_bindings=False):
             self.move_cursor(node.parent)
 
 
+# Which steps a too-long label takes first (fit_pieces ranks): a single group's tag cuts
+# its group name, then drops its lr; then the frozen/tied parameter names go, then group
+# names (leaving colour swatches),
+# then the class, then the parameter count; the module's name is cut last, with "…".
+RANK_LR, RANK_NOTE_NAMES, RANK_SWATCH, RANK_NOTE, RANK_CLASS, RANK_COUNT = 10, 15, 20, 25, 30, 40
+MIN_NAME = 4
+TAG_NAME_CUT = 16  # a group's name in a tag may be cut to this (names are cut, lrs never)
+
+
 def render_module_label(
-    mod: ModuleNode, marked: bool, tags: tuple[tuple[str, int, str], ...]
+    mod: ModuleNode,
+    marked: bool,
+    tags: tuple[tuple[str, int, str], ...],
+    width: int | None = None,
 ) -> Text:
-    """``● name Class 12.3k ■group lr …``; dim when the subtree has no trainable parameters."""
+    """``● name Class 12.3k ■group lr …``; dim when the subtree has no trainable parameters.
+
+    ``width``: the cells the label may take. Too narrow, it drops whole parts (see the
+    RANK_* order): a number is shown whole or not at all, and only the name is cut.
+    """
+    pieces = module_label_pieces(mod, marked, tags)
+    if width is None:
+        return join_fitted(pieces, 10**9)
+    return join_fitted(pieces, width)
+
+
+def module_label_pieces(
+    mod: ModuleNode, marked: bool, tags: tuple[tuple[str, int, str], ...]
+) -> list[Piece]:
     empty = mod.n_params_total == 0 or not mod.subtree_groups
-    text = Text(no_wrap=True)
+    pieces = []
     if marked:
-        text.append("● ", style="bold reverse")
-    text.append(mod.name, style="dim" if empty else "bold")
-    text.append(f" {mod.cls}", style="dim")
+        pieces.append(Piece.fixed(Text("● ", style="bold reverse")))
+    pieces.append(
+        Piece((Text(mod.name, style="dim" if empty else "bold"),), name=True, min_name=MIN_NAME)
+    )
+    pieces.append(Piece.optional(Text(f" {mod.cls}", style="dim"), RANK_CLASS))
     if mod.n_params_total:
-        text.append(f" {fmt_count(mod.n_params_total)}", style="dim" if empty else "")
-    for name, index, lr in tags[:MAX_GROUP_TAGS]:
-        color = group_color(index) if index >= 0 else "default"
-        text.append(f" ■{name}", style=f"bold {color}")
-        if len(tags) == 1:  # several groups: their lrs are in the group table
-            text.append(f" {lr}", style=color)
-    if len(tags) > MAX_GROUP_TAGS:
-        text.append(f" +{len(tags) - MAX_GROUP_TAGS}", style="dim")
-    if mod.frozen:
-        text.append(f" frozen:{','.join(mod.frozen)}", style="italic #87afd7")
-    for own, owner in mod.shared:
-        text.append(f" tied:{own}→{owner or '(model)'}", style="italic #d7af87")
-    return text
+        count = Text(f" {fmt_count(mod.n_params_total)}", style="dim" if empty else "")
+        pieces.append(Piece.optional(count, RANK_COUNT))
+    if tags:
+        pieces.append(_tag_piece(tags))
+    notes = [(f"frozen:{','.join(mod.frozen)}", "frozen", "italic #87afd7")] if mod.frozen else []
+    notes += [
+        (f"tied:{own}→{owner or '(model)'}", "tied", "italic #d7af87") for own, owner in mod.shared
+    ]
+    for full, short, style in notes:
+        pieces.append(
+            Piece(
+                (Text(f" {full}", style=style), Text(f" {short}", style=style), Text()),
+                (RANK_NOTE_NAMES, RANK_NOTE),
+            )
+        )
+    return pieces
+
+
+def _tag_piece(tags: tuple[tuple[str, int, str], ...]) -> Piece:
+    """The groups' tags: ``■name lr`` (one group), ``■a ■b ■c +2``; then swatches only."""
+    shown = tags[:MAX_GROUP_TAGS]
+    more = f" +{len(tags) - MAX_GROUP_TAGS}" if len(tags) > MAX_GROUP_TAGS else ""
+
+    def color(index: int) -> str:
+        return group_color(index) if index >= 0 else "default"
+
+    named = Text()
+    swatches = Text(" ")
+    for name, index, _ in shown:
+        named.append(f" ■{name}", style=f"bold {color(index)}")
+        swatches.append("■", style=f"bold {color(index)}")
+    if more:
+        named.append(more, style="dim")
+        swatches.append(more, style="dim")
+    if len(tags) == 1:  # several groups: their lrs are in the group table
+        name, index, lr = tags[0]
+        style = f"bold {color(index)}"
+        options = [
+            Text.assemble((f" ■{ellipsize(name, cut)}", style), (f" {lr}", color(index)))
+            for cut in (len(name), TAG_NAME_CUT)
+        ]
+        options.append(Text.assemble((" ■", style), (f" {lr}", color(index))))
+        return Piece((*options, swatches), (RANK_LR, RANK_LR + 1, RANK_SWATCH))
+    return Piece((named, swatches), (RANK_SWATCH,))
