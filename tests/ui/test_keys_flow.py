@@ -308,3 +308,23 @@ async def test_a_keymap_that_is_not_toml_keeps_the_defaults(paused_run, tmp_path
         notes = [ln for ln in app.run_log.lines_text if "not valid TOML" in ln]
         assert len(notes) == 1 and "default keys kept" in notes[0]
         await wait_until(pilot, lambda: "␣ Resume" in footer(app), what="the default key")
+
+
+async def test_while_the_script_loads_nothing_to_steer_is_offered() -> None:
+    """The LOADING view (what LaunchSession shows while the script imports): a frozen
+    snapshot in that state is enough to see what the footer offers."""
+    from dataclasses import replace
+
+    from tests.ui.fake_session import FakeSession, frozen_snapshot
+
+    snap = frozen_snapshot()
+    session = FakeSession(replace(snap, status=replace(snap.status, state=RunState.LOADING)))
+    app = ConsoleApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: "q Quit" in footer(app), what="the footer")
+        shown = footer(app)
+        for gone in ("Pause", "Resume", "Decay", "Split", "Undo", "Ckpt"):
+            assert gone not in shown, (gone, shown)
+        await pilot.press("space", "d")
+        await pilot.pause()
+        assert session.submitted == []

@@ -987,8 +987,8 @@ class ConsoleApp(App[str | None]):
             state = self.state
             if self._lost is not None or self.attach_read_only:
                 return False
-            if state is not None and state.is_terminal:
-                return False
+            if state is not None and (state.is_terminal or state == RunState.LOADING):
+                return False  # ended, or the script still loads: nothing to steer yet
             if action == "toggle_pause":
                 return (parameters[:1] == ("resume",)) == self._shows_paused()
         if action in TREE_ACTIONS:
