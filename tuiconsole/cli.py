@@ -572,8 +572,15 @@ def attach(
     decay_factor: Annotated[
         float | None, typer.Option(help="Factor of the d/D decay keys (default: the run's).")
     ] = None,
+    read_only: Annotated[
+        bool,
+        typer.Option("--read-only", help="Watch only: the run refuses this console's commands."),
+    ] = False,
 ) -> None:
-    """Open the console on a running job. Quitting only detaches; `stop` ends the run."""
+    """Open the console on a running job. Quitting only detaches; `stop` ends the run.
+
+    One attached console has control at a time; the others watch until one takes it
+    (`:control` or ctrl+t)."""
     from tuiconsole.remote.attach import attach as attach_run
 
     use_console = not headless and sys.stdin.isatty() and sys.stdout.isatty()
@@ -583,6 +590,7 @@ def attach(
             console=_attach_console(refresh_hz, decay_factor) if use_console else None,
             refresh_hz=refresh_hz,
             stdin=None if sys.stdin is None or sys.stdin.closed else sys.stdin,
+            read_only=read_only,
         )
     )
 

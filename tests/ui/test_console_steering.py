@@ -18,7 +18,7 @@ from tests.helpers import trainer_of
 from tests.ui.real_run import RecordingSession, screen_text, until_shown, wait_until
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.ui.app import ConsoleApp
-from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
+from tuiconsole.ui.screens.confirm import ConfirmScreen, GuardScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen
 from tuiconsole.ui.screens.split_name import SplitNameScreen
 
@@ -79,6 +79,16 @@ async def later_frames(pilot, app: ConsoleApp, n: int = 3) -> None:
     """
     seq0 = app.snap.seq
     await until_shown(pilot, app, lambda s: s.seq >= seq0 + n, f"{n} newer snapshots shown")
+
+
+async def say_yes_to_big_change(pilot, app: ConsoleApp) -> None:
+    """A 10x-or-more lr change asks first (the guard rail); say yes."""
+    await wait_until(pilot, lambda: isinstance(app.screen, GuardScreen), what="the lr question")
+    await pilot.press("y")
+
+
+def footer_text(app: ConsoleApp) -> str:
+    return screen_text(app).splitlines()[-1]
 
 
 def notified(app: ConsoleApp, text: str) -> bool:
@@ -216,6 +226,7 @@ async def test_e_on_group_row_sets_exactly_that_groups_lr(paused_run) -> None:
         await pilot.pause()
         assert isinstance(app.screen, EditLrScreen)
         await pilot.press(*"1e-3", "enter")
+        await say_yes_to_big_change(pilot, app)  # 0.1 -> 1e-3 is 100x
         results = await paused_run.settle()
         assert results[-1].ok, results[-1]
         assert paused_run.texts[-1] == "lr classifier 1e-3"
@@ -246,6 +257,7 @@ async def test_enter_on_tree_node_scales_lr_relatively(paused_run) -> None:
         await pilot.press("enter")
         await pilot.pause()
         await pilot.press(*"/10", "enter")
+        await say_yes_to_big_change(pilot, app)
         assert (await paused_run.settle())[-1].ok
         assert lrs(paused_run) == [0.01 * 0.5 / 10, 0.1]
         await until_shown(pilot, app, lambda s: s.group("features").lr == 0.0005, "the lr")
@@ -287,12 +299,14 @@ async def test_d_decays_selected_group_and_D_all_keeping_state(paused_run) -> No
         before = state_copy(paused_run.optimizer)
         await select_group(pilot, app, "features")
         await pilot.press("d")
+        await say_yes_to_big_change(pilot, app)  # a decay by 0.1 is a 10x change
         assert (await paused_run.settle())[-1].ok
         assert paused_run.texts[-1] == "decay 0.1 features"
         assert lrs(paused_run) == [0.01 * 0.1, 0.1]
         assert_state_kept(paused_run.optimizer, before)
 
         await pilot.press("D")
+        await say_yes_to_big_change(pilot, app)  # D always asks
         assert (await paused_run.settle())[-1].ok
         assert lrs(paused_run) == [0.01 * 0.1 * 0.1, 0.1 * 0.1]
         assert_state_kept(paused_run.optimizer, before)
@@ -376,6 +390,7 @@ async def test_e_on_part_of_a_group_offers_split_first(paused_run) -> None:
         assert checkbox.value is True
         assert "classifier.0" in str(checkbox.label)
         await pilot.press("ctrl+a", "ctrl+k", *"1e-3", "enter")
+        await say_yes_to_big_change(pilot, app)
         assert (await paused_run.settle())[-1].ok
         assert paused_run.texts[-1] == "split classifier.0 classifier.0 lr=1e-3"
         groups = paused_run.optimizer.param_groups
@@ -519,6 +534,7 @@ async def test_palette_runs_console_actions(paused_run) -> None:
         await pilot.press(*"decay group cla")
         await until_first_hit(pilot, app, "classifier")
         await pilot.press("enter")
+        await say_yes_to_big_change(pilot, app)
         await wait_until(pilot, lambda: paused_run.sent, what="the palette command")
         assert (await paused_run.settle())[-1].ok
         assert paused_run.texts == ["decay 0.1 classifier"]
@@ -542,19 +558,24 @@ async def test_help_is_generated_from_the_bindings(paused_run) -> None:
         await pilot.pause()
         rows = {r.action: r for r in app.screen.rows if r.section == "console"}
         assert "detach" not in rows  # nothing serves this run: ctrl+d is off
+        # What does not apply here is not listed: ctrl+d (nothing serves this run), the
+        # log's filter (the tree has focus), Pause (paused), taking control (not attached).
+        off = {"detach", "log_filter", "toggle_pause('pause')", "take_control"}
+        off.add("request_quit('detach')")
+        assert not off & rows.keys()
         for binding in ConsoleApp.BINDINGS:
-            if binding.action == "detach":
+            if binding.action in off:
                 continue
             row = rows[binding.action]
             assert app.get_key_display(binding) in row.keys.split(", "), binding
         assert rows["edit_lr"].keys == "e, ⏎"
         assert rows["edit_lr"].description == "Edit the lr of the selected group/module"
-        assert rows["toggle_pause"].keys == "space"
+        assert rows["toggle_pause('resume')"].keys == "␣"  # paused: "Resume" is offered
         assert rows["request_quit"].keys.startswith("q")
         assert "model tree" in {r.section for r in app.screen.rows}  # the focused tree's keys
         shown = screen_text(app)
         assert "Rebuild the optimizer (drops its state)" in shown
-        app.screen.query_one("#help-grammar").scroll_visible(animate=False)  # below the keys
+        app.screen.query_one("#help-body").scroll_end(animate=False)
         await pilot.pause()
         shown = screen_text(app)
         assert "lr TARGET VALUE" in shown and "at STEP COMMAND" in shown  # the grammar too
@@ -610,10 +631,11 @@ async def test_finished_run_keeps_final_state_and_refuses_steering(run_factory) 
         assert "FINISHED" in app.status_bar.text.plain
         assert "step 5/5" in app.status_bar.text.plain
         await pilot.press("space", "d")
-        await wait_until(pilot, lambda: notified(app, "the run has ended"), what="the refusal")
-        assert session.texts == []
         await later_frames(pilot, app, 3)
+        assert session.texts == []  # nothing offered, nothing sent
         assert "FINISHED" in app.status_bar.text.plain
+        footer = footer_text(app)
+        assert "Pause" not in footer and "Decay" not in footer and "Quit" in footer
 
 
 async def test_error_shows_type_message_and_step(run_factory) -> None:
@@ -651,9 +673,10 @@ async def test_stop_on_the_command_line_asks_then_keeps_the_final_view(paused_ru
         # The loop has ended (no newer snapshots will come): a key answered after it is
         # the positive event that proves the console stayed open.
         await pilot.press("space")
-        await wait_until(pilot, lambda: notified(app, "the run has ended"), what="the refusal")
+        await pilot.pause()
         assert app.is_running, "stopping the run must not close the console"
         assert paused_run.texts == ["stop"]
+        assert "Resume" not in footer_text(app)
         assert "STOPPED" in app.status_bar.text.plain
 
 
@@ -718,6 +741,7 @@ async def test_an_lr_wider_than_its_column_is_shown_whole(paused_run) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
         await pilot.press("colon", *"lr classifier 9.92e-5", "enter")
+        await say_yes_to_big_change(pilot, app)
         assert (await paused_run.settle())[-1].ok
         await until_shown(pilot, app, lambda s: s.groups[1].lr == 9.92e-5, "the new lr")
 

@@ -426,5 +426,7 @@ async def test_a_paused_runs_lr_chart_stands_still_and_shows_an_edit(paused_run)
         assert "0.1┤" in before and "0.01┤" in before  # the real groups' lrs: 0.01 and 0.1
 
         app.submit_line("lr classifier 1e-3")  # an edit while paused shows at once
+        await pilot.pause()
+        await pilot.press("y")  # 100x: the guard rail asks first
         await session.settle()
         await wait_until(pilot, lambda: "1e-3┤" in screen.charts[0].text, what="the edit")

@@ -8,7 +8,7 @@ from pathlib import Path
 from tuiconsole.ui.app import ConsoleApp
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-KEY_NAMES = {"colon": ":", "question_mark": "?"}
+KEY_NAMES = {"colon": ":", "question_mark": "?", "slash": "/"}
 
 
 def keys_table() -> str:

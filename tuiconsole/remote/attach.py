@@ -32,20 +32,22 @@ def attach(
     refresh_hz: float = 10.0,
     stdin: TextIO | None = None,
     out: TextIO = sys.stdout,
+    read_only: bool = False,
 ) -> int:
     """Attach to a run (id, id prefix, run dir, socket path; None: the newest).
 
     ``console(session, info)`` runs a console on it (the CLI picks it); without
     one the log is streamed as text. A socket path is for a socket forwarded
     from another host (``ssh -L /tmp/run.sock:/tmp/tuiconsole-<uid>/<id>.sock
-    host``). Returns the exit code.
+    host``). ``read_only``: watch only; the run's server refuses this client's
+    commands. Returns the exit code.
     """
     if query and _is_socket(query):
-        session = RemoteSession(query, rate=refresh_hz)
+        session = RemoteSession(query, rate=refresh_hz, read_only=read_only)
         info = RunInfo.from_dict({**session.run, "socket": query})
     else:
         info = resolve_run(query)
-        session = RemoteSession(info, rate=refresh_hz)
+        session = RemoteSession(info, rate=refresh_hz, read_only=read_only)
     try:
         if console is not None:
             console(session, info)
@@ -78,12 +80,13 @@ def _goodbye(session: RemoteSession, info: RunInfo) -> str:
 
 def stream(session: RemoteSession, *, stdin: TextIO | None = None, out: TextIO) -> None:
     """Print the run's log as it grows; send stdin lines as commands; until it ends."""
-    if stdin is not None:
+    if stdin is not None and not session.read_only:
         threading.Thread(target=_send_lines, args=(session, stdin, out), daemon=True).start()
     snap = session.snapshot()
+    how = "read-only" if session.read_only else "commands on stdin"
     print(
         f"attached to run {session.run_id} ({snap.status.script}, {snap.status.state.value}, "
-        f"step {snap.status.step}); commands on stdin, ctrl+c detaches",
+        f"step {snap.status.step}); {how}, ctrl+c detaches",
         file=out,
         flush=True,
     )

@@ -50,16 +50,26 @@ class RemoteSession:
         timeout: float = CONNECT_TIMEOUT,
         lite: bool = False,
         owner_token: str | None = None,
+        read_only: bool = False,
     ) -> None:
         """Connect, say hello and wait for the first (full) snapshot.
 
         ``target`` is a RunInfo or a socket path. ``rate`` is the snapshot
         rate asked of the server (Hz). ``lite`` asks for snapshots without the
-        module table and log (for ``ls``). Raises AttachError on failure.
+        module table and log (for ``ls``). ``read_only``: the server refuses every
+        command of this client (``attach --read-only``). Raises AttachError on failure.
         """
         self.socket_path = str(target.socket if isinstance(target, RunInfo) else target)
         self.run: dict[str, Any] = {}
         self.source = ""  # how the run's log names this client: "remote:<pid>"
+        # Control (see server.py): "control" | "watch", and who has it. Updated by the
+        # server's role frames; ``role_seq`` counts them and ``role_message`` is the
+        # last one's news ("remote:12 took control"). The client count: ``clients``.
+        self.read_only = read_only
+        self.role = ""
+        self.controller = ""
+        self.role_seq = 0
+        self.role_message = ""
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: dict[int, tuple[Future[CommandResult], str]] = {}
@@ -71,7 +81,7 @@ class RemoteSession:
         self._assembler = P.SnapshotAssembler()
         self._sock = self._connect(timeout)
         try:
-            self._handshake(rate, lite, timeout, owner_token)
+            self._handshake(rate, lite, timeout, owner_token, read_only)
         except BaseException:
             self._sock.close()
             raise
@@ -158,11 +168,15 @@ class RemoteSession:
             raise AttachError(f"cannot connect to {self.socket_path}: {exc}") from None
         return sock
 
-    def _handshake(self, rate: float, lite: bool, timeout: float, owner: str | None) -> None:
+    def _handshake(
+        self, rate: float, lite: bool, timeout: float, owner: str | None, read_only: bool
+    ) -> None:
         # Refused at once? Then the send may fail, but the error frame is still readable.
         hello: dict[str, Any] = {"pid": os.getpid(), "rate": float(rate), "lite": lite}
         if owner:
             hello["owner"] = owner
+        if read_only:
+            hello["read_only"] = True
         with contextlib.suppress(OSError):
             self._send(P.message("hello", **hello))
         try:
@@ -173,7 +187,11 @@ class RemoteSession:
                 raise AttachError(f"unexpected first message {welcome['type']!r}")
             self.run = dict(welcome.get("run") or {})
             self.source = str(welcome.get("source", ""))
+            self._on_role(welcome)
             first = P.read_message(self._sock)
+            while first["type"] == "role":  # another client's change, before our snapshot
+                self._on_role(first)
+                first = P.read_message(self._sock)
             if first["type"] != "snapshot":
                 raise AttachError(f"expected a snapshot, got {first['type']!r}")
             self._on_snapshot(first)
@@ -194,6 +212,8 @@ class RemoteSession:
                     self._on_snapshot(msg)
                 elif kind == "result":
                     self._on_result(msg)
+                elif kind == "role":
+                    self._on_role(msg)
                 elif kind == "bye":
                     reason = str(msg.get("reason") or "the run's server said goodbye")
                     break
@@ -213,6 +233,27 @@ class RemoteSession:
         self._snapshot = snap
         if snap.status.state.is_terminal:
             self._ended.set()
+
+    def _on_role(self, msg: dict[str, Any]) -> None:
+        role = msg.get("role")
+        if role not in ("control", "watch"):
+            return  # a lite probe's welcome, or an older server: no roles
+        self.role = str(role)
+        self.controller = str(msg.get("controller") or "")
+        self.read_only = bool(msg.get("read_only", self.read_only))
+        self.role_message = str(msg.get("message") or "")
+        self.role_seq += 1
+
+    def take_control(self) -> None:
+        """Ask for control: the server makes this client the controller (the previous
+        one then watches) and says so in a role frame; refused for a read-only client."""
+        with contextlib.suppress(OSError):
+            self._send(P.message("control"))
+
+    @property
+    def client_id(self) -> str:
+        """How the server names this client ("remote:<pid>"): the badge's id."""
+        return self.source
 
     def _on_result(self, msg: dict[str, Any]) -> None:
         with self._lock:

@@ -404,6 +404,37 @@ class LaunchSession:
     def run_id(self) -> str:
         return self.training.run_id
 
+    # Control, as the run's server sees this console (RemoteSession's; "" until it serves).
+    @property
+    def role(self) -> str:
+        return self._remote.role if self._remote is not None else ""
+
+    @property
+    def clients(self) -> int | None:
+        return self._remote.clients if self._remote is not None else None
+
+    @property
+    def controller(self) -> str:
+        return self._remote.controller if self._remote is not None else ""
+
+    @property
+    def client_id(self) -> str:
+        return self._remote.client_id if self._remote is not None else ""
+
+    @property
+    def role_seq(self) -> int:
+        return self._remote.role_seq if self._remote is not None else 0
+
+    @property
+    def role_message(self) -> str:
+        return self._remote.role_message if self._remote is not None else ""
+
+    read_only = False  # the console that started a run always may steer it
+
+    def take_control(self) -> None:
+        if self._remote is not None:
+            self._remote.take_control()
+
     # ------------------------------------------------------------------ the watcher
 
     def _watch(self) -> None:

@@ -4,12 +4,16 @@ A frame is a 4-byte big-endian unsigned length followed by that many bytes of
 UTF-8 JSON, one object per frame. Every object carries ``"v"`` (the protocol
 version, :data:`VERSION`) and ``"type"``::
 
-    client -> server   hello {pid, rate, lite}   first frame, always
+    client -> server   hello {pid, rate, lite, read_only?, owner?}   first frame, always
                        command {id, text, source}
+                       control                   take control (the controller then watches)
                        rate {hz}                 change the snapshot rate
                        ping                      answered with pong
                        bye
-    server -> client   welcome {run, source}     answer to hello: run metadata, our log tag
+    server -> client   welcome {run, source, role, clients, id, controller, read_only}
+                                                 answer to hello: run metadata, our log tag
+                       role {role, clients, id, controller, read_only, message}
+                                                 role ("control" | "watch") or count changed
                        snapshot {snapshot, modules, log, clients}
                        result {id, result: {ok, message, cmd}}
                        pong

@@ -18,6 +18,13 @@ stop training):
 - Connections that have not said hello have their own slots: when those are
   full, the oldest is dropped, so silent connections cannot lock out `attach`.
 - Every peer's uid is checked with SO_PEERCRED; other users are refused.
+- One client at a time has control (its commands are applied); the others watch,
+  and their commands are refused with a message saying who has control, until one
+  sends ``control`` (``:control`` in the console), which takes it (the previous
+  controller then watches). A ``read_only`` client can never steer. While nobody
+  has control (the controller left), a steering client's first command takes it.
+  Every attached client hears its role and the client count in a ``role`` frame
+  whenever either changes.
 """
 
 from __future__ import annotations
@@ -123,6 +130,8 @@ class _Client:
     last_clients: int = -1  # the client count its last frame said
     in_flight: int = 0
     owner: bool = False  # the console that started this run (it holds the owner token)
+    read_only: bool = False  # `attach --read-only`: its commands are always refused
+    role: str = ""  # "control" | "watch" once past hello (lite probes have none)
     sent_groups: list[str] = field(default_factory=list)  # the groups as it last got them
     events: int = selectors.EVENT_READ  # what the selector watches for it
 
@@ -168,6 +177,7 @@ class RemoteServer:
         self._next_key = 0
         self._next_tick = 0.0  # when snapshots are next looked at (shared by all clients)
         self._attached = 0
+        self._controller: int | None = None  # the key of the client in control
         self.last_client_left = time.monotonic()  # monotonic time the last client left
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
         self.dropped: list[str] = []  # reasons, newest last (bounded), for tests and logs
@@ -344,10 +354,15 @@ class RemoteServer:
         if self._clients.pop(client.key, None) is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._sel.unregister(client.sock)
+            had_control = self._controller == client.key
+            if had_control:
+                self._controller = None
             if client.hello and not client.lite:
                 self._attached -= 1
                 if not self._attached:
                     self.last_client_left = time.monotonic()
+            if had_control or (client.hello and not client.lite):
+                self._announce_roles()
 
     # ------------------------------------------------------------------ reading
 
@@ -399,6 +414,8 @@ class RemoteServer:
             self._drop(client, "detached", warn=False)
         elif kind == "ping":
             self._queue(client, P.message("pong"))
+        elif kind == "control":
+            self._take_control(client)
         else:
             raise P.ProtocolError(f"unknown message type {kind!r}")
 
@@ -412,16 +429,82 @@ class RemoteServer:
         token = msg.get("owner")
         if self.owner_token and isinstance(token, str):
             client.owner = hmac.compare_digest(token.encode(), self.owner_token.encode())
+        client.read_only = bool(msg.get("read_only"))
         if not client.lite:
             self._attached += 1
+            free = self._controller is None
+            if not client.read_only and (free or client.owner):
+                self._controller = client.key  # the run's own console steers from the start
+            client.role = "control" if self._controller == client.key else "watch"
         client.interval = 1.0 / _rate(msg.get("rate"))
         run = self.info.to_dict()
         run["clients"] = self.clients
-        self._queue(client, P.message("welcome", run=run, source=client.name))
+        self._queue(
+            client,
+            P.message("welcome", run=run, source=client.name, **self._role_fields(client)),
+        )
         client.next_due = 0.0  # the full snapshot goes out on this iteration
         self._next_tick = 0.0
         if not client.lite:
-            log.info("%s attached", client.name)
+            log.info("%s attached (%s)", client.name, client.role)
+            self._announce_roles(skip=client)
+
+    # ------------------------------------------------------------------ control
+
+    def _controller_name(self) -> str:
+        holder = self._clients.get(self._controller) if self._controller is not None else None
+        return holder.name if holder is not None else ""
+
+    def _role_fields(self, client: _Client) -> dict[str, Any]:
+        """What a ``role`` frame (and the welcome) tells ``client`` about control."""
+        return {
+            "role": client.role,
+            "clients": self.clients,
+            "id": client.name,
+            "controller": self._controller_name(),
+            "read_only": client.read_only,
+        }
+
+    def _announce_roles(self, skip: _Client | None = None, message: str = "") -> None:
+        """Tell every attached client its role and the client count (after a change)."""
+        if self._stop.is_set():
+            return  # shutting down: each client hears bye instead
+        for other in list(self._clients.values()):
+            if other is skip or not other.hello or other.lite:
+                continue
+            other.role = "control" if self._controller == other.key else "watch"
+            self._queue(other, P.message("role", message=message, **self._role_fields(other)))
+
+    def _take_control(self, client: _Client) -> None:
+        if client.lite:
+            raise P.ProtocolError("a lite probe cannot take control")
+        if client.read_only:
+            refused = "read-only attach: this console cannot take control"
+            self._queue(client, P.message("role", message=refused, **self._role_fields(client)))
+            return
+        before = self._controller_name()
+        self._controller = client.key
+        taken = f"{client.name} took control" + (f" from {before}" if before else "")
+        if before != client.name:
+            log.info("%s", taken)
+        self._announce_roles(message=taken)
+
+    def _refusal(self, client: _Client, text: str, source: str) -> str | None:
+        """Why ``client`` may not run ``text`` now, or None (it may; it may take control)."""
+        if client.read_only:
+            return "read-only attach: commands are refused (attach without --read-only to steer)"
+        if self._controller == client.key:
+            return None
+        if client.owner and (text.strip() == "stop" or source.startswith("signal:")):
+            return None  # leaving the console that started a run stops it, as it always did
+        if self._controller is None:
+            self._controller = client.key  # nobody steers: this command takes control
+            self._announce_roles(message=f"{client.name} took control")
+            return None
+        return (
+            f"watching: {self._controller_name()} has control; "
+            ":control (ctrl+t) takes it, then this console steers"
+        )
 
     def _command(self, client: _Client, msg: dict[str, Any]) -> None:
         msg_id, text = msg.get("id"), msg.get("text")
@@ -438,6 +521,11 @@ class RemoteServer:
             source = str(extra)[:40] if owned else "ui"
         elif isinstance(extra, str) and extra not in ("", "ui") and set(extra) <= SOURCE_CHARS:
             source = f"{client.name}:{extra[:32]}"
+        refused = self._refusal(client, text, source)
+        if refused is not None:
+            result = CommandResult(False, refused, text.strip())
+            self._queue(client, P.message("result", id=msg_id, result=P.result_to_dict(result)))
+            return
         client.in_flight += 1
         key = client.key
         try:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import ClassVar
 
 from textual import on
+from textual.actions import parse as parse_action
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -33,15 +36,17 @@ from tuiconsole.engine.snapshot import RunState, Snapshot
 from tuiconsole.session import DETACHED, Session
 from tuiconsole.ui.completion import Vocabulary
 from tuiconsole.ui.fmt import fmt_count
+from tuiconsole.ui.guard import LrJump, big_jumps, lr_jumps
+from tuiconsole.ui.keymap import binding_ids, default_path, load_keymap
 from tuiconsole.ui.palette import ConsoleCommands, PaletteEntry
-from tuiconsole.ui.screens.confirm import ConfirmScreen, RebuildScreen
+from tuiconsole.ui.screens.confirm import ConfirmScreen, GuardScreen, RebuildScreen
 from tuiconsole.ui.screens.edit_lr import EditLrScreen, LrEdit, LrTarget
 from tuiconsole.ui.screens.group_detail import GroupDetailScreen
 from tuiconsole.ui.screens.help import HelpScreen, key_rows
 from tuiconsole.ui.screens.plots import PlotScreen
 from tuiconsole.ui.screens.split_name import SplitNameScreen
 from tuiconsole.ui.widgets.charts import LossCharts
-from tuiconsole.ui.widgets.command_line import CommandLine
+from tuiconsole.ui.widgets.command_line import CommandInput, CommandLine
 from tuiconsole.ui.widgets.group_table import GroupTable
 from tuiconsole.ui.widgets.layer_tree import LayerTree
 from tuiconsole.ui.widgets.run_log import RunLog
@@ -62,6 +67,15 @@ SLOW_PARTS_S = 1.0  # charts were 60% of the UI thread's time at 0.5 s (cProfile
 ACTIVE_S = 1.5
 PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
 PAUSE_INTENT_S = 3.0  # how long a space press outranks a view that has not caught up
+# Actions that steer the run: not offered once it has ended, is out of reach, or when
+# this console is a read-only attach.
+STEER_ACTIONS = frozenset(
+    {"toggle_pause", "step", "evaluate", "edit_lr", "decay", "decay_all", "undo", "mark"}
+    | {"split", "rebuild", "checkpoint"}
+)
+TREE_ACTIONS = frozenset({"mark", "split", "filter_tree"})  # the tree has focus
+SELECTION_ACTIONS = frozenset({"edit_lr", "decay"})  # the tree or the group table has focus
+ROLE_WORDS = {"control": "controlling", "watch": "watching"}  # the badge's word for a role
 
 
 class CommandDone(Message):
@@ -82,10 +96,27 @@ class ConsoleApp(App[str | None]):
     TITLE = "tuiconsole"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     # The footer shows these (show=True) and the `?` screen lists them all: the one table.
+    # In this order: where the footer is too narrow for all, what is cut is the tail.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "toggle_pause", "Pause", tooltip="Pause / resume training", id="pause"),
+        # Two bindings on space: the footer says what it does now (check_action picks).
+        # The footer is one line for all that applies: short words, ␣ for space.
+        Binding(
+            "space",
+            "toggle_pause('pause')",
+            "Pause",
+            tooltip="Pause / resume training",
+            id="pause",
+            key_display="␣",
+        ),
+        Binding(
+            "space",
+            "toggle_pause('resume')",
+            "Resume",
+            tooltip="Resume training",
+            id="resume",
+            key_display="␣",
+        ),
         Binding("n", "step", "Step", tooltip="Run exactly one step (while paused)", id="step"),
-        Binding("v", "evaluate", "Eval", tooltip="Evaluate now on eval_loader", id="eval"),
         Binding(
             "e",
             "edit_lr",
@@ -105,13 +136,47 @@ class ConsoleApp(App[str | None]):
             "d", "decay", "Decay", tooltip="Decay the selected group's lr (state kept)", id="decay"
         ),
         Binding(
+            "colon", "command_line", "Cmd", tooltip="Command line (full grammar)", id="command_line"
+        ),
+        Binding("question_mark", "help", "Help", tooltip="This help", id="help"),
+        Binding(
+            "q", "request_quit", "Quit", tooltip="Quit (asks first; stops training)", id="quit"
+        ),
+        Binding(
+            "q",
+            "request_quit('detach')",
+            "Detach",
+            show=False,
+            tooltip="Detach (attached: the run goes on)",
+            id="quit_detach",
+        ),
+        Binding(
+            "ctrl+d",
+            "detach",
+            "Detach",
+            tooltip="Detach: the run keeps training in the background (tuiconsole attach)",
+            id="detach",
+        ),
+        Binding("m", "mark", "Mark", tooltip="Mark/unmark a module for split", id="mark"),
+        Binding(
+            "s",
+            "split",
+            "Split",
+            tooltip="Split marked (or selected) modules into a new group",
+            id="split",
+        ),
+        Binding(
+            "slash", "filter_tree", "Find", tooltip="Filter the model tree by name", id="filter"
+        ),
+        Binding(
             "D",
             "decay_all",
-            "Decay all",
-            show=False,
-            tooltip="Decay every group's lr",
+            "All",
+            tooltip="Decay every group's lr (asks first)",
             id="decay_all",
         ),
+        Binding("u", "undo", "Undo", tooltip="Undo the last optimizer change", id="undo"),
+        Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint", id="checkpoint"),
         Binding(
             "i",
             "group_detail",
@@ -121,38 +186,23 @@ class ConsoleApp(App[str | None]):
             id="group_detail",
         ),
         Binding(
-            "m", "mark", "Mark", show=False, tooltip="Mark/unmark a module for split", id="mark"
+            "ctrl+t",
+            "take_control",
+            "Control",
+            tooltip="Take control of an attached run (another console then watches)",
+            id="take_control",
         ),
         Binding(
-            "s",
-            "split",
-            "Split",
-            tooltip="Split marked (or selected) modules into a new group",
-            id="split",
-        ),
-        Binding(
-            "R",
-            "rebuild",
-            "Rebuild",
-            tooltip="Rebuild the optimizer (drops its state)",
-            id="rebuild",
-        ),
-        Binding(
-            "c",
-            "checkpoint",
-            "Checkpoint",
-            show=False,
-            tooltip="Save a checkpoint",
-            id="checkpoint",
-        ),
-        Binding(
-            "colon", "command_line", "Cmd", tooltip="Command line (full grammar)", id="command_line"
+            "f",
+            "log_filter",
+            "Filter log",
+            tooltip="Log: all / commands / errors (log focused)",
+            id="log_filter",
         ),
         Binding(
             "ctrl+p",
             "command_palette",
             "Palette",
-            show=False,
             tooltip="Command palette",
             id="palette",
             priority=True,
@@ -165,13 +215,28 @@ class ConsoleApp(App[str | None]):
             tooltip="Full-screen plots: loss, lr, grad norm, update ratio, lr range test",
             id="plots",
         ),
-        Binding("question_mark", "help", "Help", tooltip="This help", id="help"),
         Binding(
-            "q", "request_quit", "Quit", tooltip="Quit (asks first; stops training)", id="quit"
+            "v", "evaluate", "Eval", show=False, tooltip="Evaluate now on eval_loader", id="eval"
+        ),
+        Binding(
+            "R",
+            "rebuild",
+            "Rebuild",
+            show=False,  # rare and drops state: in ? and the palette, not the footer
+            tooltip="Rebuild the optimizer (drops its state)",
+            id="rebuild",
+        ),
+        Binding(
+            "z",
+            "zoom",
+            "Zoom",
+            show=False,
+            tooltip="Zoom the focused pane (z again: back)",
+            id="zoom",
         ),
         Binding(
             "ctrl+q",
-            "request_quit",
+            "request_quit('any')",
             "Quit",
             show=False,
             priority=True,
@@ -180,20 +245,12 @@ class ConsoleApp(App[str | None]):
         ),
         Binding(
             "ctrl+c",
-            "request_quit",
+            "request_quit('any')",
             "Quit",
             show=False,
             priority=True,
             tooltip="Quit",
             id="quit_ctrl_c",
-        ),
-        Binding(
-            "ctrl+d",
-            "detach",
-            "Detach",
-            show=False,
-            tooltip="Detach: the run keeps training in the background (tuiconsole attach)",
-            id="detach",
         ),
     ]
 
@@ -205,11 +262,12 @@ class ConsoleApp(App[str | None]):
         decay_factor: float = 0.1,
         script_name: str = "",
         can_detach: bool | None = None,
+        keymap_file: str | Path | None = None,
     ) -> None:
         """``can_detach`` (default: the session's): ctrl+d ends ``run()`` with
         ``DETACHED`` and the caller keeps the run going. Where the session does not
         own its run (``attach``), ``q`` only detaches: stopping it is the explicit
-        ``:stop``."""
+        ``:stop``. ``keymap_file``: the user's keymap (default: keymap.default_path())."""
         super().__init__()
         if refresh_hz <= 0:
             raise ValueError("refresh_hz must be > 0")
@@ -235,6 +293,11 @@ class ConsoleApp(App[str | None]):
         self._last_pane = "tree"
         self._quitting = False
         self._lost: str | None = None
+        self._pane = "tree"  # the focused pane: "tree" | "groups" | "log"
+        self._bindings_key: tuple[object, ...] = ()  # what the footer was computed for
+        self._in_flight: dict[str, Future[CommandResult]] = {}  # text -> its future
+        self._role_seq = 0
+        self.keymap_file = Path(keymap_file) if keymap_file is not None else default_path()
         if script_name:
             self.sub_title = script_name
 
@@ -266,6 +329,7 @@ class ConsoleApp(App[str | None]):
     def on_mount(self) -> None:
         self.layer_tree.focus()
         self.run_log.note("keys: space pause · e lr · d decay · s split · : command · ? help")
+        self._load_keymap()
         self.poll(force=True)
         self._schedule(1 / self.refresh_hz)
 
@@ -296,7 +360,7 @@ class ConsoleApp(App[str | None]):
             return max(tick, 1 / RUNNING_HZ)
         return tick
 
-    def poll(self, force: bool = False) -> None:
+    def poll(self, force: bool = False, *, slow_later: bool = False) -> None:
         """Pull the newest snapshot; redraw only what changed. Cheap when nothing did.
 
         After IDLE_POLLS polls with nothing new on screen (paused, finished, a stalled
@@ -315,13 +379,14 @@ class ConsoleApp(App[str | None]):
             self._failed = True
             return
         self._failed = False
+        self._follow_roles()
         if snap is not None and (
             force
             or self.snap is None
             or snap.seq != self.snap.seq
             or snap.status.state != self.snap.status.state  # LOADING -> the run
         ):
-            changed = self.apply_snapshot(snap)
+            changed = self.apply_snapshot(snap, slow_later=slow_later)
         elif self._slow_pending and self.snap is not None:
             changed = self._show_slow_parts(self.snap, time.monotonic())
         else:
@@ -346,7 +411,7 @@ class ConsoleApp(App[str | None]):
         if self._poll_timer is not None and self._poll_due > now + tick:
             self._schedule(tick)
 
-    def apply_snapshot(self, snap: Snapshot) -> bool:
+    def apply_snapshot(self, snap: Snapshot, *, slow_later: bool = False) -> bool:
         """Show ``snap``; returns True if any widget redrew.
 
         The status line and the log follow every snapshot; the slow parts (charts, group
@@ -368,7 +433,19 @@ class ConsoleApp(App[str | None]):
         for screen in self.screen_stack:
             if isinstance(screen, GroupDetailScreen):
                 screen.show(snap)
+        self._follow_roles()
+        self._refresh_footer()
+        if slow_later:
+            # A command's answer: the status line and the log go out in this frame; the
+            # tree, table and charts (the costly redraws) just after it, not before it.
+            self._slow_pending = True
+            self.call_after_refresh(self._show_deferred)
+            return changed
         return self._show_slow_parts(snap, time.monotonic()) or changed
+
+    def _show_deferred(self) -> None:
+        if self._slow_pending and self.snap is not None:
+            self._show_slow_parts(self.snap, time.monotonic())
 
     def _show_slow_parts(self, snap: Snapshot, now: float) -> bool:
         due = snap.status.state != RunState.RUNNING or now - self._slow_at >= SLOW_PARTS_S
@@ -396,7 +473,9 @@ class ConsoleApp(App[str | None]):
         return AttachBadge(
             run_id=str(getattr(session, "run_id", "") or ""),
             clients=clients if isinstance(clients, int) else None,
-            role=str(getattr(session, "role", "") or ""),
+            role=ROLE_WORDS.get(self.attach_role or "", "")
+            if not self.attach_read_only
+            else "read-only",
         )
 
     # -- sending commands -------------------------------------------------------------------
@@ -406,11 +485,27 @@ class ConsoleApp(App[str | None]):
         return self.snap.status.state if self.snap else None
 
     def send(self, text: str, then: Callable[[], object] | None = None) -> Future[CommandResult]:
-        """Submit one command text; ``then`` runs (on the UI thread) if it succeeded."""
+        """Submit one command text; ``then`` runs (on the UI thread) if it succeeded.
+
+        The same text again before its result came back is not sent twice (a key held
+        down, an impatient second press): the first one's future is returned.
+        """
         self.wake()
+        waiting = self._in_flight.get(text)
+        if waiting is not None and not waiting.done():
+            self.notify(
+                f"{text}: sent, waiting for its result", severity="information", markup=False
+            )
+            return waiting
         future = self.session.submit(text, source="ui")
+        self._in_flight[text] = future
         future.add_done_callback(partial(self._resolved, text, then))
         return future
+
+    def is_pending(self, text: str) -> bool:
+        """``text`` was sent and its result has not come back yet."""
+        future = self._in_flight.get(text)
+        return future is not None and not future.done()
 
     def _resolved(
         self, text: str, then: Callable[[], object] | None, future: Future[CommandResult]
@@ -425,17 +520,22 @@ class ConsoleApp(App[str | None]):
 
     def on_command_done(self, message: CommandDone) -> None:
         self.wake()
+        if (waiting := self._in_flight.get(message.text)) is not None and waiting.done():
+            del self._in_flight[message.text]
         # The command's effect is already in the session's snapshot: the trainer
         # publishes before it answers, and a server sends that frame ahead of the
         # result. Show it now, not at the next tick.
-        self.poll()
+        self.poll(slow_later=True)
         if self._poll_timer is not None:
             self._schedule(1 / self.refresh_hz)
         if not message.result.ok:
             if message.text in ("pause", "resume"):
                 self._pause_intent = None
             self.notify(str(message.result), title=message.text, severity="error", markup=False)
-        elif message.then is not None:
+            return
+        if message.text == "undo":  # say what was undone (the log has it too)
+            self.notify(message.result.message or "undone", title="undo", markup=False)
+        if message.then is not None:
             message.then()
 
     def _steer(self, text: str, then: Callable[[], object] | None = None) -> bool:
@@ -446,6 +546,9 @@ class ConsoleApp(App[str | None]):
                 f"the run has ended ({state.value}); q quits", severity="warning", markup=False
             )
             return False
+        if self.is_pending(text):
+            self.send(text, then)  # says it is waiting; sends nothing
+            return False
         self.send(text, then)
         return True
 
@@ -454,9 +557,12 @@ class ConsoleApp(App[str | None]):
     def on_descendant_focus(self, event: Message) -> None:
         widget = getattr(event, "widget", None) or self.focused
         if isinstance(widget, LayerTree):
-            self._last_pane = "tree"
+            self._last_pane = self._pane = "tree"
         elif isinstance(widget, GroupTable):
-            self._last_pane = "groups"
+            self._last_pane = self._pane = "groups"
+        elif isinstance(widget, RunLog):
+            self._pane = "log"
+        self._refresh_footer()
 
     def _selected(self) -> tuple[str, str] | None:
         """("group", name) or ("module", path) from the focused (or last focused) pane."""
@@ -489,14 +595,21 @@ class ConsoleApp(App[str | None]):
 
     # -- actions: run control ---------------------------------------------------------------
 
-    def action_toggle_pause(self) -> None:
+    def _shows_paused(self) -> bool:
+        """Paused as far as the user knows: the view, or a space press it has not caught up
+        with yet."""
         paused = self.state in PAUSED_STATES
         if self._pause_intent is not None:
             wanted, until = self._pause_intent
             if paused != wanted and time.monotonic() < until:
                 paused = wanted
+        return paused
+
+    def action_toggle_pause(self, _shown: str = "") -> None:
+        paused = self._shows_paused()
         if self._steer("resume" if paused else "pause"):
             self._pause_intent = (not paused, time.monotonic() + PAUSE_INTENT_S)
+            self._refresh_footer(force=True)
 
     def action_step(self) -> None:
         steppable = (*PAUSED_STATES, RunState.STEPPING)
@@ -510,6 +623,10 @@ class ConsoleApp(App[str | None]):
 
     def action_checkpoint(self) -> None:
         self.send("checkpoint")
+
+    def action_undo(self) -> None:
+        """``undo``: the engine reverts the last optimizer change; its answer is shown."""
+        self._steer("undo")
 
     # -- actions: learning rates ------------------------------------------------------------
 
@@ -560,6 +677,14 @@ class ConsoleApp(App[str | None]):
     ) -> None:
         if edit is None:
             return
+        # The change as the groups see it (a module: the groups holding it), asked first
+        # when big; the split (if any) and the change go only after a yes.
+        self.guarded(
+            f"lr {path if path else target} {edit.value}",
+            partial(self._send_lr, target, path, split_name, edit),
+        )
+
+    def _send_lr(self, target: str, path: str, split_name: str | None, edit: LrEdit) -> None:
         if not (edit.split_first and split_name):
             self._steer(f"lr {target} {edit.value}")
         elif edit.value[:1] in "*/":
@@ -589,10 +714,47 @@ class ConsoleApp(App[str | None]):
         self.decay(target)
 
     def action_decay_all(self) -> None:
-        self.decay("all")
+        self.decay("all", always_ask=True)
 
-    def decay(self, target: str) -> None:
-        self._steer(f"decay {self.decay_factor!r} {target}")
+    def decay(self, target: str, *, always_ask: bool = False) -> None:
+        text = f"decay {self.decay_factor!r} {target}"
+        self.guarded(text, partial(self._steer, text), always_ask=always_ask)
+
+    # -- guard rails ------------------------------------------------------------------------
+
+    def lr_jumps(self, text: str) -> list[LrJump]:
+        """What ``text`` (an ``lr`` or ``decay``) would do to each shown group's lr."""
+        groups = self.snap.groups if self.snap else ()
+
+        def module_groups(path: str) -> tuple[str, ...]:
+            mod = self.layer_tree.module(path)
+            return mod.subtree_groups if mod is not None else ()
+
+        return lr_jumps(text, groups, module_groups)
+
+    def guarded(self, text: str, go: Callable[[], object], *, always_ask: bool = False) -> None:
+        """Run ``go`` now, or after a yes when ``text`` changes an lr by BIG_FACTOR or more
+        (or ``always_ask``: D, every group at once)."""
+        jumps = self.lr_jumps(text)
+        big = big_jumps(jumps)
+        if not big and not always_ask:
+            go()
+            return
+        shown = big or jumps
+        lines = [j.describe() for j in shown[:6]]
+        if len(shown) > 6:
+            lines.append(f"… and {len(shown) - 6} more groups")
+        factor = max((j.factor for j in big), default=0.0)
+        title = f"Change the lr {factor:.3g}x?" if big else "Change every group's lr?"
+        if big and math.isinf(factor):
+            title = "Set an lr to 0?" if any(j.new == 0 for j in big) else "Change the lr?"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                go()
+
+        body = f"{text}\n" + "\n".join(lines) + "\nmomentum/Adam state kept"
+        self.push_screen(GuardScreen(title, body, "Apply", "Cancel"), answered)
 
     # -- actions: groups --------------------------------------------------------------------
 
@@ -653,13 +815,22 @@ class ConsoleApp(App[str | None]):
         self.submit_line(event.line)
 
     def submit_line(self, line: str) -> None:
-        """A typed command (``:`` line or palette); ``stop`` asks first."""
-        if line.split(maxsplit=1)[0].lstrip(":").lower() == "stop":
+        """A typed command (``:`` line or palette); ``stop`` and big lr changes ask first;
+        ``control`` (not a run command: the connection's) takes control of an attached run."""
+        word = line.split(maxsplit=1)[0].lstrip(":").lower()
+        if word == "stop":
             self.confirm_stop()
+        elif word == "control":
+            self.action_take_control()
         else:
-            self.send(line)
+            self.guarded(line, partial(self.send, line))
 
     @on(CommandLine.Closed)
+    def _command_line_closed(self) -> None:
+        if self.command_line.mode == "filter" and self.layer_tree.filter_text:
+            self._tree_filter_changed(CommandLine.FilterChanged("", done=False))  # esc clears
+        self._close_command_line()
+
     def _close_command_line(self) -> None:
         self.command_line.close()
         widget: Widget = self.group_table if self._last_pane == "groups" else self.layer_tree
@@ -717,6 +888,9 @@ class ConsoleApp(App[str | None]):
             assert isinstance(binding, Binding)
             if binding.action in seen or binding.action in ("command_palette",):
                 continue
+            _, name, params = parse_action(binding.action)
+            if self.check_action(name, params) is False:
+                continue  # the palette offers what the footer would: what applies now
             seen.add(binding.action)
             entries.append(
                 PaletteEntry(
@@ -745,11 +919,14 @@ class ConsoleApp(App[str | None]):
             )
         return entries
 
-    def action_request_quit(self) -> None:
+    def action_request_quit(self, _which: str = "") -> None:
         if isinstance(self.screen, ConfirmScreen):  # q / ctrl+c pressed again: yes
             self.screen.dismiss(True)
             return
         state = self.state
+        if self.owns_run and self._lost is None and state is not None and state.is_terminal:
+            self._quit_answered(True)  # nothing to stop, nothing to lose: no question
+            return
         if self._lost is not None:
             title, body, yes = (
                 "Quit tuiconsole?",
@@ -807,9 +984,139 @@ class ConsoleApp(App[str | None]):
             self.exit(DETACHED)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """What the footer offers (and the keys do): only what applies now, to the focused
+        pane. Refreshed when the run's state, the pane or this console's role changes."""
         if action == "detach":
-            return self.can_detach
+            return self.can_detach and self._lost is None
+        if action == "request_quit":
+            detaching = not self.owns_run and self._lost is None
+            if parameters[:1] == ("any",):
+                return True
+            return detaching if parameters[:1] == ("detach",) else not detaching
+        if action == "take_control":
+            return self.attach_role == "watch" and not self.attach_read_only
+        if action in STEER_ACTIONS:
+            state = self.state
+            if self._lost is not None or self.attach_read_only:
+                return False
+            if state is not None and (state.is_terminal or state == RunState.LOADING):
+                return False  # ended, or the script still loads: nothing to steer yet
+            if action == "toggle_pause":
+                return (parameters[:1] == ("resume",)) == self._shows_paused()
+        if action in TREE_ACTIONS:
+            return self._pane == "tree"
+        if action in SELECTION_ACTIONS:
+            return self._pane in ("tree", "groups")
+        if action == "log_filter":
+            return self._pane == "log"
         return True
+
+    def _refresh_footer(self, force: bool = False) -> None:
+        """refresh_bindings, only when something check_action reads has changed."""
+        key = (
+            self.state,
+            self._lost,
+            self._pane,
+            self._shows_paused(),
+            self.attach_role,
+            self.attach_read_only,
+        )
+        if force or key != self._bindings_key:
+            self._bindings_key = key
+            self.refresh_bindings()
+
+    # -- attached: control ------------------------------------------------------------------
+
+    @property
+    def attach_role(self) -> str | None:
+        """ "control" | "watch" when the run is served to this console over its socket
+        (attached, or the console of `tuiconsole run`); None for a run in this process."""
+        role = getattr(self.session, "role", None)
+        return str(role) if role else None
+
+    @property
+    def attach_clients(self) -> int:
+        """Consoles attached to the run (this one included); 0 for a run in this process."""
+        return int(getattr(self.session, "clients", 0) or 0)
+
+    @property
+    def attach_id(self) -> str:
+        """How the run's server names this console ("remote:<pid>"); "" locally."""
+        return str(getattr(self.session, "client_id", "") or "")
+
+    @property
+    def attach_controller(self) -> str:
+        """Who has control of the run ("" when nobody, or locally)."""
+        return str(getattr(self.session, "controller", "") or "")
+
+    @property
+    def attach_read_only(self) -> bool:
+        return bool(getattr(self.session, "read_only", False))
+
+    def _follow_roles(self) -> None:
+        """Say it when control changed hands (the session's role frames)."""
+        seq = int(getattr(self.session, "role_seq", 0) or 0)
+        if seq == self._role_seq:
+            return
+        self._role_seq = seq
+        message = str(getattr(self.session, "role_message", "") or "")
+        if message:
+            self.run_log.note(message)
+        self._refresh_footer()
+
+    def action_take_control(self) -> None:
+        take = getattr(self.session, "take_control", None)
+        if take is None or self.attach_role is None:
+            self.notify("this console steers its own run: nothing to take", markup=False)
+            return
+        if self.attach_read_only:
+            self.notify(
+                "read-only attach: attach without --read-only to steer",
+                severity="warning",
+                markup=False,
+            )
+            return
+        take()
+        self.wake()
+
+    # -- view: zoom, tree filter, log filter ------------------------------------------------
+
+    def action_zoom(self) -> None:
+        """The focused pane full screen (z again, or escape: back)."""
+        screen = self.screen
+        if screen.maximized is not None:
+            screen.minimize()
+            return
+        pane = {"tree": self.layer_tree, "groups": self.group_table, "log": self.run_log}
+        widget = pane.get(self._pane, self.layer_tree)
+        screen.maximize(widget, container=False)
+
+    def action_filter_tree(self) -> None:
+        self.command_line.open_filter(self.layer_tree.filter_text)
+
+    def action_log_filter(self) -> None:
+        mode = self.run_log.cycle_filter()
+        self.run_log.border_title = "log" if mode == "all" else f"log · {mode} (f: next)"
+
+    @on(CommandLine.FilterChanged)
+    def _tree_filter_changed(self, event: CommandLine.FilterChanged) -> None:
+        count = self.layer_tree.set_filter(event.text)
+        title = "model" if not event.text else f"model · /{event.text} · {count} match"
+        self.layer_tree.border_title = title + ("" if count == 1 or not event.text else "es")
+        if event.done:
+            self._close_command_line()
+
+    # -- keymap -----------------------------------------------------------------------------
+
+    def _load_keymap(self) -> None:
+        known = binding_ids(self.BINDINGS)
+        for node_type in (LayerTree, GroupTable, RunLog, CommandInput):
+            known |= binding_ids(getattr(node_type, "BINDINGS", ()))
+        keymap = load_keymap(self.keymap_file, known)
+        for warning in keymap.warnings:
+            self.run_log.note(warning, error=True)
+        if keymap.keys:
+            self.set_keymap(keymap.keys)
 
     def confirm_stop(self) -> None:
         """``stop`` typed on the command line or picked in the palette: ask first."""

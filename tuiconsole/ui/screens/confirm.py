@@ -1,4 +1,5 @@
-"""Confirmations: quit / detach / stop (yes-no) and rebuild (drops optimizer state)."""
+"""Confirmations: quit / detach / stop (yes-no), big lr changes and rebuild (drops
+optimizer state)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,10 @@ HPARAM_HINTS = {
 }
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question. ``q`` / ``y`` / enter on Yes / ctrl+c confirm; ``n`` / escape cancel.
+class _YesNo(ModalScreen[bool]):
+    """A yes/no question; the keys that say yes are the subclass's."""
 
-    Used for quitting (which stops training cleanly), detaching and ``stop``.
-    """
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q,y,ctrl+c", "confirm", "Yes", id="confirm.yes", priority=True),
-        Binding("n,escape", "cancel", "No", id="confirm.no"),
-    ]
+    YES_KEYS = "y"
 
     def __init__(self, title: str, body: str, yes: str = "Quit", no: str = "Stay") -> None:
         super().__init__()
@@ -41,8 +36,9 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.body, id="confirm-body")
-            yield Static(f"q / y: {self.yes.lower()} · n / esc: {self.no.lower()}", classes="hint")
+            yield Static(self.body, id="confirm-body", markup=False)
+            keys = " / ".join(self.YES_KEYS.split(","))
+            yield Static(f"{keys}: {self.yes.lower()} · n / esc: {self.no.lower()}", classes="hint")
             with Horizontal(classes="buttons"):
                 yield Button(self.yes, variant="error", id="confirm-yes", compact=True)
                 yield Button(self.no, id="confirm-no", compact=True)
@@ -57,6 +53,29 @@ class ConfirmScreen(ModalScreen[bool]):
     @on(Button.Pressed, "#confirm-no")
     def action_cancel(self) -> None:
         self.dismiss(False)
+
+
+class ConfirmScreen(_YesNo):
+    """``q`` / ``y`` / enter on Yes / ctrl+c confirm; ``n`` / escape cancel.
+
+    Used for quitting (which stops training cleanly), detaching and ``stop``.
+    """
+
+    YES_KEYS = "q,y"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q,y,ctrl+c", "confirm", "Yes", id="confirm.yes", priority=True),
+        Binding("n,escape", "cancel", "No", id="confirm.no"),
+    ]
+
+
+class GuardScreen(_YesNo):
+    """ "Change the lr 100x?": only ``y`` (or enter on Apply) says yes; the focus starts on
+    Cancel, so a stray enter or q changes nothing."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "confirm", "Yes", id="guard.yes"),
+        Binding("n,escape", "cancel", "No", id="guard.no"),
+    ]
 
 
 def rebuild_command(cls: str, lr: str, extra: str) -> str:

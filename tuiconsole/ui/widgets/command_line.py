@@ -1,8 +1,13 @@
-"""The ':' command line: the full command grammar, tab completion and history."""
+"""The ':' command line: the full command grammar, tab completion and history.
+
+The same bar is the tree's ``/`` filter: opened with :meth:`CommandLine.open_filter`,
+each keystroke posts :class:`CommandLine.FilterChanged` (enter keeps the filter,
+escape clears it).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -18,6 +23,16 @@ from tuiconsole.errors import CommandError
 from tuiconsole.ui.completion import Vocabulary, complete
 
 MAX_MATCHES_SHOWN = 12
+HINT = "tab completes · ↑/↓ history · enter runs · esc closes"
+FILTER_HINT = "filter the model tree by module name · enter keeps it · esc clears it"
+# Words the console itself answers (not run commands: never journaled).
+CONSOLE_WORDS = ("control",)
+
+
+def placeholder_for(groups: Sequence[str]) -> str:
+    """The input's example line, with a group this run really has."""
+    group = groups[0] if groups else "all"
+    return f"lr {group} 1e-3 · decay 0.1 · split NAME MODULE… · rebuild Adam lr=1e-3"
 
 
 class CommandInput(Input):
@@ -37,8 +52,11 @@ class CommandInput(Input):
         self._hist_pos = 0
         self._draft = ""
         self._cycle: tuple[str, tuple[str, ...], int] | None = None
+        self.filtering = False  # the / filter: no command completion or history
 
     def action_complete(self) -> None:
+        if self.filtering:
+            return
         line = self.value[: self.cursor_position]
         matches: tuple[str, ...]
         if self._cycle is not None and self._cycle[0] == self.value:
@@ -62,7 +80,7 @@ class CommandInput(Input):
         self.post_message(CommandLine.Matches(matches))
 
     def action_history(self, delta: int) -> None:
-        if not self.history:
+        if not self.history or self.filtering:
             return
         if self._hist_pos == len(self.history):
             self._draft = self.value
@@ -86,10 +104,15 @@ class CommandLine(Vertical):
     parses; a line that does not parse stays in the input with the error shown inline."""
 
     DEFAULT_CSS = """
+    /* Its own layer, docked above the footer: opening it resizes no pane (a layout of
+       every pane cost ~100 ms a key on a loaded box), it overlays the log's last rows. */
     CommandLine {
         display: none;
         height: auto;
         background: $panel;
+        layer: cmdline;
+        dock: bottom;
+        margin-bottom: 1;
     }
     CommandLine.-active { display: block; }
     CommandLine #cmd-hint { height: auto; max-height: 3; color: $text-muted; padding: 0 1; }
@@ -112,9 +135,18 @@ class CommandLine(Vertical):
             super().__init__()
             self.matches = matches
 
+    class FilterChanged(Message):
+        """The ``/`` filter's text (``done``: enter or escape closed the bar)."""
+
+        def __init__(self, text: str, done: bool = False) -> None:
+            super().__init__()
+            self.text = text
+            self.done = done
+
     def __init__(self, vocabulary: Callable[[], Vocabulary], *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._vocabulary = vocabulary
+        self.mode = "command"  # or "filter" (the tree's / filter)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="cmd-hint")
@@ -122,7 +154,7 @@ class CommandLine(Vertical):
             yield Label(":", id="cmd-prompt")
             yield CommandInput(
                 self._vocabulary,
-                placeholder="lr features 1e-3 · decay 0.1 · split NAME MODULE… · rebuild Adam lr=1e-3",
+                placeholder=placeholder_for([]),
                 id="cmd-input",
                 select_on_focus=False,
                 compact=True,
@@ -137,8 +169,24 @@ class CommandLine(Vertical):
         return self.has_class("-active")
 
     def open(self, text: str = "") -> None:
+        self.mode = "command"
+        self.input.filtering = False
+        self.query_one("#cmd-prompt", Label).update(":")
+        self.input.placeholder = placeholder_for(self._vocabulary().groups)
         self.add_class("-active")
-        self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+        self.hint(HINT)
+        self.input.value = text
+        self.input.cursor_position = len(text)
+        self.input.focus()
+
+    def open_filter(self, text: str = "") -> None:
+        """The bar as the tree's ``/`` filter (prompt ``/``)."""
+        self.mode = "filter"
+        self.input.filtering = True
+        self.query_one("#cmd-prompt", Label).update("/")
+        self.input.placeholder = "module name (part of its path)"
+        self.add_class("-active")
+        self.hint(FILTER_HINT)
         self.input.value = text
         self.input.cursor_position = len(text)
         self.input.focus()
@@ -155,8 +203,16 @@ class CommandLine(Vertical):
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
         line = event.value.strip()
+        if self.mode == "filter":
+            self.post_message(CommandLine.FilterChanged(line, done=True))
+            return
         if not line:
             self.post_message(CommandLine.Closed())
+            return
+        if line.lstrip(":").lower() in CONSOLE_WORDS:
+            self.input.remember(line)
+            self.input.value = ""
+            self.post_message(CommandLine.Submitted(line))
             return
         try:
             parse(line)
@@ -171,9 +227,12 @@ class CommandLine(Vertical):
     @on(Input.Changed, "#cmd-input")
     def _changed(self, event: Input.Changed) -> None:
         event.stop()
+        if self.mode == "filter":
+            self.post_message(CommandLine.FilterChanged(event.value.strip()))
+            return
         hint = self.query_one("#cmd-hint", Static)
         if hint.has_class("-error"):
-            self.hint("tab completes · ↑/↓ history · enter runs · esc closes")
+            self.hint(HINT)
 
     @on(Matches)
     def _show_matches(self, event: Matches) -> None:

@@ -22,6 +22,7 @@ from tuiconsole.ui.theme import group_color
 MAX_GROUP_TAGS = 3
 # Expand the first level on open when the whole model is this small.
 AUTO_EXPAND_MODULES = 80
+MAX_FILTER_MATCHES = 500  # the / filter shows at most this many matches (and their parents)
 
 TOGGLE_STYLE = Style.from_meta({"toggle": True})  # as Tree marks its expand icon
 
@@ -64,6 +65,7 @@ class LayerTree(Tree[str], inherit_bindings=False):
         self._label_keys: dict[str, _LabelKey] = {}
         self._version: int | None = None
         self._lr_key: tuple[tuple[str, str], ...] = ()
+        self.filter_text = ""  # the / filter: only modules whose path or class has it
 
     # -- data -------------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class LayerTree(Tree[str], inherit_bindings=False):
             new = {m.path: m for m in snap.modules}
             if new.keys() != self._modules.keys():
                 self._modules = new
-                self._reset()
+                self._rebuild()
                 return True
             self._modules = new
         return self._relabel_loaded()
@@ -131,6 +133,56 @@ class LayerTree(Tree[str], inherit_bindings=False):
         paths, self.marked = self.marked, set()
         for p in paths:
             self._relabel(p)
+
+    # -- the / filter -----------------------------------------------------------------------
+
+    def set_filter(self, text: str) -> int:
+        """Show only the modules whose path or class contains ``text`` (any case), with
+        their parents; "" shows the whole tree again. Returns the number of matches."""
+        self.filter_text = text.strip()
+        self._rebuild()
+        return len(self._filter_matches()) if self.filter_text else 0
+
+    def _filter_matches(self) -> list[str]:
+        needle = self.filter_text.lower()
+        return [
+            p
+            for p, m in self._modules.items()
+            if p and (needle in p.lower() or needle in m.cls.lower())
+        ]
+
+    def _rebuild(self) -> None:
+        if not self.filter_text:
+            self._reset()
+            return
+        matches = self._filter_matches()[:MAX_FILTER_MATCHES]
+        keep = {""}
+        for path in matches:
+            parts = path.split(".")
+            keep.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        self.clear()
+        self._loaded = {"": self.root}
+        self._label_keys = {}
+        if "" not in self._modules:
+            return
+        self._relabel("")
+        todo = [self.root]
+        while todo:
+            node = todo.pop()
+            mod = self._modules.get(node.data or "")
+            for child_path in mod.children if mod is not None else ():
+                child = self._modules.get(child_path)
+                if child is None or child_path not in keep:
+                    continue
+                tnode = node.add(
+                    self._label(child_path), data=child_path, allow_expand=bool(child.children)
+                )
+                self._loaded[child_path] = tnode
+                todo.append(tnode)
+            if node.children:
+                node.expand()
+        first = self._loaded.get(matches[0]) if matches else None
+        self.call_after_refresh(self.move_cursor, first or self.root)  # once lines exist
 
     # -- tree building ----------------------------------------------------------------------
 
