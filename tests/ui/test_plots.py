@@ -42,7 +42,16 @@ from tuiconsole.ui.widgets.line_chart import (
     reduce_points,
     render,
 )
-from tuiconsole.ui.widgets.plots import changes_line, ema, fit, loss_chart, lr_chart
+from tuiconsole.ui.widgets.plots import (
+    changes_line,
+    ema,
+    fit,
+    loss_chart,
+    lr_chart,
+    lrfind_chart,
+    lrfind_line,
+    lrfind_shown,
+)
 
 # -- the drawing ------------------------------------------------------------------------
 
@@ -430,3 +439,18 @@ async def test_a_paused_runs_lr_chart_stands_still_and_shows_an_edit(paused_run)
         await pilot.press("y")  # 100x: the guard rail asks first
         await session.settle()
         await wait_until(pilot, lambda: "1e-3┤" in screen.charts[0].text, what="the edit")
+
+
+def test_the_range_tests_blow_up_is_left_off_so_the_dip_can_be_read() -> None:
+    """A sweep ends where the loss explodes (4x its lowest, or inf): drawn to scale, the
+    dip an lr is read from would be a flat line at the bottom."""
+    lf = plotted_snapshot().lrfind
+    assert lf is not None
+    shown = lrfind_shown(lf.losses)
+    assert shown == 44 and max(lf.losses[:shown]) <= 3.0 < lf.losses[shown]
+    chart = lrfind_chart(plotted_snapshot())
+    assert len(chart.lines[0].ys) == 44
+    assert "not drawn: the blow-up from lr" in lrfind_line(plotted_snapshot())
+    assert lrfind_shown((2.3, 2.1, float("nan"))) == 2
+    assert lrfind_shown((2.3, 2.1, 1.9)) == 3  # nothing to leave off
+    assert lrfind_shown((0.5, -1.0, 40.0)) == 3  # a loss <= 0: no scale to judge by

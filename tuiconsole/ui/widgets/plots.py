@@ -3,6 +3,7 @@ full-screen plot view share (tests read them too)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tuiconsole.engine.snapshot import Change, GroupSignals, Series, Snapshot
@@ -145,8 +146,9 @@ def lrfind_chart(snap: Snapshot, *, log: bool = False) -> Chart:
     markers: tuple[Marker, ...] = ()
     if lf.suggestion is not None:
         markers = (Marker(lf.suggestion, f"suggested {fmt_lr(lf.suggestion)}", SUGGESTION),)
+    shown = lrfind_shown(lf.losses)
     return Chart(
-        lines=(Line(lf.lrs, lf.losses, EMA, "loss"),),
+        lines=(Line(lf.lrs[:shown], lf.losses[:shown], EMA, "loss"),),
         markers=markers,
         log_x=True,
         log_y=log,
@@ -166,6 +168,20 @@ def fit(parts: Sequence[str], width: int, sep: str = " · ") -> str:
     return out
 
 
+def lrfind_shown(losses: Sequence[float]) -> int:
+    """How many of a sweep's points the chart draws: up to the blow-up, the first loss
+    above 1.5x the larger of the first and the lowest (the range a user reads an lr from;
+    a loss of 50 at the end would flatten the dip to a line). All where losses go <= 0."""
+    finite = [v for v in losses if math.isfinite(v)]
+    if not finite or min(finite) <= 0:
+        return len(losses)
+    cap = 1.5 * max(finite[0], min(finite))
+    for i, v in enumerate(losses):
+        if not v <= cap:  # also NaN / inf
+            return max(i, 1)
+    return len(losses)
+
+
 def lrfind_line(snap: Snapshot, width: int = 1000) -> str:
     lf = snap.lrfind
     if lf is None:
@@ -180,6 +196,9 @@ def lrfind_line(snap: Snapshot, width: int = 1000) -> str:
         if lf.rule:
             parts.append(f"suggestion: {lf.rule}")
     parts.append(f"at step {lf.at_step}")
+    shown = lrfind_shown(lf.losses)
+    if shown < len(lf.losses):
+        parts.append(f"not drawn: the blow-up from lr {fmt_lr(lf.lrs[shown])}")
     if lf.message:
         parts.insert(1, lf.message)
     return fit(parts, width)
