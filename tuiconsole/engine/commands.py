@@ -592,12 +592,12 @@ def _parse_at(args: list[str]) -> Command:
         raise CommandError(f"at: STEP must be a whole number, got {args[0]!r}") from None
     if step < 1:
         raise CommandError(f"at: STEP must be >= 1, got {step}")
-    if args[1].lower() in NOT_SCHEDULABLE:
-        raise CommandError(f"at: {args[1].lower()!r} cannot be scheduled")
     try:
         inner = parse(shlex.join(args[1:]))
     except CommandError as exc:
         raise CommandError(f"at {step}: {exc}") from None
+    if inner.name in NOT_SCHEDULABLE:  # the parsed name: `:undo` is undo too
+        raise CommandError(f"at: {inner.name!r} cannot be scheduled")
     return At(step, inner)
 
 
