@@ -183,7 +183,7 @@ def test_what_a_client_sent_after_bye_is_discarded(served) -> None:
 
 
 def test_what_a_client_sent_after_a_malformed_frame_is_discarded(served) -> None:
-    s = served.raw()
+    s = served.raw(lite=False)  # a console's hello: a lite probe (ls) may not steer
     s.sendall(
         P.message("command", id=1, text="set head momentum=0.7")
         + P.frame(b"\x00garbage")

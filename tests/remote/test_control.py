@@ -154,3 +154,16 @@ async def test_read_only_console_offers_no_steering(served) -> None:
             what="the read-only answer",
         )
         assert session.role == "watch"
+
+
+def test_an_ls_probe_never_steers_nor_takes_control(served) -> None:
+    """A lite probe (what `tuiconsole ls` opens) is refused every command, also when
+    nobody has control, so it can never lock consoles out as the controller."""
+    lite = served.attach(lite=True)
+    refused = lite.submit("lr head 0.4").result(RESULT_TIMEOUT)
+    assert not refused.ok and "does not steer" in refused.message
+    assert served.server._controller is None
+    console = served.attach()
+    assert console.role == "control"
+    assert console.submit("lr head 0.3").result(RESULT_TIMEOUT).ok
+    assert head_lr(console) == 0.3

@@ -45,12 +45,12 @@ class Served:
         self.clients.append(client)
         return client
 
-    def raw(self, hello: bool = True) -> socket.socket:
+    def raw(self, hello: bool = True, lite: bool = True) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(10)
         s.connect(self.info.socket)
         if hello:
-            s.sendall(P.message("hello", pid=0, rate=10, lite=True))
+            s.sendall(P.message("hello", pid=0, rate=10, lite=lite))
             assert P.read_message(s)["type"] == "welcome"
             assert P.read_message(s)["type"] == "snapshot"
         return s

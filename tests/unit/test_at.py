@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.unit.models import Driver, make_spec
-from tuiconsole.engine.snapshot import PendingCommand
+from tuiconsole.engine.snapshot import PendingCommand, RunState
 from tuiconsole.engine.trainer import RunConfig, Trainer
 
 
@@ -55,6 +55,10 @@ def test_at_refuses_past_steps_and_what_would_fail_now(drive):
         ("at 9 split x nosuch.module", "nosuch.module"),
         ("at 9 undo", "cannot be scheduled"),
         ("at 9 rollback", "cannot be scheduled"),
+        ("at 9 :undo", "cannot be scheduled"),  # the ':' a typed line may carry
+        ("at 9 :at 12 lr all 0.1", "cannot be scheduled"),
+        ("at 9 :lrfind", "cannot be scheduled"),
+        ("at 9 ROLLBACK", "cannot be scheduled"),
         ("at nine lr all 0.1", "whole number"),
     ]:
         r = d.cmd(bad)
@@ -106,3 +110,28 @@ def test_pending_commands_survive_a_checkpoint_and_resume(drive, tmp_path):
         assert resumed.trainer.latest_snapshot().status.last_eval.step == 8
     finally:
         resumed.trainer.close()
+
+
+def test_a_replay_does_not_apply_scheduled_control_commands(drive, tmp_path):
+    """As journaled control commands are not: the replay neither pauses where the
+    original paused (it would wait for a resume it is never given) nor writes a
+    checkpoint over the original's file."""
+    mine = tmp_path / "mine.pt"
+    d = drive()
+    assert d.cmd("at 3 pause").ok and d.cmd(f"at 4 checkpoint {mine}").ok
+    d.steps(3)  # the pause fires at 3: still paused, as the step ended there anyway
+    d.steps(3)
+    assert mine.is_file()
+    written = mine.read_bytes()
+    assert d.cmd("stop").ok
+    d.trainer.close()
+    journal = d.trainer.run_dir / "journal.jsonl"
+    replay = Trainer(make_spec(), RunConfig(run_dir=tmp_path / "replay", replay=journal)).prepare()
+    try:
+        replay.step_now(1000)
+        assert replay.state == RunState.STOPPED and replay.step == 6
+        assert mine.read_bytes() == written
+        notes = [e.text for e in replay.latest_snapshot().log]
+        assert any("`at 3 pause` not applied (control)" in t for t in notes), notes
+    finally:
+        replay.close()

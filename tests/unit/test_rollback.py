@@ -221,3 +221,37 @@ def test_a_rollback_across_a_split_gives_each_group_its_own_schedule_back(drive)
     straight.steps(9)
     assert [g["lr"] for g in d.opt.param_groups] == [g["lr"] for g in straight.opt.param_groups]
     assert same_tensors(weights(d.trainer.model), weights(straight.trainer.model))
+
+
+def test_a_rollback_says_which_at_commands_it_dropped_and_keeps_the_files_it_names(drive, tmp_path):
+    """The checkpoint's `at` queue replaces the run's: a command queued after that
+    checkpoint is named as dropped, and its id is not handed out again. A checkpoint
+    written when the run is back at that step does not overwrite the file the journal's
+    rollback names, so the journal still replays."""
+    d = drive()
+    d.steps(5)
+    assert d.cmd("checkpoint").ok
+    first = d.trainer.run_dir / "checkpoint-step5.pt"
+    content = first.read_bytes()
+    d.steps(3)
+    assert d.cmd("at 20 lr features 1e-5").ok
+    r = d.cmd("rollback")
+    assert r.ok and d.trainer.step == 5, r.message
+    assert "dropped 1 `at` command(s) queued after it (#1 at 20: lr features 1e-05)" in r.message
+    assert d.cmd("at 30 decay 0.5").message.startswith("#2:")
+    assert d.cmd("lr all 0.05").ok
+    assert d.cmd("checkpoint").ok
+    assert first.read_bytes() == content
+    assert (d.trainer.run_dir / "checkpoint-step5-2.pt").is_file()
+    d.steps(2)
+    assert d.cmd("stop").ok
+    original = d.trainer
+    original.close()
+    journal = original.run_dir / "journal.jsonl"
+    replay = Trainer(make_spec(), RunConfig(run_dir=tmp_path / "replay", replay=journal)).prepare()
+    try:
+        replay.step_now(1000)
+        assert replay.state == RunState.STOPPED and replay.step == original.step == 7
+        assert same_tensors(weights(replay.model), weights(original.model))
+    finally:
+        replay.close()

@@ -48,10 +48,11 @@ class Keeper:
         self, path: Path | None, reason: str, step: int, epoch: int, together: bool = True
     ) -> Path:
         """A checkpoint of the run now (``path``, or checkpoint-step{step}.pt in the run
-        dir); CheckpointWriteError (a CommandError) when it could not be written.
+        dir, -2, -3... when that exists: a run back at a step after a rollback must not
+        overwrite the file the journal's rollback names); CheckpointWriteError (a CommandError) when it could not be written.
         ``together``: every rank of a torchrun job is writing it now (not after an error)."""
         run_dir, journal = self._record.shape.run_dir, self._record.files.journal
-        path = path or (run_dir or Path(".")) / f"checkpoint-step{step}.pt"
+        path = path or _free_name(run_dir or Path("."), step)
         o = self._ops
         mine = {"rng": rng_state(self._data.generators), "data": self._data.position()}
         ranks = self._ranks(mine) if self._ranks is not None and together else None
@@ -119,3 +120,11 @@ class Keeper:
     def kept(self, step: int) -> str:
         """What is on disk to resume from, in words (for a storage error's one line)."""
         return faults.kept(self._record.files.journal_whole, step, self.last)
+
+
+def _free_name(run_dir: Path, step: int) -> Path:
+    """checkpoint-step{step}.pt, or the first -N.pt of it that does not exist yet."""
+    path, n = run_dir / f"checkpoint-step{step}.pt", 2
+    while path.exists():
+        path, n = run_dir / f"checkpoint-step{step}-{n}.pt", n + 1
+    return path

@@ -25,7 +25,7 @@ from torch import nn
 from tuiconsole.engine import groups as G
 from tuiconsole.errors import CommandError, TuiconsoleError
 
-_STEP_FILE = re.compile(r"checkpoint-step(\d+)\.pt$")
+_STEP_FILE = re.compile(r"checkpoint-step(\d+)(?:-\d+)?\.pt$")  # -N: keeper._free_name
 
 
 def candidates(

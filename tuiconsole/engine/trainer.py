@@ -1224,6 +1224,13 @@ class Trainer:
     def _fire_scheduled(self) -> None:
         """The `at` commands due at this step, applied and journaled with source "at"."""
         while (item := self._schedule.due(self.step)) is not None:
+            if item.cmd.control and item.source.startswith("replay:"):
+                # as journaled control commands are: a replay does not pause, step or
+                # write checkpoints over the original run's files
+                self._append_log(
+                    "info", f"replay: `at {item.step} {item.cmd.text}` not applied (control)"
+                )
+                continue
             self._handle(item.cmd, "at", None)
 
     def _concrete(self, cmd: C.Command) -> C.Command:
@@ -1294,6 +1301,7 @@ class Trainer:
         except TuiconsoleError as exc:
             raise CommandError(str(exc)) from None
         before = self.step
+        pending, next_id = self._schedule.views(), self._schedule.next_id
         self._flush_losses()
         for sched, attr, values in self._script_lists:  # restore() maps them from the script's
             setattr(sched, attr, list(values))
@@ -1319,9 +1327,18 @@ class Trainer:
         self._record.views.state_version += 1
         self._record.changed(Change(before, f"rollback {path}", self._source, (), "rollback"))
         where = f", {taken} batch(es) into epoch {self.epoch_shown}" if taken else ""
+        # The checkpoint's `at` queue replaces this one: say what went with the gone
+        # future, and never hand out an id the user saw before the rollback again.
+        self._schedule.next_id = max(self._schedule.next_id, next_id)
+        kept = set(self._schedule.views())
+        gone = [p for p in pending if p not in kept]
+        dropped = ""
+        if gone:
+            listed = ", ".join(f"#{p.id} at {p.step}: {p.text}" for p in gone)
+            dropped = f"; dropped {len(gone)} `at` command(s) queued after it ({listed})"
         return (
             f"rolled back from step {before} to step {self.step} ({path}){where}; model, "
-            "optimizer, scheduler, RNG and data position as they were there"
+            f"optimizer, scheduler, RNG and data position as they were there{dropped}"
         )
 
     # ------------------------------------------------------------------ snapshots

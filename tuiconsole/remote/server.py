@@ -493,6 +493,8 @@ class RemoteServer:
         """Why ``client`` may not run ``text`` now, or None (it may; it may take control)."""
         if client.read_only:
             return "read-only attach: commands are refused (attach without --read-only to steer)"
+        if client.lite:  # an `ls` probe: it must never become the controller
+            return "a lite probe (tuiconsole ls) does not steer: attach to send commands"
         if self._controller == client.key:
             return None
         if client.owner and (text.strip() == "stop" or source.startswith("signal:")):

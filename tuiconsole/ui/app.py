@@ -63,7 +63,9 @@ STOP_WAIT_S = 3.0
 # labels: the costliest redraws) every SLOW_PARTS_S. A key press or a command result
 # brings back the full rate at once; paused or finished runs always get it.
 RUNNING_HZ = 3.0
-SLOW_PARTS_S = 1.5  # charts: 60% of the UI thread at 0.5 s; at 1 s the console took 2.1-2.6% of a core (mlp)
+SLOW_PARTS_S = (
+    1.5  # charts: 60% of the UI thread at 0.5 s; at 1 s the console took 2.1-2.6% of a core (mlp)
+)
 ACTIVE_S = 1.5
 PAUSED_STATES = (RunState.PAUSED, RunState.NAN_PAUSED)
 PAUSE_INTENT_S = 3.0  # how long a space press outranks a view that has not caught up
