@@ -221,3 +221,18 @@ def test_a_rollback_across_a_split_gives_each_group_its_own_schedule_back(drive)
     straight.steps(9)
     assert [g["lr"] for g in d.opt.param_groups] == [g["lr"] for g in straight.opt.param_groups]
     assert same_tensors(weights(d.trainer.model), weights(straight.trainer.model))
+
+
+def test_a_checkpoint_whose_scheduler_differs_is_refused_with_nothing_changed(drive):
+    """The check resume runs (checkpoint.check_scheduler), before anything changes."""
+    scheduled = drive(two_lambdas_spec())
+    scheduled.steps(2)
+    assert scheduled.cmd("checkpoint").ok
+    theirs = scheduled.trainer.last_checkpoint
+    d = drive()
+    d.steps(3)
+    w, sd = weights(d.trainer.model), copy.deepcopy(d.opt.state_dict())
+    r = d.cmd(f"rollback {theirs}")
+    assert not r.ok and "has scheduler but the script does not; nothing changed" in r.message
+    assert d.trainer.step == 3 and same_tensors(weights(d.trainer.model), w)
+    assert same_tensors(d.opt.state_dict(), sd)
