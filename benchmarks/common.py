@@ -10,9 +10,20 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from tuiconsole.engine.trainer import Trainer
+
+READ_HZ = 10.0  # how often the console asks for a snapshot
 
 
 @dataclass
@@ -78,3 +89,91 @@ def save(name: str, rows: list[Row], extra: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"rows": [asdict(r) for r in rows], **(extra or {})}, indent=1))
     return path
+
+
+def ratio_row(variant: str, ratios: list[float], floor: float = 0.99) -> Row:
+    """The median of on/off ratios as a row that passes at ``floor`` (1 % slower)."""
+    median, spread = summarize(ratios)
+    return Row(variant, median, "x bare", spread, f">= {floor:.3f}", median >= floor)
+
+
+@contextmanager
+def snapshot_reader(trainer: Trainer, hz: float = READ_HZ) -> Iterator[None]:
+    """A reader thread asking ``trainer`` for a snapshot ``hz`` times a second while the
+    block runs, as the console does."""
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.wait(1 / hz):
+            trainer.latest_snapshot()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reader.join()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def whole_run_rate(trainer: Trainer, device: str) -> float:
+    """steps/s of one whole run of ``trainer`` in its loop thread (the run stays served,
+    as benchmarks/overhead.py), a reader polling snapshots."""
+    with snapshot_reader(trainer):
+        t0 = time.perf_counter()
+        trainer.start()
+        trainer.wait_done()
+        _sync(device)
+        return trainer.step / (time.perf_counter() - t0)
+
+
+def chunked_ratios(
+    trainer: Trainer, switch: Callable[[bool], None], pairs: int, chunk: int, device: str
+) -> list[float]:
+    """One prepared run, a feature switched (``switch(on)``) off and on every ``chunk``
+    steps (off on off on ...): each on chunk's steps/s over the mean of the off chunks
+    beside it. Interleaved this finely, a machine whose load drifts over seconds blurs
+    the ratio less. Closes ``trainer``."""
+
+    def rate(enabled: bool) -> float:
+        switch(enabled)
+        t0 = time.perf_counter()
+        trainer.step_now(chunk)
+        _sync(device)
+        return chunk / (time.perf_counter() - t0)
+
+    with snapshot_reader(trainer):
+        rate(True)  # warm-up
+        ratios = interleaved_ratios(lambda: rate(False), {"on": lambda: rate(True)}, pairs, 0)
+    trainer.close()
+    return ratios["on"]
+
+
+@dataclass
+class OnOff:
+    """Whole runs with a feature on and off, interleaved (``interleaved_ratios``)."""
+
+    ratios: list[float]  # on's steps/s over off's, one per round
+    off_rates: list[float] = field(default_factory=list)  # steps/s of each off run
+    everies: list[int] = field(default_factory=list)  # the K each on run ended with
+
+
+def on_off_runs(run: Callable[[bool], tuple[float, int]], rounds: int) -> OnOff:
+    """``run(on)`` is one whole run's steps/s and the K it ended with."""
+    result = OnOff([])
+
+    def one(on: bool) -> float:
+        rate, every = run(on)
+        if on:
+            result.everies.append(every)
+        else:
+            result.off_rates.append(rate)
+        return rate
+
+    result.ratios = interleaved_ratios(lambda: one(False), {"on": lambda: one(True)}, rounds)["on"]
+    return result

@@ -27,7 +27,7 @@ import time
 
 from benchmarks.common import Row, print_table, save
 from benchmarks.overhead import ROOT
-from benchmarks.ui_scale import press, until, wait_visible
+from benchmarks.ui_scale import attached_mlp, press, until, wait_visible
 from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.script import load_script
 from tuiconsole.session import LocalSession
@@ -129,40 +129,10 @@ async def console_cpu(seconds: float) -> tuple[float, float, float]:
 async def attached_latencies(presses: int) -> list[float]:
     """As local, the run in a training process of its own (mlp, --headless, attachable)
     and the console a client of its socket."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from tuiconsole.remote.client import RemoteSession
-    from tuiconsole.remote.registry import read_info
-
-    with tempfile.TemporaryDirectory(dir="/tmp") as d:
-        env = {**os.environ, "TUICONSOLE_RUNTIME_DIR": f"{d}/rt"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuiconsole", "run", str(MLP), "--headless"]
-            + ["--run-dir", f"{d}/run"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            await until(lambda: any(Path(f"{d}/rt").glob("*.json")), timeout=120)
-            info = read_info(next(Path(f"{d}/rt").glob("*.json")))
-            assert info is not None
-            session = RemoteSession(info)
-            app = ConsoleApp(session)
-            async with app.run_test(size=(120, 40)):
-                times = await space_presses(app, presses)
-            session.submit("stop").result(30)
-            session.close()
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    return times
+    async with attached_mlp() as session:
+        app = ConsoleApp(session)
+        async with app.run_test(size=(120, 40)):
+            return await space_presses(app, presses)
 
 
 def latency_row(name: str, lat: list[float], target_ms: float) -> Row:

@@ -23,14 +23,21 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import Row, interleaved_ratios, print_table, save, summarize
-from benchmarks.telemetry import READ_HZ
+from benchmarks.common import (
+    READ_HZ,
+    Row,
+    chunked_ratios,
+    on_off_runs,
+    print_table,
+    ratio_row,
+    save,
+    whole_run_rate,
+)
 from tuiconsole.engine.config import RunConfig
 from tuiconsole.engine.signals import Signals
 from tuiconsole.engine.trainer import Trainer
@@ -39,63 +46,25 @@ from tuiconsole.script import TrainingSpec, load_script
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _reading(trainer: Trainer) -> tuple[threading.Event, threading.Thread]:
-    done = threading.Event()
-
-    def read() -> None:
-        while not done.wait(1 / READ_HZ):
-            trainer.latest_snapshot()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    return done, reader
-
-
 def engine_rate(spec: TrainingSpec, steps: int, on: bool, device: str) -> tuple[float, int]:
     """steps/s of one run (and the K it ended with), a reader polling snapshots."""
     cfg = RunConfig(max_steps=steps, device=device, signal_every=None if on else 0)
     trainer = Trainer(spec, cfg)
-    done, reader = _reading(trainer)
-    t0 = time.perf_counter()
-    trainer.start()
-    trainer.wait_done()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    rate = trainer.step / (time.perf_counter() - t0)
-    done.set()
-    reader.join()
+    rate = whole_run_rate(trainer, device)
     every = trainer._record.signals.every
     trainer.close()
     return rate, every
 
 
-def chunked_ratios(spec: TrainingSpec, pairs: int, chunk: int, device: str) -> list[float]:
-    """One run, the signals off and on every ``chunk`` steps: each on chunk's steps/s over
-    the mean of the off chunks beside it."""
+def chunked(spec: TrainingSpec, pairs: int, chunk: int, device: str) -> list[float]:
+    """One run, the signals off and on every ``chunk`` steps (``Signals.enabled``)."""
     trainer = Trainer(spec, RunConfig(device=device, epochs=10**6)).prepare()
     signals = trainer._record.signals
-    done, reader = _reading(trainer)
 
-    def rate(enabled: bool) -> float:
+    def switch(enabled: bool) -> None:
         signals.enabled = enabled
-        t0 = time.perf_counter()
-        trainer.step_now(chunk)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return chunk / (time.perf_counter() - t0)
 
-    rate(True)  # warm-up
-    ratios = []
-    before = rate(False)
-    for _ in range(pairs):
-        on = rate(True)
-        after = rate(False)
-        ratios.append(on / ((before + after) / 2))
-        before = after
-    done.set()
-    reader.join()
-    trainer.close()
-    return ratios
+    return chunked_ratios(trainer, switch, pairs, chunk, device)
 
 
 def measurement_cost(spec: TrainingSpec, device: str, n: int = 30) -> tuple[float, float]:
@@ -136,36 +105,16 @@ def measure(args: argparse.Namespace, threads: str) -> list[Row]:
     n = torch.get_num_threads()
     label = f"{args.model}, {args.device}, {n} thread{'s' if n != 1 else ''}"
     spec = load_script(ROOT / "sample_models" / f"{args.model}.py")
-    everies: list[int] = []
-    off_rates: list[float] = []
-
-    def run(on: bool) -> float:
-        rate, every = engine_rate(spec, args.steps, on, args.device)
-        if on:
-            everies.append(every)
-        else:
-            off_rates.append(rate)
-        return rate
-
-    ratios = interleaved_ratios(lambda: run(False), {"on": lambda: run(True)}, args.rounds)
-    median, spread = summarize(ratios["on"])
+    runs = on_off_runs(lambda on: engine_rate(spec, args.steps, on, args.device), args.rounds)
     rows = [
-        Row(f"{label}: steps/s, signals on / off (whole runs)", median, "x bare", spread,
-            ">= 0.990", median >= 0.99),
-    ]  # fmt: skip
-    chunked = chunked_ratios(spec, args.pairs, args.chunk, args.device)
-    median, spread = summarize(chunked)
-    rows.append(
-        Row(
+        ratio_row(f"{label}: steps/s, signals on / off (whole runs)", runs.ratios),
+        ratio_row(
             f"{label}: steps/s, on / off every {args.chunk} steps of one run ({args.pairs} pairs)",
-            median,
-            "x bare",
-            spread,
-            ">= 0.990",
-            median >= 0.99,
-        )
-    )
-    step_s = 1 / statistics.median(off_rates)
+            chunked(spec, args.pairs, args.chunk, args.device),
+        ),
+    ]
+    everies = runs.everies
+    step_s = 1 / statistics.median(runs.off_rates)
     k = statistics.median(everies)
     cost, read = measurement_cost(spec, args.device)
     share = (cost / k + read * READ_HZ * step_s) / step_s

@@ -26,13 +26,21 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import Row, interleaved_ratios, print_table, save, summarize
+from benchmarks.common import (
+    READ_HZ,
+    Row,
+    chunked_ratios,
+    on_off_runs,
+    print_table,
+    ratio_row,
+    save,
+    whole_run_rate,
+)
 from tuiconsole.engine.config import RunConfig
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.engine.telemetry import Meter, Progress
@@ -40,67 +48,26 @@ from tuiconsole.engine.trainer import Trainer
 from tuiconsole.script import TrainingSpec, load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-READ_HZ = 10.0
 
 
 def engine_rate(spec: TrainingSpec, steps: int, telemetry: bool, device: str) -> tuple[float, int]:
     """steps/s of one run (and the K its meter ended with), a reader polling snapshots."""
     trainer = Trainer(spec, RunConfig(max_steps=steps, telemetry=telemetry, device=device))
-    done = threading.Event()
-
-    def read() -> None:
-        while not done.wait(1 / READ_HZ):
-            trainer.latest_snapshot()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    t0 = time.perf_counter()
-    trainer.start()  # its loop thread, as benchmarks/overhead.py (the run stays served)
-    trainer.wait_done()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    rate = trainer.step / (time.perf_counter() - t0)
-    done.set()
-    reader.join()
+    rate = whole_run_rate(trainer, device)
     every = trainer._record.meter.every
     trainer.close()
     return rate, every
 
 
-def chunked_ratios(spec: TrainingSpec, pairs: int, chunk: int, device: str) -> list[float]:
-    """One run, telemetry switched off and on every ``chunk`` steps (off on off on ...):
-    each on chunk's steps/s over the mean of the off chunks beside it. Interleaved this
-    finely, a machine whose load drifts over seconds blurs the ratio less."""
+def chunked(spec: TrainingSpec, pairs: int, chunk: int, device: str) -> list[float]:
+    """One run, telemetry switched off and on every ``chunk`` steps (``Meter.enabled``)."""
     trainer = Trainer(spec, RunConfig(device=device, epochs=10**6)).prepare()
     meter = trainer._record.meter
-    done = threading.Event()
 
-    def read() -> None:
-        while not done.wait(1 / READ_HZ):
-            trainer.latest_snapshot()
-
-    def rate(enabled: bool) -> float:
+    def switch(enabled: bool) -> None:
         meter.enabled = enabled
-        t0 = time.perf_counter()
-        trainer.step_now(chunk)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return chunk / (time.perf_counter() - t0)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    rate(True)  # warm-up
-    ratios = []
-    before = rate(False)
-    for _ in range(pairs):
-        on = rate(True)
-        after = rate(False)
-        ratios.append(on / ((before + after) / 2))
-        before = after
-    done.set()
-    reader.join()
-    trainer.close()
-    return ratios
+    return chunked_ratios(trainer, switch, pairs, chunk, device)
 
 
 def per_call(fn, n: int) -> float:
@@ -159,44 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     spec = load_script(ROOT / "sample_models" / f"{args.model}.py")
     device = args.device
-    everies: list[int] = []
-    step_rates: list[float] = []
-
-    def run(telemetry: bool) -> float:
-        rate, every = engine_rate(spec, args.steps, telemetry, device)
-        if telemetry:
-            everies.append(every)
-        else:
-            step_rates.append(rate)
-        return rate
-
-    ratios = interleaved_ratios(lambda: run(False), {"on": lambda: run(True)}, args.rounds)
-    median, spread = summarize(ratios["on"])
+    runs = on_off_runs(lambda on: engine_rate(spec, args.steps, on, device), args.rounds)
     n = torch.get_num_threads()
     label = f"{args.model}, {device}, {n} thread{'s' if n != 1 else ''}"
     rows = [
-        Row(
-            f"{label}: engine steps/s, telemetry on / off (whole runs)",
-            median,
-            "x bare",
-            spread,
-            ">= 0.990",
-            median >= 0.99,
+        ratio_row(f"{label}: engine steps/s, telemetry on / off (whole runs)", runs.ratios),
+        ratio_row(
+            f"{label}: steps/s, on / off every {args.chunk} steps of one run ({args.pairs} pairs)",
+            chunked(spec, args.pairs, args.chunk, device),
         ),
     ]
-    chunked = chunked_ratios(spec, args.pairs, args.chunk, device)
-    median, spread = summarize(chunked)
-    rows.append(
-        Row(
-            f"{label}: steps/s, on / off every {args.chunk} steps of one run ({args.pairs} pairs)",
-            median,
-            "x bare",
-            spread,
-            ">= 0.990",
-            median >= 0.99,
-        )
-    )
-    step_s = 1 / statistics.median(step_rates)
+    everies = runs.everies
+    step_s = 1 / statistics.median(runs.off_rates)
     k = statistics.median(everies)
     costs = own_costs(spec, device)
     for name, seconds in costs.items():

@@ -13,6 +13,9 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from textual import events
@@ -23,6 +26,9 @@ from tuiconsole.engine.trainer import RunConfig, Trainer
 from tuiconsole.script import TrainingSpec
 from tuiconsole.session import LocalSession
 from tuiconsole.ui.app import ConsoleApp
+
+if TYPE_CHECKING:
+    from tuiconsole.remote.client import RemoteSession
 
 
 def data() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -178,9 +184,11 @@ def frame_sizes() -> tuple[int, int, int]:
     return first, int(statistics.median(sizes)), max(sizes)
 
 
-async def remote_key_latency(presses: int = 60) -> list[float]:
-    """As key_latency, with the run in a training process of its own (mlp, --headless,
-    attachable) and the console a client of its socket, as `tuiconsole run` has it."""
+@asynccontextmanager
+async def attached_mlp() -> AsyncIterator[RemoteSession]:
+    """A session on the mlp sample training in a process of its own (--headless,
+    attachable), the console a client of its socket, as `tuiconsole run` has it. The run
+    is stopped when the block ends."""
     import os
     import subprocess
     import tempfile
@@ -205,14 +213,19 @@ async def remote_key_latency(presses: int = 60) -> list[float]:
             info = read_info(next(Path(f"{d}/rt").glob("*.json")))
             assert info is not None
             session = RemoteSession(info)
-            times = await space_latency(ConsoleApp(session), presses)
+            yield session
             session.submit("stop").result(30)
             session.close()
             proc.wait(60)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    return times
+
+
+async def remote_key_latency(presses: int = 60) -> list[float]:
+    """As key_latency, the run in a process of its own (``attached_mlp``)."""
+    async with attached_mlp() as session:
+        return await space_latency(ConsoleApp(session), presses)
 
 
 def latency_row(name: str, lat: list[float]) -> Row:

@@ -6,43 +6,17 @@ Real sockets, a real trainer thread, the real server (as in test_server.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from remote_helpers import TINY, wait_until
+from remote_helpers import wait_until
+from test_server import RESULT_TIMEOUT, Served
 
 from tuiconsole.remote.client import RemoteSession
-from tuiconsole.remote.detach import make_info
-from tuiconsole.remote.registry import new_run_id
-from tuiconsole.remote.server import RemoteServer
-from tuiconsole.session import LocalSession
-
-RESULT_TIMEOUT = 20.0
-
-
-class Served:
-    def __init__(self, tmp_path: Path) -> None:
-        run_dir = tmp_path / "run"
-        self.local = LocalSession.from_script(TINY, run_dir=run_dir).start()
-        self.info = make_info(new_run_id(), TINY, run_dir, detached=False, decay_factor=0.1)
-        self.server = RemoteServer(self.local, self.info, owner_token="sekrit").start()
-        self.clients: list[RemoteSession] = []
-
-    def attach(self, **kw) -> RemoteSession:
-        client = RemoteSession(self.info, **kw)
-        self.clients.append(client)
-        return client
-
-    def close(self) -> None:
-        for c in self.clients:
-            c.close()
-        self.server.close()
-        self.local.close()
 
 
 @pytest.fixture
 def served(runtime_env, tmp_path) -> Iterator[Served]:
-    s = Served(tmp_path)
+    s = Served(tmp_path, owner_token="sekrit")
     yield s
     s.close()
 

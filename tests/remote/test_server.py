@@ -33,11 +33,17 @@ RESULT_TIMEOUT = 20.0
 
 
 class Served:
-    def __init__(self, tmp_path: Path, uid: int | None = None) -> None:
+    """The tiny model training in this process, served on a real socket; the clients
+    ``attach`` makes are closed with it (test_busy_client.py and test_control.py too)."""
+
+    def __init__(
+        self, tmp_path: Path, uid: int | None = None, owner_token: str | None = None
+    ) -> None:
         run_dir = tmp_path / "run"
         self.local = LocalSession.from_script(TINY, run_dir=run_dir).start()
         self.info = make_info(new_run_id(), TINY, run_dir, detached=False, decay_factor=0.1)
-        self.server = RemoteServer(self.local, self.info, uid=uid).start()
+        self.server = RemoteServer(self.local, self.info, uid=uid, owner_token=owner_token)
+        self.server.start()
         self.clients: list[RemoteSession] = []
 
     def attach(self, **kw) -> RemoteSession:

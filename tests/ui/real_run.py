@@ -173,3 +173,17 @@ def paused_idle(session: RecordingSession) -> bool:
 def screen_text(app) -> str:
     """The active screen as plain text, exactly as the terminal shows it."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def footer_text(app) -> str:
+    """The footer: the screen's last line."""
+    return screen_text(app).splitlines()[-1]
+
+
+def log_text(app) -> str:
+    return "\n".join(app.run_log.lines_text)
+
+
+def lrs(session: RecordingSession) -> list[float]:
+    """The real optimizer's lr per group (read while the run is paused and settled)."""
+    return [g["lr"] for g in session.optimizer.param_groups]

@@ -15,7 +15,15 @@ import torch
 from textual.command import CommandList
 
 from tests.helpers import trainer_of
-from tests.ui.real_run import RecordingSession, screen_text, until_shown, wait_until
+from tests.ui.real_run import (
+    RecordingSession,
+    footer_text,
+    log_text,
+    lrs,
+    screen_text,
+    until_shown,
+    wait_until,
+)
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.screens.confirm import ConfirmScreen, GuardScreen, RebuildScreen
@@ -87,16 +95,8 @@ async def say_yes_to_big_change(pilot, app: ConsoleApp) -> None:
     await pilot.press("y")
 
 
-def footer_text(app: ConsoleApp) -> str:
-    return screen_text(app).splitlines()[-1]
-
-
 def notified(app: ConsoleApp, text: str) -> bool:
     return any(text in str(n.message) for n in app._notifications)
-
-
-def lrs(session: RecordingSession) -> list[float]:
-    return [g["lr"] for g in session.optimizer.param_groups]
 
 
 def state_copy(opt: torch.optim.Optimizer) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -118,10 +118,6 @@ def assert_state_kept(opt: torch.optim.Optimizer, before) -> None:
 
 def cell(app: ConsoleApp, group: str, column: str) -> str:
     return app.group_table.get_cell(group, column).plain
-
-
-def log_text(app: ConsoleApp) -> str:
-    return "\n".join(app.run_log.lines_text)
 
 
 # -- run control ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import trainer_of
-from tests.ui.real_run import screen_text, until_shown, wait_until
+from tests.ui.real_run import footer_text, log_text, lrs, screen_text, until_shown, wait_until
 from tuiconsole.engine.snapshot import RunState
 from tuiconsole.ui.app import ConsoleApp
 from tuiconsole.ui.screens.confirm import ConfirmScreen, GuardScreen
@@ -22,18 +22,6 @@ SIZE = (120, 40)
 async def open_app(pilot, app: ConsoleApp) -> None:
     await until_shown(pilot, app, lambda s: s.status.state != RunState.STARTING, "first snapshot")
     await pilot.pause()
-
-
-def footer(app: ConsoleApp) -> str:
-    return screen_text(app).splitlines()[-1]
-
-
-def log_text(app: ConsoleApp) -> str:
-    return "\n".join(app.run_log.lines_text)
-
-
-def lrs(session) -> list[float]:
-    return [g["lr"] for g in session.optimizer.param_groups]
 
 
 async def focus(pilot, widget) -> None:
@@ -49,20 +37,20 @@ async def test_footer_offers_what_applies_to_the_focused_pane(paused_run) -> Non
     app = ConsoleApp(paused_run)
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
-        await wait_until(pilot, lambda: "Resume" in footer(app), what="the footer")
-        tree = footer(app)
+        await wait_until(pilot, lambda: "Resume" in footer_text(app), what="the footer")
+        tree = footer_text(app)
         for shown in ("␣ Resume", "m Mark", "D All", "c Ckpt", "^p Palette", "/ Find", "q Quit"):
             assert shown in tree, (shown, tree)
         assert "Pause" not in tree  # paused: space resumes
         assert "Detach" not in tree  # nothing serves this run
 
         await focus(pilot, app.group_table)
-        groups = footer(app)
+        groups = footer_text(app)
         assert "e lr" in groups and "d Decay" in groups
         assert "m Mark" not in groups and "s Split" not in groups and "/ Find" not in groups
 
         await focus(pilot, app.run_log)
-        log = footer(app)
+        log = footer_text(app)
         assert "f Filter log" in log and "e lr" not in log and "m Mark" not in log
 
 
@@ -77,10 +65,10 @@ async def test_after_the_run_stops_only_what_applies_and_q_quits_without_asking(
         await until_shown(pilot, app, lambda s: s.status.state == RunState.STOPPED, "STOPPED")
         await wait_until(
             pilot,
-            lambda: "Resume" not in footer(app) and "q Quit" in footer(app),
+            lambda: "Resume" not in footer_text(app) and "q Quit" in footer_text(app),
             what="the footer",
         )
-        shown = footer(app)
+        shown = footer_text(app)
         for gone in ("Resume", "Pause", "Decay", "Split", "Undo", "Rebuild", "Ckpt"):
             assert gone not in shown, (gone, shown)
         assert "q Quit" in shown and "? Help" in shown
@@ -96,8 +84,8 @@ async def test_attached_footer_has_detach_and_no_quit(paused_run) -> None:
     app = ConsoleApp(paused_run, can_detach=True)
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
-        await wait_until(pilot, lambda: "^d Detach" in footer(app), what="the footer")
-        assert "Quit" not in footer(app)
+        await wait_until(pilot, lambda: "^d Detach" in footer_text(app), what="the footer")
+        assert "Quit" not in footer_text(app)
         await pilot.press("q")  # q still leaves, by detaching (it asks)
         await wait_until(pilot, lambda: "Detach?" in screen_text(app), what="the question")
         await pilot.press("n")
@@ -291,7 +279,7 @@ async def test_user_keymap_rebinds_by_id_and_reports_bad_entries(paused_run, tmp
     async with app.run_test(size=SIZE) as pilot:
         await open_app(pilot, app)
         assert "no binding has the id 'frobnicate'" in log_text(app)
-        await wait_until(pilot, lambda: "p Resume" in footer(app), what="the new key shown")
+        await wait_until(pilot, lambda: "p Resume" in footer_text(app), what="the new key shown")
         await pilot.press("p")
         assert (await paused_run.settle())[-1].ok
         assert paused_run.texts == ["resume"]
@@ -307,7 +295,7 @@ async def test_a_keymap_that_is_not_toml_keeps_the_defaults(paused_run, tmp_path
         await open_app(pilot, app)
         notes = [ln for ln in app.run_log.lines_text if "not valid TOML" in ln]
         assert len(notes) == 1 and "default keys kept" in notes[0]
-        await wait_until(pilot, lambda: "␣ Resume" in footer(app), what="the default key")
+        await wait_until(pilot, lambda: "␣ Resume" in footer_text(app), what="the default key")
 
 
 async def test_while_the_script_loads_nothing_to_steer_is_offered() -> None:
@@ -321,8 +309,8 @@ async def test_while_the_script_loads_nothing_to_steer_is_offered() -> None:
     session = FakeSession(replace(snap, status=replace(snap.status, state=RunState.LOADING)))
     app = ConsoleApp(session)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: "q Quit" in footer(app), what="the footer")
-        shown = footer(app)
+        await wait_until(pilot, lambda: "q Quit" in footer_text(app), what="the footer")
+        shown = footer_text(app)
         for gone in ("Pause", "Resume", "Decay", "Split", "Undo", "Ckpt"):
             assert gone not in shown, (gone, shown)
         await pilot.press("space", "d")

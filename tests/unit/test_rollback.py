@@ -255,3 +255,18 @@ def test_a_rollback_says_which_at_commands_it_dropped_and_keeps_the_files_it_nam
         assert same_tensors(weights(replay.model), weights(original.model))
     finally:
         replay.close()
+
+
+def test_a_checkpoint_whose_scheduler_differs_is_refused_with_nothing_changed(drive):
+    """The check resume runs (checkpoint.check_scheduler), before anything changes."""
+    scheduled = drive(two_lambdas_spec())
+    scheduled.steps(2)
+    assert scheduled.cmd("checkpoint").ok
+    theirs = scheduled.trainer.last_checkpoint
+    d = drive()
+    d.steps(3)
+    w, sd = weights(d.trainer.model), copy.deepcopy(d.opt.state_dict())
+    r = d.cmd(f"rollback {theirs}")
+    assert not r.ok and "has scheduler but the script does not; nothing changed" in r.message
+    assert d.trainer.step == 3 and same_tensors(weights(d.trainer.model), w)
+    assert same_tensors(d.opt.state_dict(), sd)

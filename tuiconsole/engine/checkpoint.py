@@ -517,6 +517,22 @@ def for_rank(r: Restored, ckpt: dict[str, Any], rank: int, world_size: int) -> R
     return dataclasses.replace(r, note=note)
 
 
+def check_scheduler(ckpt: dict[str, Any], where: Path, sched: Any, after: str = "") -> None:
+    """The checkpoint's scheduler and the script's agree (both none, or the same class),
+    else TuiconsoleError; ``after`` ends its message (rollback: "; nothing changed")."""
+    if (ckpt["scheduler"] is None) != (sched is None):
+        has = "has" if ckpt["scheduler"] is not None else "has no"
+        raise TuiconsoleError(
+            f"{where}: the checkpoint {has} scheduler but the script "
+            f"{'defines one' if sched is not None else 'does not'}{after}"
+        )
+    if sched is not None and ckpt.get("scheduler_class") != type(sched).__name__:
+        raise TuiconsoleError(
+            f"{where}: the checkpoint's scheduler is {ckpt.get('scheduler_class')}, "
+            f"the script's is {type(sched).__name__}{after}"
+        )
+
+
 def _restore(
     ckpt: dict[str, Any],
     where: Path,
@@ -530,17 +546,7 @@ def _restore(
         raise TuiconsoleError(
             f"{where}: the checkpoint does not fit the script's model: {_one_line(exc)}"
         ) from None
-    if (ckpt["scheduler"] is None) != (sched is None):
-        has = "has" if ckpt["scheduler"] is not None else "has no"
-        raise TuiconsoleError(
-            f"{where}: the checkpoint {has} scheduler but the script "
-            f"{'defines one' if sched is not None else 'does not'}"
-        )
-    if sched is not None and ckpt.get("scheduler_class") != type(sched).__name__:
-        raise TuiconsoleError(
-            f"{where}: the checkpoint's scheduler is {ckpt.get('scheduler_class')}, "
-            f"the script's is {type(sched).__name__}"
-        )
+    check_scheduler(ckpt, where, sched)
     opt = _rebuild_optimizer(model, optimizer, ckpt, where)
     try:
         opt.load_state_dict(ckpt["optimizer"])

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tuiconsole.engine import groups as G
+from tuiconsole.engine.checkpoint import check_scheduler
 from tuiconsole.errors import CommandError, TuiconsoleError
 
 _STEP_FILE = re.compile(r"checkpoint-step(\d+)(?:-\d+)?\.pt$")  # -N: keeper._free_name
@@ -90,17 +91,7 @@ def check_fits(
                 f"{where}: a checkpoint of another model ({k!r} is "
                 f"{tuple(theirs[k].shape)} there, {tuple(v.shape)} here); nothing changed"
             )
-    if (ckpt["scheduler"] is None) != (scheduler is None):
-        has = "has" if ckpt["scheduler"] is not None else "has no"
-        raise TuiconsoleError(
-            f"{where}: the checkpoint {has} scheduler, this run "
-            f"{'has one' if scheduler is not None else 'has none'}; nothing changed"
-        )
-    if scheduler is not None and ckpt.get("scheduler_class") != type(scheduler).__name__:
-        raise TuiconsoleError(
-            f"{where}: the checkpoint's scheduler is {ckpt.get('scheduler_class')}, this "
-            f"run's is {type(scheduler).__name__}; nothing changed"
-        )
+    check_scheduler(ckpt, where, scheduler, "; nothing changed")
     params = dict(model.named_parameters())
     saved_groups = ckpt["optimizer"]["param_groups"]
     members = ckpt["groups"]

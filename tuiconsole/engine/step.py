@@ -504,21 +504,29 @@ def _retaking(st: Stepping) -> Callable[[torch.optim.Optimizer], object]:
     return take
 
 
+def loss_of(
+    training_step: Callable[..., Any] | None, criterion: Any, model: nn.Module, batch: Any
+) -> torch.Tensor:
+    """The forward pass of one (micro-)batch, as the script defines it: its
+    ``training_step(model, batch, criterion)``, else ``criterion(model(inputs), targets)``.
+    The plain step (Trainer._one_step) and this module's both take it."""
+    if training_step is not None:
+        loss = training_step(model, batch, criterion)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(
+                f"training_step must return the loss as a tensor, got {type(loss).__name__}"
+            )
+        return loss
+    inputs, targets = batch
+    return criterion(model(inputs), targets)  # type: ignore[no-any-return]
+
+
 def _forward(host: StepHost, st: Stepping, model: nn.Module, batch: Any) -> torch.Tensor | None:
     """The loss of one micro-batch under autocast. None: compiling the model failed at
     this first call (the snapshot and the log say why; the caller goes on eagerly)."""
-    training_step = host.spec.training_step
     try:
         with st.autocast():
-            if training_step is not None:
-                loss = training_step(model, batch, host.criterion)
-                if not isinstance(loss, torch.Tensor):
-                    raise TypeError(
-                        f"training_step must return the loss as a tensor, got {type(loss).__name__}"
-                    )
-            else:
-                inputs, targets = batch
-                loss = host.criterion(model(inputs), targets)
+            loss = loss_of(host.spec.training_step, host.criterion, model, batch)
     except Exception as exc:
         if st.compile_state != "compiling" or not _compile_error(exc):
             raise

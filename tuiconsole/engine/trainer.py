@@ -82,7 +82,7 @@ from tuiconsole.engine.snapshot import (
     Snapshot,
 )
 from tuiconsole.engine.step import COMMANDS as STEP_COMMANDS
-from tuiconsole.engine.step import Stepping, StepSettings, take_step
+from tuiconsole.engine.step import Stepping, StepSettings, loss_of, take_step
 from tuiconsole.engine.stopping import Stopping
 from tuiconsole.engine.views import LOG_TEXT_CHARS
 from tuiconsole.errors import CommandError, TuiconsoleError
@@ -884,15 +884,7 @@ class Trainer:
             batch = to_device(batch, self.device)
         model, optimizer = self._ddp or self.model, self.optimizer
         optimizer.zero_grad(set_to_none=True)
-        if self.spec.training_step is not None:
-            loss = self.spec.training_step(model, batch, self.criterion)
-            if not isinstance(loss, torch.Tensor):
-                raise TypeError(
-                    f"training_step must return the loss as a tensor, got {type(loss).__name__}"
-                )
-        else:
-            inputs, targets = batch
-            loss = self.criterion(model(inputs), targets)
+        loss = loss_of(self.spec.training_step, self.criterion, model, batch)
         value = None
         if self._nan_each_step:
             # Read once, used twice: the NaN check and the loss record (a float

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.segment import Segment
 from rich.style import Style
@@ -429,6 +429,11 @@ def render(chart: Chart, width: int, height: int) -> list[Row]:
 LIMIT = 1e150  # values beyond (a loss of 1e200) are drawn as gaps, like NaN: no overflow
 
 
+def _with_points(ln: Line, pairs: list[tuple[float, float]]) -> Line:
+    """``ln`` drawn through ``pairs`` (x, y) instead: its colour, label and kind kept."""
+    return replace(ln, xs=tuple(x for x, _ in pairs), ys=tuple(y for _, y in pairs))
+
+
 def _drawable(ln: Line, log: bool) -> Line:
     """Only the points that can be placed: finite, within LIMIT (and > 0 on a log scale)."""
     low = 1 / LIMIT if log else -LIMIT
@@ -439,26 +444,12 @@ def _drawable(ln: Line, log: bool) -> Line:
     ]
     if len(pairs) == min(len(ln.xs), len(ln.ys)):
         return ln
-    return Line(
-        tuple(x for x, _ in pairs),
-        tuple(y for _, y in pairs),
-        ln.color,
-        ln.label,
-        ln.points,
-        ln.right,
-    )
+    return _with_points(ln, pairs)
 
 
 def _log_x(ln: Line) -> Line:
     pairs = [(math.log10(x), y) for x, y in zip(ln.xs, ln.ys, strict=False) if x > 0]
-    return Line(
-        tuple(x for x, _ in pairs),
-        tuple(y for _, y in pairs),
-        ln.color,
-        ln.label,
-        ln.points,
-        ln.right,
-    )
+    return _with_points(ln, pairs)
 
 
 def _dot_path(

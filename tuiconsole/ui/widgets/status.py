@@ -158,6 +158,11 @@ def scheduler_text(sched: SchedulerView, full: bool) -> str:
     return text
 
 
+def _detailed(short: str, more: str, ranks: tuple[int, int]) -> Piece:
+    """``short`` with ``more`` after it where there is room, then ``short``, then nothing."""
+    return Piece((Text(short + more), Text(short), Text()), ranks)
+
+
 def optimizer_pieces(
     optimizer: str, sched: SchedulerView | None, sv: StepView | None
 ) -> list[Piece]:
@@ -177,21 +182,15 @@ def optimizer_pieces(
     if sv is None:
         return pieces
     if sv.amp:
-        short = f"  amp {sv.amp}"
-        full = short
-        if sv.scale is not None:
-            full += f" scale {sv.scale:g}"
+        more = f" scale {sv.scale:g}" if sv.scale is not None else ""
         if sv.scaler_skipped:
-            full += f" ({sv.scaler_skipped} skipped)"
-        pieces.append(Piece((Text(full), Text(short), Text()), (12, 36)))
+            more += f" ({sv.scaler_skipped} skipped)"
+        pieces.append(_detailed(f"  amp {sv.amp}", more, (12, 36)))
     if sv.grad_clip is not None:
-        short = f"  clip {fmt_lr(sv.grad_clip)}"
-        full = short
-        if sv.grad_norm is not None:
-            full += f" norm {fmt_float(sv.grad_norm, 3)}"
+        more = f" norm {fmt_float(sv.grad_norm, 3)}" if sv.grad_norm is not None else ""
         if sv.clip_steps:
-            full += f" ({sv.clipped}/{sv.clip_steps} clipped)"
-        pieces.append(Piece((Text(full), Text(short), Text()), (12, 34)))
+            more += f" ({sv.clipped}/{sv.clip_steps} clipped)"
+        pieces.append(_detailed(f"  clip {fmt_lr(sv.grad_clip)}", more, (12, 34)))
     if sv.accumulate > 1:
         pieces.append(Piece.optional(f"  accumulate {sv.accumulate}", 32))
     if sv.compile:
@@ -231,9 +230,8 @@ def device_pieces(snap: Snapshot, status: RunStatus, lead: str = "  ") -> list[P
     if ev is None:
         pieces.append(Piece.optional(Text("  eval: none yet (v)", style="dim"), 6))
     else:
-        short = f"  eval @{ev.step}: loss {fmt_float(ev.loss)}"
-        full = short + (f"  acc {ev.accuracy * 100:.1f}%" if ev.accuracy is not None else "")
-        pieces.append(Piece((Text(full), Text(short), Text()), (24, 31)))
+        more = f"  acc {ev.accuracy * 100:.1f}%" if ev.accuracy is not None else ""
+        pieces.append(_detailed(f"  eval @{ev.step}: loss {fmt_float(ev.loss)}", more, (24, 31)))
     if snap.run_dir:
         pieces.append(Piece.optional(Text(f"  {snap.run_dir}", style="dim"), 4))
     return pieces
