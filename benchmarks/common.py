@@ -177,3 +177,25 @@ def on_off_runs(run: Callable[[bool], tuple[float, int]], rounds: int) -> OnOff:
 
     result.ratios = interleaved_ratios(lambda: one(False), {"on": lambda: one(True)}, rounds)["on"]
     return result
+
+
+def ddp_steps(trainer: Trainer, batches: list) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(bare, engine): one step of a bare DDP loop over ``batches`` on the prepared
+    trainer's own wrapped model, optimizer and criterion, and one step of the engine
+    (its pending commands / tick, then its training step). For torchrun benchmarks."""
+    ddp, opt, crit = trainer._ddp, trainer.optimizer, trainer.criterion
+    assert ddp is not None, "run it under torchrun with 2 ranks"
+    taken = [0]
+
+    def bare_step() -> None:
+        x, y = batches[taken[0] % len(batches)]
+        taken[0] += 1
+        opt.zero_grad(set_to_none=True)
+        crit(ddp(x), y).backward()
+        opt.step()
+
+    def engine_step() -> None:
+        trainer._apply_pending()  # the ticks: one all_gather_object every K steps
+        trainer._train_step()
+
+    return bare_step, engine_step

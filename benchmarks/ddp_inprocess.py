@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ddp_steps  # noqa: E402
 from tuiconsole.engine.trainer import RunConfig, Trainer  # noqa: E402
 from tuiconsole.script import load_script  # noqa: E402
 
@@ -37,24 +38,10 @@ args = parser.parse_args()
 spec = load_script(f"sample_models/{args.model}.py")
 t = Trainer(spec, RunConfig(max_steps=10**7, snapshot_interval=0.1))
 t.prepare()
-ddp, opt, crit = t._ddp, t.optimizer, t.criterion
-assert ddp is not None and t._dist is not None, "run it under torchrun with 2 ranks"
-batches = [b for _, b in zip(range(16), t.spec.train_loader, strict=False)]
-i = 0
-
-
-def bare_step() -> None:
-    global i
-    x, y = batches[i % len(batches)]
-    i += 1
-    opt.zero_grad(set_to_none=True)
-    crit(ddp(x), y).backward()
-    opt.step()
-
-
-def engine_step() -> None:
-    t._apply_pending()
-    t._train_step()
+assert t._dist is not None, "run it under torchrun with 2 ranks"
+bare_step, engine_step = ddp_steps(
+    t, [b for _, b in zip(range(16), t.spec.train_loader, strict=False)]
+)
 
 
 def rate(step: object) -> float:

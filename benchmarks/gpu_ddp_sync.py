@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import ddp_steps  # noqa: E402
 from tuiconsole.engine.trainer import RunConfig, Trainer  # noqa: E402
 from tuiconsole.script import load_script  # noqa: E402
 
@@ -44,26 +45,9 @@ spec = load_script("sample_models/vgg.py")
 t = Trainer(spec, RunConfig(max_steps=10**6, log_every=0, snapshot_interval=1e9, device=dev))
 t.prepare()
 t._snapshot_wanted = False
-ddp, model, opt, crit = t._ddp, t.model, t.optimizer, t.criterion
-assert ddp is not None, "run it under torchrun with 2 ranks"
-batches = [
-    tuple(x.to(t.device) for x in b) for _, b in zip(range(8), spec.train_loader, strict=False)
-]
-i = 0
-
-
-def bare_step() -> None:
-    global i
-    x, y = batches[i % len(batches)]
-    i += 1
-    opt.zero_grad(set_to_none=True)
-    crit(ddp(x), y).backward()
-    opt.step()
-
-
-def engine_step() -> None:
-    t._apply_pending()  # the ticks: one all_gather_object every K steps on the gloo group
-    t._train_step()
+bare_step, engine_step = ddp_steps(
+    t, [tuple(x.to(t.device) for x in b) for _, b in zip(range(8), spec.train_loader, strict=False)]
+)
 
 
 for _ in range(5):
