@@ -8,6 +8,7 @@ median over rounds together with the spread (min..max of the ratios).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -199,3 +200,26 @@ def ddp_steps(trainer: Trainer, batches: list) -> tuple[Callable[[], None], Call
         trainer._train_step()
 
     return bare_step, engine_step
+
+
+def endless(loader: Any) -> Iterator[Any]:
+    """A script's train_loader, pass after pass (a hand-written loop's batches)."""
+    while True:
+        yield from loader
+
+
+def headless_rate(trainer: Trainer) -> float:
+    """steps/s of ``trainer`` run as `--headless` runs it: its thread, and the headless
+    printer polling snapshots (output thrown away). Closes the trainer."""
+    from tuiconsole.headless import HeadlessPrinter
+    from tuiconsole.session import LocalSession
+
+    with open(os.devnull, "w") as devnull:
+        printer = HeadlessPrinter(LocalSession(trainer), devnull)
+        t0 = time.perf_counter()
+        trainer.start()
+        while not trainer.wait_done(0.2):
+            printer.print_new()
+        rate = trainer.step / (time.perf_counter() - t0)
+    trainer.close()
+    return rate

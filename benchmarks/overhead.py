@@ -16,13 +16,21 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import Row, interleaved_ratios, print_table, save, summarize
+from benchmarks.common import (
+    Row,
+    endless,
+    headless_rate,
+    interleaved_ratios,
+    print_table,
+    save,
+    summarize,
+)
 from tuiconsole.engine.trainer import (
     DEFAULT_LOG_EVERY,
     DEFAULT_LOG_MIN_INTERVAL,
@@ -30,17 +38,11 @@ from tuiconsole.engine.trainer import (
     Trainer,
     resolve_device,
 )
-from tuiconsole.headless import HeadlessPrinter
 from tuiconsole.script import TrainingSpec, load_script
 from tuiconsole.session import LocalSession
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
-
-
-def batches(spec: TrainingSpec) -> Iterator[Any]:
-    while True:
-        yield from spec.train_loader
 
 
 def model_device(spec: TrainingSpec) -> torch.device:
@@ -71,7 +73,7 @@ def step_fn(spec: TrainingSpec) -> Callable[[Any], torch.Tensor]:
 def timed_loop(
     spec: TrainingSpec, steps: int, after_step: Callable[[int, torch.Tensor], None]
 ) -> float:
-    step, it = step_fn(spec), batches(spec)
+    step, it = step_fn(spec), endless(spec.train_loader)
     t0 = time.perf_counter()
     for i in range(steps):
         after_step(i, step(next(it)))
@@ -102,15 +104,7 @@ def run_config(spec: TrainingSpec, steps: int) -> RunConfig:
 
 def engine_headless(spec: TrainingSpec, steps: int) -> float:
     """The trainer thread + the headless printer polling snapshots, as `--headless` runs."""
-    trainer = Trainer(spec, run_config(spec, steps))
-    printer = HeadlessPrinter(LocalSession(trainer), DEVNULL)
-    t0 = time.perf_counter()
-    trainer.start()
-    while not trainer.wait_done(0.2):
-        printer.print_new()
-    rate = trainer.step / (time.perf_counter() - t0)
-    trainer.close()
-    return rate
+    return headless_rate(Trainer(spec, run_config(spec, steps)))
 
 
 def console_mounted(spec: TrainingSpec, steps: int) -> float:

@@ -22,16 +22,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from benchmarks.common import Row, interleaved_ratios, print_table, save, summarize
+from benchmarks.common import (
+    Row,
+    endless,
+    headless_rate,
+    interleaved_ratios,
+    print_table,
+    save,
+    summarize,
+)
 from tuiconsole.engine.trainer import (
     DEFAULT_LOG_EVERY,
     DEFAULT_LOG_MIN_INTERVAL,
@@ -39,19 +45,11 @@ from tuiconsole.engine.trainer import (
     Trainer,
     resolve_device,
 )
-from tuiconsole.headless import HeadlessPrinter
 from tuiconsole.script import TrainingSpec, load_script
-from tuiconsole.session import LocalSession
 
 ROOT = Path(__file__).resolve().parent.parent
-DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives for the process
 ACCUMULATE = 4
 GRAD_CLIP = 1.0
-
-
-def batches(spec: TrainingSpec) -> Iterator[Any]:
-    while True:
-        yield from spec.train_loader
 
 
 def hand_loop(spec: TrainingSpec, steps: int, amp: str | None) -> float:
@@ -60,7 +58,7 @@ def hand_loop(spec: TrainingSpec, steps: int, amp: str | None) -> float:
     device = next(model.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
     params = list(model.parameters())
-    it = batches(spec)
+    it = endless(spec.train_loader)
     on_cpu = device.type == "cpu"
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -93,15 +91,7 @@ def engine(spec: TrainingSpec, steps: int, amp: str | None) -> float:
         grad_clip=GRAD_CLIP,
         accumulate=ACCUMULATE,
     )
-    trainer = Trainer(spec, config)
-    printer = HeadlessPrinter(LocalSession(trainer), DEVNULL)
-    t0 = time.perf_counter()
-    trainer.start()
-    while not trainer.wait_done(0.2):
-        printer.print_new()
-    rate = trainer.step / (time.perf_counter() - t0)
-    trainer.close()
-    return rate
+    return headless_rate(Trainer(spec, config))
 
 
 def measure(spec: TrainingSpec, steps: int, rounds: int, amp: str | None) -> Row:
